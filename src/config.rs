@@ -1,0 +1,513 @@
+//! Configuration: every setting in one typed place, read from flags or the
+//! environment (each flag has an env var of the same meaning), and validated
+//! once at start-up with errors that name the setting.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+
+use crate::sequence::GapPolicy;
+
+/// Where consumption starts when the group has no committed offset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OffsetReset {
+    Earliest,
+    Latest,
+}
+
+impl OffsetReset {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OffsetReset::Earliest => "earliest",
+            OffsetReset::Latest => "latest",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SecurityProtocol {
+    Plaintext,
+    Ssl,
+    #[value(name = "sasl_plaintext", alias = "sasl-plaintext")]
+    SaslPlaintext,
+    #[value(name = "sasl_ssl", alias = "sasl-ssl")]
+    SaslSsl,
+}
+
+impl SecurityProtocol {
+    fn as_str(self) -> &'static str {
+        match self {
+            SecurityProtocol::Plaintext => "plaintext",
+            SecurityProtocol::Ssl => "ssl",
+            SecurityProtocol::SaslPlaintext => "sasl_plaintext",
+            SecurityProtocol::SaslSsl => "sasl_ssl",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Kafka connection settings shared by `serve`, `produce` and the tools.
+#[derive(Args, Clone, Debug)]
+pub struct KafkaArgs {
+    /// Bootstrap servers, comma-separated host:port.
+    #[arg(long, env = "KAFKA_BROKERS", default_value = "localhost:9092")]
+    pub kafka_brokers: String,
+    /// Topic of DashStream records.
+    #[arg(long, env = "KAFKA_TOPIC", default_value = "dashstream-quality")]
+    pub kafka_topic: String,
+    /// Extra librdkafka property, key=value (repeatable). Env: comma-separated list.
+    #[arg(
+        long = "kafka-property",
+        env = "KAFKA_PROPERTIES",
+        value_delimiter = ','
+    )]
+    pub kafka_properties: Vec<String>,
+    #[arg(
+        long,
+        env = "KAFKA_SECURITY_PROTOCOL",
+        value_enum,
+        default_value = "plaintext"
+    )]
+    pub kafka_security_protocol: SecurityProtocol,
+    /// SASL mechanism, e.g. PLAIN, SCRAM-SHA-256, SCRAM-SHA-512.
+    #[arg(long, env = "KAFKA_SASL_MECHANISM")]
+    pub kafka_sasl_mechanism: Option<String>,
+    #[arg(long, env = "KAFKA_SASL_USERNAME")]
+    pub kafka_sasl_username: Option<String>,
+    #[arg(long, env = "KAFKA_SASL_PASSWORD", hide_env_values = true)]
+    pub kafka_sasl_password: Option<String>,
+    #[arg(long, env = "KAFKA_SSL_CA_LOCATION")]
+    pub kafka_ssl_ca_location: Option<String>,
+    #[arg(long, env = "KAFKA_SSL_CERTIFICATE_LOCATION")]
+    pub kafka_ssl_certificate_location: Option<String>,
+    #[arg(long, env = "KAFKA_SSL_KEY_LOCATION")]
+    pub kafka_ssl_key_location: Option<String>,
+}
+
+/// Properties the bridge owns: overriding them would break its delivery guarantees.
+const RESERVED_PROPERTIES: &[(&str, &str)] = &[
+    ("bootstrap.servers", "KAFKA_BROKERS"),
+    ("group.id", "KAFKA_GROUP_ID"),
+    (
+        "enable.auto.offset.store",
+        "none: offsets are stored only after delivery",
+    ),
+    (
+        "enable.auto.commit",
+        "none: stored offsets are committed periodically and on shutdown",
+    ),
+    ("auto.offset.reset", "KAFKA_AUTO_OFFSET_RESET"),
+    ("security.protocol", "KAFKA_SECURITY_PROTOCOL"),
+];
+
+impl KafkaArgs {
+    /// The librdkafka properties every client of the bridge gets: brokers,
+    /// security settings, then the validated pass-through properties.
+    pub fn client_properties(&self) -> Result<Vec<(String, String)>, ConfigError> {
+        if self.kafka_brokers.trim().is_empty() {
+            return Err(ConfigError::new(
+                "KAFKA_BROKERS (--kafka-brokers)",
+                "must not be empty",
+            ));
+        }
+        for b in self.kafka_brokers.split(',') {
+            let b = b.trim();
+            if b.is_empty() || !b.contains(':') {
+                return Err(ConfigError::new(
+                    "KAFKA_BROKERS (--kafka-brokers)",
+                    format!("'{b}' is not host:port"),
+                ));
+            }
+        }
+        validate_topic("KAFKA_TOPIC (--kafka-topic)", &self.kafka_topic)?;
+        let mut props = vec![
+            ("bootstrap.servers".to_string(), self.kafka_brokers.clone()),
+            (
+                "security.protocol".to_string(),
+                self.kafka_security_protocol.as_str().to_string(),
+            ),
+        ];
+        let sasl = matches!(
+            self.kafka_security_protocol,
+            SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl
+        );
+        if sasl {
+            let mech = self.kafka_sasl_mechanism.clone().ok_or_else(|| {
+                ConfigError::new(
+                    "KAFKA_SASL_MECHANISM",
+                    "required when KAFKA_SECURITY_PROTOCOL is sasl_*",
+                )
+            })?;
+            props.push(("sasl.mechanism".into(), mech));
+            if let Some(u) = &self.kafka_sasl_username {
+                props.push(("sasl.username".into(), u.clone()));
+            }
+            if let Some(p) = &self.kafka_sasl_password {
+                props.push(("sasl.password".into(), p.clone()));
+            }
+        }
+        for (value, key, name) in [
+            (
+                &self.kafka_ssl_ca_location,
+                "ssl.ca.location",
+                "KAFKA_SSL_CA_LOCATION",
+            ),
+            (
+                &self.kafka_ssl_certificate_location,
+                "ssl.certificate.location",
+                "KAFKA_SSL_CERTIFICATE_LOCATION",
+            ),
+            (
+                &self.kafka_ssl_key_location,
+                "ssl.key.location",
+                "KAFKA_SSL_KEY_LOCATION",
+            ),
+        ] {
+            if let Some(path) = value {
+                if !std::path::Path::new(path).exists() {
+                    return Err(ConfigError::new(
+                        name,
+                        format!("file '{path}' does not exist"),
+                    ));
+                }
+                props.push((key.into(), path.clone()));
+            }
+        }
+        for raw in &self.kafka_properties {
+            let raw = raw.trim();
+            if raw.is_empty() {
+                continue;
+            }
+            let (k, v) = raw.split_once('=').ok_or_else(|| {
+                ConfigError::new(
+                    "KAFKA_PROPERTIES (--kafka-property)",
+                    format!("'{raw}' is not key=value"),
+                )
+            })?;
+            let k = k.trim();
+            if let Some((_, instead)) = RESERVED_PROPERTIES.iter().find(|(r, _)| *r == k) {
+                return Err(ConfigError::new(
+                    "KAFKA_PROPERTIES (--kafka-property)",
+                    format!("'{k}' is set by the bridge; use {instead}"),
+                ));
+            }
+            props.push((k.to_string(), v.trim().to_string()));
+        }
+        Ok(props)
+    }
+}
+
+/// Settings of the `serve` subcommand.
+#[derive(Args, Clone, Debug)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    #[arg(long, env = "KAFKA_GROUP_ID", default_value = "kafka-ws-bridge")]
+    pub kafka_group_id: String,
+    #[arg(
+        long,
+        env = "KAFKA_AUTO_OFFSET_RESET",
+        value_enum,
+        default_value = "earliest"
+    )]
+    pub kafka_auto_offset_reset: OffsetReset,
+    /// How often librdkafka reports statistics (the source of offset lag).
+    #[arg(long, env = "KAFKA_STATS_INTERVAL_MS", default_value_t = 1000)]
+    pub kafka_stats_interval_ms: u64,
+    #[arg(long, env = "WEBSOCKET_HOST", default_value = "0.0.0.0")]
+    pub websocket_host: IpAddr,
+    #[arg(long, env = "WEBSOCKET_PORT", default_value_t = 3002)]
+    pub websocket_port: u16,
+    /// Largest Kafka record value accepted, in bytes (checked before any copy).
+    #[arg(long, env = "MAX_MESSAGE_BYTES", default_value_t = 1_048_576)]
+    pub max_message_bytes: usize,
+    /// Largest decompressed body accepted, in bytes.
+    #[arg(long, env = "MAX_DECOMPRESSED_BYTES", default_value_t = 4 * 1_048_576)]
+    pub max_decompressed_bytes: usize,
+    #[arg(long, env = "GAP_POLICY", value_enum, default_value = "warn")]
+    pub gap_policy: GapPolicy,
+    /// Recent sequences remembered per thread to tell duplicates from reorders.
+    #[arg(long, env = "SEQUENCE_WINDOW", default_value_t = 1024)]
+    pub sequence_window: u32,
+    /// Threads whose sequence state is tracked; the least recently seen is evicted beyond this.
+    #[arg(long, env = "SEQUENCE_MAX_THREADS", default_value_t = 100_000)]
+    pub sequence_max_threads: usize,
+    /// A thread not seen for this long is forgotten (its next message sets a new baseline).
+    #[arg(long, env = "SEQUENCE_THREAD_IDLE_SECS", default_value_t = 3600)]
+    pub sequence_thread_idle_secs: u64,
+    /// Records held per halted thread before further ones are dropped (and counted).
+    #[arg(long, env = "HALT_MAX_HELD_MESSAGES", default_value_t = 10_000)]
+    pub halt_max_held_messages: usize,
+    /// Frames queued per client before the client is considered behind.
+    #[arg(long, env = "WEBSOCKET_CLIENT_QUEUE_FRAMES", default_value_t = 1024)]
+    pub websocket_client_queue_frames: usize,
+    /// Largest message a client may send (control frames), in bytes.
+    #[arg(long, env = "WEBSOCKET_MAX_INCOMING_BYTES", default_value_t = 65_536)]
+    pub websocket_max_incoming_bytes: usize,
+    /// Most values in one filter list (?threads=, ?types=).
+    #[arg(long, env = "WEBSOCKET_MAX_FILTER_VALUES", default_value_t = 256)]
+    pub websocket_max_filter_values: usize,
+    /// Bearer token for /admin endpoints. Without it, admin endpoints only answer on a loopback bind.
+    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Overrides the resume namespace (default: topic + Kafka cluster id).
+    #[arg(long, env = "RESUME_NAMESPACE")]
+    pub resume_namespace: Option<String>,
+    /// Upper bound for a graceful shutdown, in seconds.
+    #[arg(long, env = "SHUTDOWN_TIMEOUT_SECS", default_value_t = 4)]
+    pub shutdown_timeout_secs: u64,
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+/// A setting that failed validation; the message names it.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {setting}: {problem}")]
+pub struct ConfigError {
+    pub setting: &'static str,
+    pub problem: String,
+}
+
+impl ConfigError {
+    pub fn new(setting: &'static str, problem: impl Into<String>) -> Self {
+        Self {
+            setting,
+            problem: problem.into(),
+        }
+    }
+}
+
+/// The validated configuration the bridge runs with.
+#[derive(Clone, Debug)]
+pub struct BridgeConfig {
+    pub brokers: String,
+    pub topic: String,
+    pub group_id: String,
+    pub consumer_properties: Vec<(String, String)>,
+    pub listen: SocketAddr,
+    pub limits: crate::decode::DecodeLimits,
+    pub gap_policy: GapPolicy,
+    pub sequence: crate::sequence::ValidatorConfig,
+    pub halt_max_held: usize,
+    pub client_queue_frames: usize,
+    pub max_incoming_bytes: usize,
+    pub max_filter_values: usize,
+    pub admin_token: Option<String>,
+    pub resume_namespace: Option<String>,
+    pub shutdown_timeout: Duration,
+}
+
+fn validate_topic(setting: &'static str, topic: &str) -> Result<(), ConfigError> {
+    let ok = !topic.is_empty()
+        && topic.len() <= 249
+        && topic
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        && topic != "."
+        && topic != "..";
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::new(
+            setting,
+            format!("'{topic}' is not a valid Kafka topic name"),
+        ))
+    }
+}
+
+fn positive(setting: &'static str, v: u64) -> Result<(), ConfigError> {
+    if v == 0 {
+        Err(ConfigError::new(setting, "must be greater than 0"))
+    } else {
+        Ok(())
+    }
+}
+
+impl ServeArgs {
+    pub fn validate(&self) -> Result<BridgeConfig, ConfigError> {
+        let mut props = self.kafka.client_properties()?;
+        if self.kafka_group_id.trim().is_empty() {
+            return Err(ConfigError::new(
+                "KAFKA_GROUP_ID (--kafka-group-id)",
+                "must not be empty",
+            ));
+        }
+        positive("KAFKA_STATS_INTERVAL_MS", self.kafka_stats_interval_ms)?;
+        positive("MAX_MESSAGE_BYTES", self.max_message_bytes as u64)?;
+        positive("MAX_DECOMPRESSED_BYTES", self.max_decompressed_bytes as u64)?;
+        if self.max_message_bytes > 256 * 1_048_576 {
+            return Err(ConfigError::new(
+                "MAX_MESSAGE_BYTES",
+                "at most 268435456 (256 MiB)",
+            ));
+        }
+        if self.max_decompressed_bytes > 1024 * 1_048_576 {
+            return Err(ConfigError::new(
+                "MAX_DECOMPRESSED_BYTES",
+                "at most 1073741824 (1 GiB)",
+            ));
+        }
+        if !(64..=1 << 20).contains(&self.sequence_window) {
+            return Err(ConfigError::new(
+                "SEQUENCE_WINDOW",
+                "must be between 64 and 1048576",
+            ));
+        }
+        positive("SEQUENCE_MAX_THREADS", self.sequence_max_threads as u64)?;
+        positive("SEQUENCE_THREAD_IDLE_SECS", self.sequence_thread_idle_secs)?;
+        positive("HALT_MAX_HELD_MESSAGES", self.halt_max_held_messages as u64)?;
+        positive(
+            "WEBSOCKET_CLIENT_QUEUE_FRAMES",
+            self.websocket_client_queue_frames as u64,
+        )?;
+        if self.websocket_max_incoming_bytes < 256 {
+            return Err(ConfigError::new(
+                "WEBSOCKET_MAX_INCOMING_BYTES",
+                "must be at least 256",
+            ));
+        }
+        positive(
+            "WEBSOCKET_MAX_FILTER_VALUES",
+            self.websocket_max_filter_values as u64,
+        )?;
+        positive("SHUTDOWN_TIMEOUT_SECS", self.shutdown_timeout_secs)?;
+        if let Some(t) = &self.admin_token {
+            if t.len() < 16 {
+                return Err(ConfigError::new(
+                    "ADMIN_TOKEN",
+                    "must be at least 16 characters",
+                ));
+            }
+        }
+        if let Some(ns) = &self.resume_namespace {
+            if ns.is_empty() || ns.len() > 128 || ns.chars().any(|c| c.is_whitespace() || c == ':')
+            {
+                return Err(ConfigError::new(
+                    "RESUME_NAMESPACE",
+                    "1-128 characters, no whitespace or ':'",
+                ));
+            }
+        }
+        props.push(("group.id".into(), self.kafka_group_id.clone()));
+        props.push((
+            "auto.offset.reset".into(),
+            self.kafka_auto_offset_reset.as_str().into(),
+        ));
+        props.push(("enable.auto.offset.store".into(), "false".into()));
+        props.push(("enable.auto.commit".into(), "true".into()));
+        props.push((
+            "statistics.interval.ms".into(),
+            self.kafka_stats_interval_ms.to_string(),
+        ));
+        // Pass-through properties come last so users can tune anything not reserved.
+        props.sort_by_key(|(k, _)| {
+            !matches!(
+                k.as_str(),
+                "bootstrap.servers"
+                    | "security.protocol"
+                    | "group.id"
+                    | "auto.offset.reset"
+                    | "enable.auto.offset.store"
+                    | "enable.auto.commit"
+                    | "statistics.interval.ms"
+            )
+        });
+        Ok(BridgeConfig {
+            brokers: self.kafka.kafka_brokers.clone(),
+            topic: self.kafka.kafka_topic.clone(),
+            group_id: self.kafka_group_id.clone(),
+            consumer_properties: props,
+            listen: SocketAddr::new(self.websocket_host, self.websocket_port),
+            limits: crate::decode::DecodeLimits {
+                max_record_bytes: self.max_message_bytes,
+                max_decompressed_bytes: self.max_decompressed_bytes,
+            },
+            gap_policy: self.gap_policy,
+            sequence: crate::sequence::ValidatorConfig {
+                window: self.sequence_window,
+                max_threads: self.sequence_max_threads,
+                idle: Duration::from_secs(self.sequence_thread_idle_secs),
+            },
+            halt_max_held: self.halt_max_held_messages,
+            client_queue_frames: self.websocket_client_queue_frames,
+            max_incoming_bytes: self.websocket_max_incoming_bytes,
+            max_filter_values: self.websocket_max_filter_values,
+            admin_token: self.admin_token.clone(),
+            resume_namespace: self.resume_namespace.clone(),
+            shutdown_timeout: Duration::from_secs(self.shutdown_timeout_secs),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct T {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn parse(args: &[&str]) -> ServeArgs {
+        let mut v = vec!["t"];
+        v.extend_from_slice(args);
+        T::try_parse_from(v).expect("parse").serve
+    }
+
+    #[test]
+    fn pass_through_properties_are_appended() {
+        let c = parse(&[
+            "--kafka-property",
+            "session.timeout.ms=6000",
+            "--kafka-property",
+            "fetch.min.bytes=1",
+        ])
+        .validate()
+        .expect("valid");
+        assert!(c
+            .consumer_properties
+            .contains(&("session.timeout.ms".into(), "6000".into())));
+        assert!(c
+            .consumer_properties
+            .contains(&("fetch.min.bytes".into(), "1".into())));
+    }
+
+    #[test]
+    fn reserved_property_is_refused_with_the_setting_named() {
+        let e = parse(&["--kafka-property", "enable.auto.offset.store=true"])
+            .validate()
+            .unwrap_err();
+        assert!(e.to_string().contains("KAFKA_PROPERTIES"), "{e}");
+        assert!(e.to_string().contains("enable.auto.offset.store"), "{e}");
+    }
+
+    #[test]
+    fn malformed_property_names_the_setting() {
+        let e = parse(&["--kafka-property", "nonsense"])
+            .validate()
+            .unwrap_err();
+        assert!(e.to_string().contains("KAFKA_PROPERTIES"), "{e}");
+    }
+
+    #[test]
+    fn bad_topic_and_zero_limits_are_named() {
+        let e = parse(&["--kafka-topic", "bad topic"])
+            .validate()
+            .unwrap_err();
+        assert!(e.to_string().contains("KAFKA_TOPIC"), "{e}");
+        let e = parse(&["--max-message-bytes", "0"]).validate().unwrap_err();
+        assert!(e.to_string().contains("MAX_MESSAGE_BYTES"), "{e}");
+        let e = parse(&["--kafka-security-protocol", "sasl_ssl"])
+            .validate()
+            .unwrap_err();
+        assert!(e.to_string().contains("KAFKA_SASL_MECHANISM"), "{e}");
+    }
+}

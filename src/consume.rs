@@ -1,0 +1,307 @@
+//! Consume stage: the Kafka consumer, its client context (statistics →
+//! lag, rebalances → assignment, errors → connection state), and the loop
+//! that feeds records to the [`Pipeline`] and stores offsets after delivery.
+//!
+//! Offsets: `enable.auto.offset.store=false`, so librdkafka commits (every
+//! `auto.commit.interval.ms`, on revoke, and synchronously on shutdown) only
+//! what this loop stored: the pipeline's commit point, i.e. the next record
+//! that has not been handed to delivery. At-least-once, no off-by-one.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+use rdkafka::client::ClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Headers, Message};
+use rdkafka::statistics::Statistics;
+use rdkafka::types::RDKafkaErrorCode;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::health::{KafkaState, Status};
+use crate::pipeline::{Pipeline, RecordView, ResumeError};
+use crate::telemetry;
+
+/// Per-partition figures from the latest librdkafka statistics.
+#[derive(Clone, Copy, Debug)]
+struct PartitionStats {
+    hi_offset: i64,
+    consumer_lag: i64,
+}
+
+pub enum RebalanceEvent {
+    Assigned(Vec<i32>),
+    Revoked(Vec<i32>),
+}
+
+/// Librdkafka callbacks. They run on librdkafka's threads and only touch
+/// small shared state (no per-record work).
+pub struct BridgeContext {
+    topic: String,
+    status: Arc<Status>,
+    stats: Mutex<HashMap<i32, PartitionStats>>,
+    assigned: Mutex<HashSet<i32>>,
+    rebalance_tx: mpsc::UnboundedSender<RebalanceEvent>,
+}
+
+impl ClientContext for BridgeContext {
+    fn stats(&self, s: Statistics) {
+        let up = s.brokers.values().any(|b| b.nodeid >= 0 && b.state == "UP");
+        self.status.set_kafka(if up {
+            KafkaState::Connected
+        } else {
+            KafkaState::Disconnected
+        });
+        if let Some(t) = s.topics.get(&self.topic) {
+            let mut m = self.stats.lock();
+            for (p, ps) in &t.partitions {
+                if *p >= 0 && ps.hi_offset >= 0 {
+                    m.insert(
+                        *p,
+                        PartitionStats {
+                            hi_offset: ps.hi_offset,
+                            consumer_lag: ps.consumer_lag,
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        metrics::counter!(telemetry::INFRA_ERRORS, "kind" => "kafka").increment(1);
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            self.status.set_kafka(KafkaState::Disconnected);
+        }
+        tracing::warn!(error = %error, reason, "kafka client error");
+    }
+}
+
+impl ConsumerContext for BridgeContext {
+    fn post_rebalance(&self, _c: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let parts = |tpl: &rdkafka::TopicPartitionList| -> Vec<i32> {
+            tpl.elements()
+                .iter()
+                .filter(|e| e.topic() == self.topic)
+                .map(|e| e.partition())
+                .collect()
+        };
+        let mut assigned = self.assigned.lock();
+        let event = match rebalance {
+            Rebalance::Assign(tpl) => {
+                let p = parts(tpl);
+                assigned.extend(p.iter().copied());
+                tracing::info!(partitions = ?p, "partitions assigned");
+                RebalanceEvent::Assigned(p)
+            }
+            Rebalance::Revoke(tpl) => {
+                let p = parts(tpl);
+                for x in &p {
+                    assigned.remove(x);
+                }
+                tracing::info!(partitions = ?p, "partitions revoked");
+                RebalanceEvent::Revoked(p)
+            }
+            Rebalance::Error(e) => {
+                tracing::warn!(error = %e, "rebalance error");
+                metrics::counter!(telemetry::INFRA_ERRORS, "kind" => "kafka").increment(1);
+                return;
+            }
+        };
+        self.status.set_assigned_partitions(assigned.len());
+        metrics::gauge!(telemetry::ASSIGNED_PARTITIONS).set(assigned.len() as f64);
+        let _ = self.rebalance_tx.send(event);
+    }
+}
+
+pub type BridgeConsumer = StreamConsumer<BridgeContext>;
+
+/// Creates the consumer and subscribes it to `topic`.
+pub fn create_consumer(
+    props: &[(String, String)],
+    topic: &str,
+    status: Arc<Status>,
+) -> Result<(BridgeConsumer, mpsc::UnboundedReceiver<RebalanceEvent>), KafkaError> {
+    let mut cfg = ClientConfig::new();
+    for (k, v) in props {
+        cfg.set(k, v);
+    }
+    let (rebalance_tx, rebalance_rx) = mpsc::unbounded_channel();
+    let ctx = BridgeContext {
+        topic: topic.to_string(),
+        status,
+        stats: Mutex::new(HashMap::new()),
+        assigned: Mutex::new(HashSet::new()),
+        rebalance_tx,
+    };
+    let consumer: BridgeConsumer = cfg.create_with_context(ctx)?;
+    consumer.subscribe(&[topic])?;
+    Ok((consumer, rebalance_rx))
+}
+
+/// Operator commands executed by the consumer task (which owns the pipeline).
+pub enum AdminCommand {
+    ResumeThread {
+        thread: String,
+        reply: oneshot::Sender<Result<usize, ResumeError>>,
+    },
+}
+
+/// Runs until `shutdown` fires, then commits stored offsets (bounded).
+pub async fn run(
+    consumer: Arc<BridgeConsumer>,
+    mut pipeline: Pipeline,
+    mut rebalance_rx: mpsc::UnboundedReceiver<RebalanceEvent>,
+    mut admin_rx: mpsc::Receiver<AdminCommand>,
+    status: Arc<Status>,
+    shutdown: CancellationToken,
+    commit_timeout: Duration,
+) {
+    let topic = consumer.context().topic.clone();
+    let mut stored: HashMap<i32, i64> = HashMap::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_error_log: Option<Instant> = None;
+    status.set_consuming(true);
+
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            Some(cmd) = admin_rx.recv() => match cmd {
+                AdminCommand::ResumeThread { thread, reply } => {
+                    let r = pipeline.resume_thread(&thread);
+                    store_all(&consumer, &topic, &pipeline, &mut stored);
+                    let _ = reply.send(r);
+                }
+            },
+            Some(ev) = rebalance_rx.recv() => match ev {
+                RebalanceEvent::Assigned(ps) | RebalanceEvent::Revoked(ps) => {
+                    for p in ps {
+                        pipeline.forget_partition(p);
+                        stored.remove(&p);
+                    }
+                }
+            },
+            _ = tick.tick() => {
+                pipeline.tick(Instant::now());
+                export_lag(consumer.context(), &pipeline);
+            }
+            r = consumer.recv() => match r {
+                Ok(msg) => {
+                    let traceparent = msg.headers().and_then(|h| {
+                        h.iter().find(|x| x.key.eq_ignore_ascii_case("traceparent")).and_then(|x| x.value)
+                    });
+                    let view = RecordView {
+                        partition: msg.partition(),
+                        offset: msg.offset(),
+                        timestamp_ms: msg.timestamp().to_millis(),
+                        key: msg.key(),
+                        value: msg.payload(),
+                        traceparent,
+                    };
+                    pipeline.handle(view, Instant::now());
+                    store(&consumer, &topic, &pipeline, &mut stored, msg.partition());
+                }
+                Err(e) => {
+                    metrics::counter!(telemetry::INFRA_ERRORS, "kind" => "kafka").increment(1);
+                    let now = Instant::now();
+                    if last_error_log.is_none_or(|t| now.duration_since(t) > Duration::from_secs(5)) {
+                        tracing::warn!(error = %e, "kafka consume error");
+                        last_error_log = Some(now);
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    status.set_consuming(false);
+    store_all(&consumer, &topic, &pipeline, &mut stored);
+    let c = consumer.clone();
+    let commit = tokio::task::spawn_blocking(move || c.commit_consumer_state(CommitMode::Sync));
+    match tokio::time::timeout(commit_timeout, commit).await {
+        Ok(Ok(Ok(()))) => tracing::info!(offsets = ?stored, "offsets committed on shutdown"),
+        Ok(Ok(Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)))) => {
+            tracing::info!("nothing to commit on shutdown")
+        }
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "offset commit on shutdown failed"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "offset commit task failed"),
+        Err(_) => tracing::warn!(?commit_timeout, "offset commit on shutdown timed out"),
+    }
+    // Closing the consumer (leaving the group) can block; never let it hold up exit.
+    let close = tokio::task::spawn_blocking(move || drop(consumer));
+    if tokio::time::timeout(Duration::from_millis(1500), close)
+        .await
+        .is_err()
+    {
+        tracing::warn!("consumer close timed out; exiting anyway");
+    }
+}
+
+fn store(
+    consumer: &BridgeConsumer,
+    topic: &str,
+    pipeline: &Pipeline,
+    stored: &mut HashMap<i32, i64>,
+    partition: i32,
+) {
+    let Some(next) = pipeline.offsets().commit_point(partition) else {
+        return;
+    };
+    if stored.get(&partition) == Some(&next) {
+        return;
+    }
+    // rd_kafka_offset_store stores `offset + 1`: pass the last delivered offset.
+    match consumer.store_offset(topic, partition, next - 1) {
+        Ok(()) => {
+            stored.insert(partition, next);
+        }
+        Err(e) => {
+            tracing::debug!(partition, error = %e, "offset not stored (partition no longer assigned?)")
+        }
+    }
+}
+
+fn store_all(
+    consumer: &BridgeConsumer,
+    topic: &str,
+    pipeline: &Pipeline,
+    stored: &mut HashMap<i32, i64>,
+) {
+    let parts: Vec<i32> = pipeline.offsets().partitions().collect();
+    for p in parts {
+        store(consumer, topic, pipeline, stored, p);
+    }
+}
+
+fn export_lag(ctx: &BridgeContext, pipeline: &Pipeline) {
+    let stats = ctx.stats.lock().clone();
+    let assigned: Vec<i32> = ctx.assigned.lock().iter().copied().collect();
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    for p in assigned {
+        let Some(st) = stats.get(&p) else { continue };
+        let progress = pipeline.offsets().progress(p);
+        let lag = match progress.last_processed {
+            Some(last) => st.hi_offset - (last + 1),
+            None => st.consumer_lag,
+        }
+        .max(0);
+        let seconds = match (lag > 0, progress.last_timestamp_ms) {
+            (true, Some(ts)) => ((now_ms - ts).max(0) as f64) / 1000.0,
+            _ => 0.0,
+        };
+        let label = p.to_string();
+        metrics::gauge!(telemetry::CONSUMER_LAG, "partition" => label.clone()).set(lag as f64);
+        metrics::gauge!(telemetry::CONSUMER_LAG_SECONDS, "partition" => label).set(seconds);
+    }
+}

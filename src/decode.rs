@@ -1,0 +1,570 @@
+//! Decode stage: turns a Kafka record value into a validated DashStream
+//! message, or a classified [`DecodeError`].
+//!
+//! Framing (see docs/PROTOCOL.md and the DashStream v1 wire format):
+//! `0x00` + protobuf, `0x01` + zstd(protobuf), or legacy unframed values (a
+//! zstd frame by its magic number, else a bare protobuf). The size limit is
+//! checked before anything is copied or decompressed, and decompression
+//! stops at its own output limit, whatever size the frame declares.
+
+use std::io::Read;
+
+use prost::Message as _;
+
+use crate::proto::dash_stream_message::Message;
+use crate::proto::{DashStreamMessage, Event, Header};
+
+/// Highest `schema_version` this bridge understands (0 is read as 1).
+pub const SUPPORTED_SCHEMA_VERSION: u32 = 1;
+
+const FRAME_PROTOBUF: u8 = 0x00;
+const FRAME_ZSTD: u8 = 0x01;
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xB5, 0x2F, 0xFD];
+/// Largest zstd window accepted (2^24 = 16 MiB): bounds decoder memory.
+const ZSTD_WINDOW_LOG_MAX: u32 = 24;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DecodeLimits {
+    pub max_record_bytes: usize,
+    pub max_decompressed_bytes: usize,
+}
+
+impl Default for DecodeLimits {
+    fn default() -> Self {
+        Self {
+            max_record_bytes: 1_048_576,
+            max_decompressed_bytes: 4 * 1_048_576,
+        }
+    }
+}
+
+/// How the record value was framed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framing {
+    Protobuf,
+    Zstd,
+    LegacyBare,
+    LegacyZstd,
+}
+
+/// Why a record could not be used. `error_type()` is the label operators see.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum DecodeError {
+    #[error("record has no value")]
+    Empty,
+    #[error("record value is {size} bytes, over the {limit}-byte limit")]
+    TooLarge { size: usize, limit: usize },
+    #[error("zstd decompression failed: {0}")]
+    Decompression(String),
+    #[error("decompressed body exceeds the {limit}-byte limit")]
+    DecompressedTooLarge { limit: usize },
+    #[error("invalid protobuf: {0}")]
+    InvalidProtobuf(String),
+    #[error("message has no body (no oneof field set)")]
+    MissingBody,
+    #[error("schema_version {found} is newer than supported version {supported}{}", where_.map(|i| format!(" (event_batch event #{i})")).unwrap_or_default())]
+    SchemaMismatch {
+        found: u32,
+        supported: u32,
+        where_: Option<usize>,
+    },
+}
+
+impl DecodeError {
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            DecodeError::Empty => "empty_payload",
+            DecodeError::TooLarge { .. } => "payload_too_large",
+            DecodeError::Decompression(_) => "decompression_failure",
+            DecodeError::DecompressedTooLarge { .. } => "decompressed_too_large",
+            DecodeError::InvalidProtobuf(_) => "invalid_protobuf",
+            DecodeError::MissingBody => "missing_body",
+            DecodeError::SchemaMismatch { .. } => "schema_mismatch",
+        }
+    }
+
+    /// The pipeline stage that rejected the record (DLQ `stage`).
+    pub fn stage(&self) -> &'static str {
+        match self {
+            DecodeError::Empty | DecodeError::InvalidProtobuf(_) | DecodeError::MissingBody => {
+                "decode"
+            }
+            DecodeError::TooLarge { .. } => "oversize",
+            DecodeError::Decompression(_) | DecodeError::DecompressedTooLarge { .. } => {
+                "decompress"
+            }
+            DecodeError::SchemaMismatch { .. } => "validate",
+        }
+    }
+}
+
+/// The kind of body a message carries, named as in filters and JSON frames.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MessageKind {
+    Event,
+    StateDiff,
+    TokenChunk,
+    ToolExecution,
+    Checkpoint,
+    Metrics,
+    Error,
+    EventBatch,
+    ExecutionTrace,
+}
+
+impl MessageKind {
+    pub const ALL: [MessageKind; 9] = [
+        MessageKind::Event,
+        MessageKind::StateDiff,
+        MessageKind::TokenChunk,
+        MessageKind::ToolExecution,
+        MessageKind::Checkpoint,
+        MessageKind::Metrics,
+        MessageKind::Error,
+        MessageKind::EventBatch,
+        MessageKind::ExecutionTrace,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageKind::Event => "event",
+            MessageKind::StateDiff => "state_diff",
+            MessageKind::TokenChunk => "token_chunk",
+            MessageKind::ToolExecution => "tool_execution",
+            MessageKind::Checkpoint => "checkpoint",
+            MessageKind::Metrics => "metrics",
+            MessageKind::Error => "error",
+            MessageKind::EventBatch => "event_batch",
+            MessageKind::ExecutionTrace => "execution_trace",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// Bit for compact kind sets (filters).
+    pub fn bit(self) -> u16 {
+        1 << (self as u16)
+    }
+}
+
+/// A decoded, schema-checked record body.
+#[derive(Debug, Clone)]
+pub struct Decoded {
+    pub body: Message,
+    pub framing: Framing,
+}
+
+/// One (thread, sequence) pair to validate: the message itself, or each event of a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SequenceUnit<'a> {
+    pub thread_id: &'a str,
+    pub sequence: u64,
+}
+
+impl Decoded {
+    pub fn kind(&self) -> MessageKind {
+        kind_of(&self.body)
+    }
+
+    pub fn header(&self) -> Option<&Header> {
+        header_of(&self.body)
+    }
+
+    /// Inner events of an `event_batch`, empty for other kinds.
+    pub fn batch_events(&self) -> &[Event] {
+        match &self.body {
+            Message::EventBatch(b) => &b.events,
+            _ => &[],
+        }
+    }
+
+    /// The thread this record belongs to: its header's thread, else the
+    /// first batch event's, else empty.
+    pub fn thread_id(&self) -> &str {
+        if let Some(t) = self
+            .header()
+            .map(|h| h.thread_id.as_str())
+            .filter(|t| !t.is_empty())
+        {
+            return t;
+        }
+        self.batch_events()
+            .iter()
+            .filter_map(|e| e.header.as_ref())
+            .map(|h| h.thread_id.as_str())
+            .find(|t| !t.is_empty())
+            .unwrap_or("")
+    }
+
+    pub fn tenant_id(&self) -> &str {
+        self.header().map(|h| h.tenant_id.as_str()).unwrap_or("")
+    }
+
+    /// Producer timestamp (µs since the epoch), if the producer set one.
+    pub fn timestamp_us(&self) -> Option<i64> {
+        let ts = self.header().map(|h| h.timestamp_us).unwrap_or(0);
+        if ts > 0 {
+            return Some(ts);
+        }
+        self.batch_events()
+            .iter()
+            .filter_map(|e| e.header.as_ref())
+            .map(|h| h.timestamp_us)
+            .find(|t| *t > 0)
+    }
+
+    /// The record's own sequence (0 for a batch, whose events carry theirs).
+    pub fn sequence(&self) -> u64 {
+        self.header().map(|h| h.sequence).unwrap_or(0)
+    }
+
+    /// Every (thread, sequence) to validate. Unsequenced (0) entries are skipped.
+    pub fn sequence_units(&self) -> impl Iterator<Item = SequenceUnit<'_>> {
+        let own = self
+            .header()
+            .filter(|h| h.sequence != 0)
+            .map(|h| SequenceUnit {
+                thread_id: h.thread_id.as_str(),
+                sequence: h.sequence,
+            });
+        let inner = self.batch_events().iter().filter_map(|e| {
+            e.header
+                .as_ref()
+                .filter(|h| h.sequence != 0)
+                .map(|h| SequenceUnit {
+                    thread_id: h.thread_id.as_str(),
+                    sequence: h.sequence,
+                })
+        });
+        own.into_iter().chain(inner)
+    }
+
+    /// True if this record touches `thread` (its own thread or any batch event's).
+    pub fn involves_thread(&self, thread: &str) -> bool {
+        self.thread_id() == thread
+            || self
+                .batch_events()
+                .iter()
+                .any(|e| e.header.as_ref().is_some_and(|h| h.thread_id == thread))
+    }
+}
+
+fn kind_of(m: &Message) -> MessageKind {
+    match m {
+        Message::Event(_) => MessageKind::Event,
+        Message::StateDiff(_) => MessageKind::StateDiff,
+        Message::TokenChunk(_) => MessageKind::TokenChunk,
+        Message::ToolExecution(_) => MessageKind::ToolExecution,
+        Message::Checkpoint(_) => MessageKind::Checkpoint,
+        Message::Metrics(_) => MessageKind::Metrics,
+        Message::Error(_) => MessageKind::Error,
+        Message::EventBatch(_) => MessageKind::EventBatch,
+        Message::ExecutionTrace(_) => MessageKind::ExecutionTrace,
+    }
+}
+
+fn header_of(m: &Message) -> Option<&Header> {
+    match m {
+        Message::Event(x) => x.header.as_ref(),
+        Message::StateDiff(x) => x.header.as_ref(),
+        Message::TokenChunk(x) => x.header.as_ref(),
+        Message::ToolExecution(x) => x.header.as_ref(),
+        Message::Checkpoint(x) => x.header.as_ref(),
+        Message::Metrics(x) => x.header.as_ref(),
+        Message::Error(x) => x.header.as_ref(),
+        Message::EventBatch(x) => x.header.as_ref(),
+        Message::ExecutionTrace(x) => x.header.as_ref(),
+    }
+}
+
+fn check_schema(h: Option<&Header>, where_: Option<usize>) -> Result<(), DecodeError> {
+    let found = h.map(|h| h.schema_version).unwrap_or(0).max(1);
+    if found > SUPPORTED_SCHEMA_VERSION {
+        return Err(DecodeError::SchemaMismatch {
+            found,
+            supported: SUPPORTED_SCHEMA_VERSION,
+            where_,
+        });
+    }
+    Ok(())
+}
+
+fn decompress(body: &[u8], limit: usize) -> Result<Vec<u8>, DecodeError> {
+    let mut decoder = zstd::stream::read::Decoder::with_buffer(body)
+        .map_err(|e| DecodeError::Decompression(e.to_string()))?;
+    decoder
+        .window_log_max(ZSTD_WINDOW_LOG_MAX)
+        .map_err(|e| DecodeError::Decompression(e.to_string()))?;
+    let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(limit));
+    // Read one byte past the limit to tell "exactly at the limit" from "over it".
+    let read = decoder
+        .take(limit as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| DecodeError::Decompression(e.to_string()))?;
+    if read > limit {
+        return Err(DecodeError::DecompressedTooLarge { limit });
+    }
+    Ok(out)
+}
+
+/// Decodes and validates one record value. Never panics, whatever the input.
+pub fn decode(value: Option<&[u8]>, limits: &DecodeLimits) -> Result<Decoded, DecodeError> {
+    let value = value.filter(|v| !v.is_empty()).ok_or(DecodeError::Empty)?;
+    if value.len() > limits.max_record_bytes {
+        return Err(DecodeError::TooLarge {
+            size: value.len(),
+            limit: limits.max_record_bytes,
+        });
+    }
+    let (framing, decompressed);
+    let body: &[u8] = match value[0] {
+        FRAME_PROTOBUF => {
+            framing = Framing::Protobuf;
+            &value[1..]
+        }
+        FRAME_ZSTD => {
+            framing = Framing::Zstd;
+            decompressed = decompress(&value[1..], limits.max_decompressed_bytes)?;
+            &decompressed
+        }
+        _ if value.starts_with(&ZSTD_MAGIC) => {
+            framing = Framing::LegacyZstd;
+            decompressed = decompress(value, limits.max_decompressed_bytes)?;
+            &decompressed
+        }
+        _ => {
+            framing = Framing::LegacyBare;
+            value
+        }
+    };
+    let message =
+        DashStreamMessage::decode(body).map_err(|e| DecodeError::InvalidProtobuf(e.to_string()))?;
+    let Some(body) = message.message else {
+        return Err(DecodeError::MissingBody);
+    };
+    check_schema(header_of(&body), None)?;
+    if let Message::EventBatch(batch) = &body {
+        for (i, e) in batch.events.iter().enumerate() {
+            check_schema(e.header.as_ref(), Some(i))?;
+        }
+    }
+    Ok(Decoded { body, framing })
+}
+
+/// Encodes a message in the current framing (`0x00` or `0x01` + zstd).
+/// Used by the producer tool, tests and benchmarks.
+pub fn encode_record(message: &DashStreamMessage, zstd_level: Option<i32>) -> Vec<u8> {
+    let body = message.encode_to_vec();
+    match zstd_level {
+        None => {
+            let mut out = Vec::with_capacity(body.len() + 1);
+            out.push(FRAME_PROTOBUF);
+            out.extend_from_slice(&body);
+            out
+        }
+        Some(level) => {
+            let mut out = vec![FRAME_ZSTD];
+            // Compressing an in-memory buffer cannot fail short of OOM.
+            let compressed = zstd::bulk::compress(&body, level).unwrap_or_default();
+            out.extend_from_slice(&compressed);
+            out
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::{EventBatch, TokenChunk};
+
+    fn header(thread: &str, seq: u64, schema: u32) -> Option<Header> {
+        Some(Header {
+            thread_id: thread.into(),
+            sequence: seq,
+            schema_version: schema,
+            tenant_id: "acme".into(),
+            timestamp_us: 1_700_000_000_000_000,
+            ..Default::default()
+        })
+    }
+
+    fn event(thread: &str, seq: u64) -> DashStreamMessage {
+        DashStreamMessage {
+            message: Some(Message::Event(Event {
+                header: header(thread, seq, 1),
+                node_id: "n".into(),
+                ..Default::default()
+            })),
+        }
+    }
+
+    #[test]
+    fn all_framings_decode_to_the_same_message() {
+        let m = event("t1", 7);
+        let body = m.encode_to_vec();
+        let limits = DecodeLimits::default();
+        let framed = encode_record(&m, None);
+        let zstd = encode_record(&m, Some(3));
+        let legacy_zstd = zstd::bulk::compress(&body, 3).unwrap();
+        for (bytes, framing) in [
+            (framed, Framing::Protobuf),
+            (zstd, Framing::Zstd),
+            (body.clone(), Framing::LegacyBare),
+            (legacy_zstd, Framing::LegacyZstd),
+        ] {
+            let d = decode(Some(&bytes), &limits).unwrap();
+            assert_eq!(d.framing, framing);
+            assert_eq!(Some(d.body.clone()), m.message);
+            assert_eq!(d.thread_id(), "t1");
+            assert_eq!(d.kind(), MessageKind::Event);
+        }
+    }
+
+    #[test]
+    fn size_limit_is_checked_before_decoding() {
+        let limits = DecodeLimits {
+            max_record_bytes: 10,
+            max_decompressed_bytes: 100,
+        };
+        let e = decode(Some(&[0u8; 11]), &limits).unwrap_err();
+        assert_eq!(e.error_type(), "payload_too_large");
+        assert_eq!(
+            decode(Some(&[]), &limits).unwrap_err().error_type(),
+            "empty_payload"
+        );
+        assert_eq!(
+            decode(None, &limits).unwrap_err().error_type(),
+            "empty_payload"
+        );
+    }
+
+    #[test]
+    fn zstd_bomb_stops_at_the_output_limit() {
+        let zeros = vec![0u8; 50 * 1_048_576];
+        let mut bomb = vec![FRAME_ZSTD];
+        bomb.extend(zstd::bulk::compress(&zeros, 19).unwrap());
+        assert!(
+            bomb.len() < 10_000,
+            "bomb is small on the wire: {}",
+            bomb.len()
+        );
+        let e = decode(Some(&bomb), &DecodeLimits::default()).unwrap_err();
+        assert_eq!(e.error_type(), "decompressed_too_large");
+    }
+
+    #[test]
+    fn corrupt_zstd_and_garbage_are_classified() {
+        let limits = DecodeLimits::default();
+        let e = decode(Some(&[FRAME_ZSTD, 1, 2, 3, 4]), &limits).unwrap_err();
+        assert_eq!(e.error_type(), "decompression_failure");
+        let e = decode(Some(&[0xff, 0xff, 0xff, 0xff, 0x0f]), &limits).unwrap_err();
+        assert_eq!(e.error_type(), "invalid_protobuf");
+        let e = decode(Some(&[FRAME_PROTOBUF]), &limits).unwrap_err();
+        assert_eq!(e.error_type(), "missing_body");
+    }
+
+    #[test]
+    fn truncated_record_is_invalid_protobuf() {
+        let full = encode_record(&event("t", 1), None);
+        let e = decode(Some(&full[..full.len() - 3]), &DecodeLimits::default()).unwrap_err();
+        assert_eq!(e.error_type(), "invalid_protobuf");
+    }
+
+    #[test]
+    fn future_schema_is_rejected_also_inside_a_batch() {
+        let limits = DecodeLimits::default();
+        let m = DashStreamMessage {
+            message: Some(Message::TokenChunk(TokenChunk {
+                header: header("t", 1, 2),
+                ..Default::default()
+            })),
+        };
+        let e = decode(Some(&encode_record(&m, None)), &limits).unwrap_err();
+        assert_eq!(e.error_type(), "schema_mismatch");
+
+        let batch = DashStreamMessage {
+            message: Some(Message::EventBatch(EventBatch {
+                header: header("t", 0, 1),
+                events: vec![
+                    Event {
+                        header: header("t", 1, 1),
+                        ..Default::default()
+                    },
+                    Event {
+                        header: header("t", 2, 3),
+                        ..Default::default()
+                    },
+                ],
+            })),
+        };
+        let e = decode(Some(&encode_record(&batch, None)), &limits).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                DecodeError::SchemaMismatch {
+                    found: 3,
+                    where_: Some(1),
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn batch_yields_one_sequence_unit_per_sequenced_event() {
+        let batch = DashStreamMessage {
+            message: Some(Message::EventBatch(EventBatch {
+                header: header("", 0, 1),
+                events: vec![
+                    Event {
+                        header: header("a", 5, 1),
+                        ..Default::default()
+                    },
+                    Event {
+                        header: header("b", 0, 1),
+                        ..Default::default()
+                    },
+                    Event {
+                        header: header("b", 9, 0),
+                        ..Default::default()
+                    },
+                ],
+            })),
+        };
+        let d = decode(Some(&encode_record(&batch, None)), &DecodeLimits::default()).unwrap();
+        let units: Vec<_> = d.sequence_units().collect();
+        assert_eq!(
+            units,
+            vec![
+                SequenceUnit {
+                    thread_id: "a",
+                    sequence: 5
+                },
+                SequenceUnit {
+                    thread_id: "b",
+                    sequence: 9
+                }
+            ]
+        );
+        assert_eq!(d.thread_id(), "a");
+        assert!(d.involves_thread("b"));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..2048)) {
+            let _ = decode(Some(&bytes), &DecodeLimits { max_record_bytes: 1024, max_decompressed_bytes: 4096 });
+        }
+
+        #[test]
+        fn arbitrary_zstd_framed_bytes_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            let mut v = vec![FRAME_ZSTD];
+            v.extend_from_slice(&ZSTD_MAGIC);
+            v.extend(bytes);
+            let _ = decode(Some(&v), &DecodeLimits::default());
+        }
+    }
+}

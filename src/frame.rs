@@ -1,0 +1,375 @@
+//! Outgoing WebSocket frames: data frames (one Kafka record each, with its
+//! cursor) in the binary envelope or JSON, and JSON control frames.
+//!
+//! A [`Frame`] is built once per record and shared (`Arc`) by every client.
+//! The binary envelope is built eagerly (it is a single copy of the record);
+//! the JSON text is encoded on first use by a JSON client, once, and the
+//! bytes are shared with every other JSON client.
+//!
+//! Binary envelope v1, big-endian (see docs/PROTOCOL.md):
+//! `u8 version=1 | i32 partition | i64 offset | i64 kafka_timestamp_ms (-1: none) | record value`.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
+
+use axum::extract::ws::Utf8Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::ser::{Serialize, Serializer};
+
+use crate::decode::{DecodeError, DecodeLimits, Decoded, MessageKind};
+use crate::proto::dash_stream_message::Message;
+
+pub const ENVELOPE_VERSION: u8 = 1;
+pub const ENVELOPE_HEADER_LEN: usize = 21;
+
+/// Where a record came from: its cursor and Kafka timestamp.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cursor {
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// One record, ready for every client.
+pub struct Frame {
+    pub cursor: Cursor,
+    pub kafka_timestamp_ms: Option<i64>,
+    pub decoded: Decoded,
+    pub trace_id: Option<Box<str>>,
+    binary: Bytes,
+    json: OnceLock<Utf8Bytes>,
+    latency_recorded: AtomicBool,
+}
+
+impl Frame {
+    pub fn new(
+        cursor: Cursor,
+        kafka_timestamp_ms: Option<i64>,
+        value: &[u8],
+        decoded: Decoded,
+        trace_id: Option<Box<str>>,
+    ) -> Self {
+        let mut buf = BytesMut::with_capacity(ENVELOPE_HEADER_LEN + value.len());
+        buf.put_u8(ENVELOPE_VERSION);
+        buf.put_i32(cursor.partition);
+        buf.put_i64(cursor.offset);
+        buf.put_i64(kafka_timestamp_ms.unwrap_or(-1));
+        buf.put_slice(value);
+        Self {
+            cursor,
+            kafka_timestamp_ms,
+            decoded,
+            trace_id,
+            binary: buf.freeze(),
+            json: OnceLock::new(),
+            latency_recorded: AtomicBool::new(false),
+        }
+    }
+
+    pub fn kind(&self) -> MessageKind {
+        self.decoded.kind()
+    }
+
+    /// The binary envelope (shared bytes, no copy).
+    pub fn binary(&self) -> Bytes {
+        self.binary.clone()
+    }
+
+    /// The original Kafka record value.
+    pub fn record_value(&self) -> &[u8] {
+        &self.binary[ENVELOPE_HEADER_LEN..]
+    }
+
+    /// The JSON text, encoded on first call and shared afterwards.
+    pub fn json(&self) -> Utf8Bytes {
+        self.json
+            .get_or_init(|| {
+                encode_json(
+                    self.cursor,
+                    self.kafka_timestamp_ms,
+                    &self.decoded,
+                    self.trace_id.as_deref(),
+                )
+                .into()
+            })
+            .clone()
+    }
+
+    /// True exactly once per frame: the caller records end-to-end latency.
+    pub fn claim_latency_sample(&self) -> bool {
+        !self.latency_recorded.swap(true, Ordering::Relaxed)
+    }
+}
+
+/// Serializes the body message itself (proto3 JSON mapping via pbjson).
+struct Body<'a>(&'a Message);
+
+impl Serialize for Body<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            Message::Event(m) => m.serialize(s),
+            Message::StateDiff(m) => m.serialize(s),
+            Message::TokenChunk(m) => m.serialize(s),
+            Message::ToolExecution(m) => m.serialize(s),
+            Message::Checkpoint(m) => m.serialize(s),
+            Message::Metrics(m) => m.serialize(s),
+            Message::Error(m) => m.serialize(s),
+            Message::EventBatch(m) => m.serialize(s),
+            Message::ExecutionTrace(m) => m.serialize(s),
+        }
+    }
+}
+
+#[derive(serde::Serialize)]
+struct JsonData<'a> {
+    #[serde(rename = "type")]
+    ty: &'static str,
+    partition: i32,
+    offset: i64,
+    timestamp_ms: Option<i64>,
+    thread_id: &'a str,
+    tenant_id: &'a str,
+    sequence: u64,
+    message_type: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    trace_id: Option<&'a str>,
+    data: Body<'a>,
+}
+
+/// The JSON data frame for one record.
+pub fn encode_json(
+    cursor: Cursor,
+    kafka_timestamp_ms: Option<i64>,
+    d: &Decoded,
+    trace_id: Option<&str>,
+) -> String {
+    let frame = JsonData {
+        ty: "message",
+        partition: cursor.partition,
+        offset: cursor.offset,
+        timestamp_ms: kafka_timestamp_ms,
+        thread_id: d.thread_id(),
+        tenant_id: d.tenant_id(),
+        sequence: d.sequence(),
+        message_type: d.kind().as_str(),
+        trace_id,
+        data: Body(&d.body),
+    };
+    // Serializing plain data to a String cannot fail; fall back to an error frame if it ever does.
+    serde_json::to_string(&frame)
+        .unwrap_or_else(|e| control::error("encode_failed", &e.to_string()))
+}
+
+/// A parsed binary envelope (used by `tail` and tests).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Envelope<'a> {
+    pub cursor: Cursor,
+    pub kafka_timestamp_ms: Option<i64>,
+    pub value: &'a [u8],
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnvelopeError {
+    #[error("binary frame shorter than the {ENVELOPE_HEADER_LEN}-byte envelope header")]
+    Short,
+    #[error("unsupported envelope version {0}")]
+    Version(u8),
+    #[error("record value: {0}")]
+    Decode(#[from] DecodeError),
+}
+
+pub fn parse_envelope(b: &[u8]) -> Result<Envelope<'_>, EnvelopeError> {
+    if b.len() < ENVELOPE_HEADER_LEN {
+        return Err(EnvelopeError::Short);
+    }
+    if b[0] != ENVELOPE_VERSION {
+        return Err(EnvelopeError::Version(b[0]));
+    }
+    let be_i64 = |r: std::ops::Range<usize>| {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(&b[r]);
+        i64::from_be_bytes(a)
+    };
+    let mut p = [0u8; 4];
+    p.copy_from_slice(&b[1..5]);
+    let ts = be_i64(13..21);
+    Ok(Envelope {
+        cursor: Cursor {
+            partition: i32::from_be_bytes(p),
+            offset: be_i64(5..13),
+        },
+        kafka_timestamp_ms: (ts >= 0).then_some(ts),
+        value: &b[ENVELOPE_HEADER_LEN..],
+    })
+}
+
+/// Turns a binary data frame into the JSON data frame a JSON client would get.
+pub fn envelope_to_json(b: &[u8], limits: &DecodeLimits) -> Result<String, EnvelopeError> {
+    let env = parse_envelope(b)?;
+    let decoded = crate::decode::decode(Some(env.value), limits)?;
+    Ok(encode_json(
+        env.cursor,
+        env.kafka_timestamp_ms,
+        &decoded,
+        None,
+    ))
+}
+
+/// JSON control frames (text messages in both formats).
+pub mod control {
+    use serde_json::json;
+
+    pub fn hello(
+        version: &str,
+        topic: &str,
+        namespace: &str,
+        format: &str,
+        filters: serde_json::Value,
+    ) -> String {
+        json!({
+            "type": "hello",
+            "server": "kafka-ws-bridge",
+            "version": version,
+            "protocol": 1,
+            "topic": topic,
+            "resume_namespace": namespace,
+            "format": format,
+            "filters": filters,
+        })
+        .to_string()
+    }
+
+    pub fn error(code: &str, message: &str) -> String {
+        json!({"type": "error", "code": code, "message": message}).to_string()
+    }
+
+    pub fn lagged(dropped: u64) -> String {
+        json!({"type": "lagged", "dropped": dropped}).to_string()
+    }
+
+    pub fn thread_halted(thread_id: &str, missing: u64, sequence: u64) -> String {
+        json!({"type": "thread_halted", "thread_id": thread_id, "missing": missing, "sequence": sequence}).to_string()
+    }
+
+    pub fn thread_resumed(thread_id: &str, released: usize) -> String {
+        json!({"type": "thread_resumed", "thread_id": thread_id, "released": released}).to_string()
+    }
+
+    pub fn pong() -> String {
+        json!({"type": "pong"}).to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::{decode, encode_record};
+    use crate::proto::{DashStreamMessage, Event, Header};
+
+    fn record() -> Vec<u8> {
+        encode_record(
+            &DashStreamMessage {
+                message: Some(Message::Event(Event {
+                    header: Some(Header {
+                        thread_id: "th".into(),
+                        sequence: 3,
+                        tenant_id: "acme".into(),
+                        ..Default::default()
+                    }),
+                    node_id: "planner".into(),
+                    ..Default::default()
+                })),
+            },
+            None,
+        )
+    }
+
+    #[test]
+    fn envelope_round_trips_cursor_timestamp_and_bytes() {
+        let v = record();
+        let d = decode(Some(&v), &DecodeLimits::default()).unwrap();
+        let f = Frame::new(
+            Cursor {
+                partition: 2,
+                offset: 1 << 40,
+            },
+            Some(1234),
+            &v,
+            d,
+            None,
+        );
+        let b = f.binary();
+        let env = parse_envelope(&b).unwrap();
+        assert_eq!(
+            env.cursor,
+            Cursor {
+                partition: 2,
+                offset: 1 << 40
+            }
+        );
+        assert_eq!(env.kafka_timestamp_ms, Some(1234));
+        assert_eq!(env.value, &v[..]);
+        assert_eq!(f.record_value(), &v[..]);
+    }
+
+    #[test]
+    fn json_frame_carries_cursor_and_decoded_data() {
+        let v = record();
+        let d = decode(Some(&v), &DecodeLimits::default()).unwrap();
+        let f = Frame::new(
+            Cursor {
+                partition: 1,
+                offset: 42,
+            },
+            None,
+            &v,
+            d,
+            Some("abc".into()),
+        );
+        let j: serde_json::Value = serde_json::from_str(f.json().as_str()).unwrap();
+        assert_eq!(j["type"], "message");
+        assert_eq!(j["partition"], 1);
+        assert_eq!(j["offset"], 42);
+        assert_eq!(j["thread_id"], "th");
+        assert_eq!(j["sequence"], 3);
+        assert_eq!(j["message_type"], "event");
+        assert_eq!(j["trace_id"], "abc");
+        assert_eq!(j["data"]["nodeId"], "planner");
+        // Same bytes on the second call: encoded once.
+        assert_eq!(f.json().as_str().as_ptr(), f.json().as_str().as_ptr());
+        // The binary path gives the same JSON as the server would have sent.
+        let via_binary: serde_json::Value =
+            serde_json::from_str(&envelope_to_json(&f.binary(), &DecodeLimits::default()).unwrap())
+                .unwrap();
+        assert_eq!(via_binary["data"], j["data"]);
+    }
+
+    #[test]
+    fn short_or_unknown_envelopes_are_errors() {
+        assert!(matches!(
+            parse_envelope(&[1, 2, 3]),
+            Err(EnvelopeError::Short)
+        ));
+        assert!(matches!(
+            parse_envelope(&[9; 30]),
+            Err(EnvelopeError::Version(9))
+        ));
+    }
+
+    #[test]
+    fn latency_sample_is_claimed_once() {
+        let v = record();
+        let d = decode(Some(&v), &DecodeLimits::default()).unwrap();
+        let f = Frame::new(
+            Cursor {
+                partition: 0,
+                offset: 0,
+            },
+            None,
+            &v,
+            d,
+            None,
+        );
+        assert!(f.claim_latency_sample());
+        assert!(!f.claim_latency_sample());
+    }
+}

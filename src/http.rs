@@ -1,0 +1,277 @@
+//! HTTP surface on one port: `/ws` (WebSocket), `/health`, `/health/live`,
+//! `/health/ready`, `/version`, `/metrics`, and the admin API under `/admin`.
+//!
+//! Every query parameter is bounded and validated before a WebSocket upgrade;
+//! bad input gets a 400 with a JSON body naming the problem.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::task::TaskTracker;
+
+use crate::consume::AdminCommand;
+use crate::fanout::{Filter, Format};
+use crate::health::Status;
+use crate::pipeline::ResumeError;
+use crate::session::{self, SessionContext};
+
+/// Longest thread id accepted by the admin API.
+const MAX_THREAD_ID_BYTES: usize = 256;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub status: Arc<Status>,
+    pub sessions: Arc<SessionContext>,
+    pub tracker: TaskTracker,
+    pub metrics: PrometheusHandle,
+    pub admin_tx: mpsc::Sender<AdminCommand>,
+    pub admin: AdminAuth,
+    pub max_incoming_bytes: usize,
+    pub max_filter_values: usize,
+    pub group_id: String,
+}
+
+/// How admin endpoints are protected.
+#[derive(Clone, Debug)]
+pub enum AdminAuth {
+    Token(String),
+    /// No token configured and bound to loopback: open to local callers.
+    LoopbackOnly,
+    /// No token configured on a non-loopback bind: admin is disabled.
+    Disabled,
+}
+
+impl AdminAuth {
+    pub fn new(token: Option<String>, listen: SocketAddr) -> Self {
+        match token {
+            Some(t) => AdminAuth::Token(t),
+            None if listen.ip().is_loopback() => AdminAuth::LoopbackOnly,
+            None => AdminAuth::Disabled,
+        }
+    }
+
+    fn check(&self, headers: &HeaderMap) -> Result<(), Response> {
+        match self {
+            AdminAuth::LoopbackOnly => Ok(()),
+            AdminAuth::Disabled => Err(error(
+                StatusCode::FORBIDDEN,
+                "admin_disabled",
+                "admin endpoints are disabled on a non-loopback bind until ADMIN_TOKEN is set",
+            )),
+            AdminAuth::Token(expected) => {
+                let given = headers
+                    .get(header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "))
+                    .unwrap_or("");
+                if constant_time_eq(given.as_bytes(), expected.as_bytes()) {
+                    Ok(())
+                } else {
+                    Err(error(
+                        StatusCode::UNAUTHORIZED,
+                        "unauthorized",
+                        "missing or wrong bearer token",
+                    ))
+                }
+            }
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn error(status: StatusCode, code: &str, message: &str) -> Response {
+    (status, Json(json!({"error": code, "message": message}))).into_response()
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(index))
+        .route("/ws", get(ws))
+        .route("/health", get(health))
+        .route(
+            "/health/live",
+            get(|| async { Json(json!({"live": true})) }),
+        )
+        .route("/health/ready", get(ready))
+        .route("/version", get(version))
+        .route("/metrics", get(metrics))
+        .route("/admin/threads/halted", get(halted))
+        .route("/admin/threads/{thread_id}/resume", post(resume))
+        .with_state(state)
+}
+
+async fn index() -> impl IntoResponse {
+    Json(json!({
+        "service": "kafka-ws-bridge",
+        "endpoints": ["/ws", "/health", "/health/live", "/health/ready", "/version", "/metrics", "/admin/threads/halted"],
+        "protocol": "see docs/PROTOCOL.md",
+    }))
+}
+
+#[derive(Deserialize)]
+struct WsParams {
+    format: Option<String>,
+    threads: Option<String>,
+    tenant: Option<String>,
+    types: Option<String>,
+}
+
+async fn ws(
+    State(app): State<AppState>,
+    params: Result<Query<WsParams>, axum::extract::rejection::QueryRejection>,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let Ok(Query(params)) = params else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            "query string could not be parsed",
+        );
+    };
+    let format = match params.format.as_deref() {
+        None | Some("binary") => Format::Binary,
+        Some("json") => Format::Json,
+        Some(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_format",
+                "format must be 'binary' or 'json'",
+            )
+        }
+    };
+    let filter = match Filter::parse(
+        params.threads.as_deref(),
+        params.tenant.as_deref(),
+        params.types.as_deref(),
+        app.max_filter_values,
+    ) {
+        Ok(f) => f,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_filter", &e.to_string()),
+    };
+    if app.status.shutting_down() {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "server is shutting down",
+        );
+    }
+    let sessions = app.sessions.clone();
+    let tracker = app.tracker.clone();
+    upgrade
+        .max_message_size(app.max_incoming_bytes)
+        .max_frame_size(app.max_incoming_bytes)
+        .on_upgrade(move |socket| {
+            tracker.track_future(session::run(socket, sessions, format, filter))
+        })
+}
+
+async fn health(State(app): State<AppState>) -> Response {
+    let doc = app.status.health_json(app.sessions.hub.connected());
+    let code = if doc["status"] == "unhealthy" {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    (code, Json(doc)).into_response()
+}
+
+async fn ready(State(app): State<AppState>) -> Response {
+    match app.status.not_ready_reason() {
+        None => Json(json!({"ready": true})).into_response(),
+        Some(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"ready": false, "reason": reason})),
+        )
+            .into_response(),
+    }
+}
+
+async fn version(State(app): State<AppState>) -> impl IntoResponse {
+    Json(json!({
+        "name": "kafka-ws-bridge",
+        "version": env!("CARGO_PKG_VERSION"),
+        "protocol": 1,
+        "topic": app.sessions.topic,
+        "group_id": app.group_id,
+        "resume_namespace": app.status.namespace(),
+    }))
+}
+
+async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        app.metrics.render(),
+    )
+}
+
+async fn halted(State(app): State<AppState>, headers: HeaderMap) -> Response {
+    if let Err(r) = app.admin.check(&headers) {
+        return r;
+    }
+    Json(json!({"halted_threads": app.status.halted()})).into_response()
+}
+
+async fn resume(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(thread_id): Path<String>,
+) -> Response {
+    if let Err(r) = app.admin.check(&headers) {
+        return r;
+    }
+    if thread_id.is_empty() || thread_id.len() > MAX_THREAD_ID_BYTES {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_thread_id",
+            "thread id must be 1-256 bytes",
+        );
+    }
+    let (reply, rx) = oneshot::channel();
+    if app
+        .admin_tx
+        .send(AdminCommand::ResumeThread {
+            thread: thread_id.clone(),
+            reply,
+        })
+        .await
+        .is_err()
+    {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "consumer_stopped",
+            "the consumer is not running",
+        );
+    }
+    match rx.await {
+        Ok(Ok(released)) => {
+            Json(json!({"thread_id": thread_id, "resumed": true, "released": released}))
+                .into_response()
+        }
+        Ok(Err(ResumeError::NotHalted(t))) => error(
+            StatusCode::NOT_FOUND,
+            "not_halted",
+            &format!("thread '{t}' is not halted"),
+        ),
+        Err(_) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "consumer_stopped",
+            "the consumer stopped before answering",
+        ),
+    }
+}

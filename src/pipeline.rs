@@ -1,0 +1,472 @@
+//! The per-record path, owned by the consumer task: decode → validate
+//! sequences → apply the gap policy → hand the frame to the fan-out (or hold
+//! it for a halted thread) → advance the offset book.
+//!
+//! Nothing here touches Kafka or sockets, so the whole path is testable with
+//! plain values; `consume` feeds it records and stores the offsets it reports.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use crate::decode::{self, DecodeLimits, Framing};
+use crate::fanout::Hub;
+use crate::frame::{control, Cursor, Frame};
+use crate::health::{HaltedThread, Status};
+use crate::offsets::OffsetBook;
+use crate::sequence::{GapPolicy, SequenceValidator, ValidatorConfig, Verdict};
+use crate::telemetry::{self, PipelineMetrics};
+
+/// One Kafka record, borrowed from the client.
+#[derive(Clone, Copy, Debug)]
+pub struct RecordView<'a> {
+    pub partition: i32,
+    pub offset: i64,
+    pub timestamp_ms: Option<i64>,
+    pub key: Option<&'a [u8]>,
+    pub value: Option<&'a [u8]>,
+    pub traceparent: Option<&'a [u8]>,
+}
+
+/// What happened to a record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Delivered { clients: usize },
+    Held { thread: String },
+    Rejected { error_type: &'static str },
+}
+
+pub struct PipelineConfig {
+    pub limits: DecodeLimits,
+    pub gap_policy: GapPolicy,
+    pub sequence: ValidatorConfig,
+    pub halt_max_held: usize,
+}
+
+struct Halt {
+    info: HaltedThread,
+    held: VecDeque<Arc<Frame>>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ResumeError {
+    #[error("thread '{0}' is not halted")]
+    NotHalted(String),
+}
+
+pub struct Pipeline {
+    cfg: PipelineConfig,
+    validator: SequenceValidator,
+    halts: HashMap<Box<str>, Halt>,
+    offsets: OffsetBook,
+    hub: Arc<Hub>,
+    status: Arc<Status>,
+    m: PipelineMetrics,
+    log_throttle: LogThrottle,
+}
+
+impl Pipeline {
+    pub fn new(cfg: PipelineConfig, hub: Arc<Hub>, status: Arc<Status>) -> Self {
+        Self {
+            validator: SequenceValidator::new(cfg.sequence),
+            cfg,
+            halts: HashMap::new(),
+            offsets: OffsetBook::default(),
+            hub,
+            status,
+            m: PipelineMetrics::new(),
+            log_throttle: LogThrottle::default(),
+        }
+    }
+
+    pub fn offsets(&self) -> &OffsetBook {
+        &self.offsets
+    }
+
+    pub fn offsets_mut(&mut self) -> &mut OffsetBook {
+        &mut self.offsets
+    }
+
+    pub fn handle(&mut self, rec: RecordView<'_>, now: Instant) -> Outcome {
+        let outcome = self.process(rec, now);
+        self.offsets
+            .processed(rec.partition, rec.offset, rec.timestamp_ms);
+        self.status
+            .records_processed
+            .fetch_add(1, Ordering::Relaxed);
+        self.status
+            .last_record_unix_ms
+            .store(unix_ms(), Ordering::Relaxed);
+        outcome
+    }
+
+    fn process(&mut self, rec: RecordView<'_>, now: Instant) -> Outcome {
+        let trace_id = rec.traceparent.and_then(trace_id_from_traceparent);
+        let decoded = match decode::decode(rec.value, &self.cfg.limits) {
+            Ok(d) => d,
+            Err(e) => {
+                let error_type = e.error_type();
+                self.m.error.increment(1);
+                PipelineMetrics::decode_error(error_type);
+                if let Some(suppressed) = self.log_throttle.allow(now) {
+                    tracing::warn!(
+                        partition = rec.partition,
+                        offset = rec.offset,
+                        error_type,
+                        stage = e.stage(),
+                        trace_id = trace_id.as_deref().unwrap_or(""),
+                        suppressed,
+                        "record skipped: {e}"
+                    );
+                }
+                return Outcome::Rejected { error_type };
+            }
+        };
+        self.m.success.increment(1);
+        match decoded.framing {
+            Framing::LegacyBare => self.m.legacy_bare.increment(1),
+            Framing::LegacyZstd => self.m.legacy_zstd.increment(1),
+            _ => {}
+        }
+
+        // Validate every (thread, sequence) the record carries.
+        let mut newly_halted: Vec<(String, u64, u64)> = Vec::new();
+        for unit in decoded.sequence_units() {
+            let (verdict, ev) = self.validator.observe(unit.thread_id, unit.sequence, now);
+            if ev.capacity > 0 {
+                metrics::counter!(telemetry::SEQ_EVICTED_THREADS, "reason" => "capacity")
+                    .increment(ev.capacity);
+            }
+            match verdict {
+                Verdict::Gap { missing } => {
+                    self.m.gaps.increment(1);
+                    self.m.gap_size.record(missing as f64);
+                    match self.cfg.gap_policy {
+                        GapPolicy::Continue => {}
+                        GapPolicy::Warn => tracing::warn!(
+                            thread_id = unit.thread_id,
+                            sequence = unit.sequence,
+                            missing,
+                            partition = rec.partition,
+                            offset = rec.offset,
+                            "sequence gap"
+                        ),
+                        GapPolicy::Halt => {
+                            if !self.halts.contains_key(unit.thread_id) {
+                                newly_halted.push((
+                                    unit.thread_id.to_string(),
+                                    missing,
+                                    unit.sequence,
+                                ));
+                            }
+                        }
+                    }
+                }
+                Verdict::Duplicate => self.m.duplicates.increment(1),
+                Verdict::Reorder => self.m.reorders.increment(1),
+                Verdict::Baseline | Verdict::InOrder => {}
+            }
+        }
+        for (thread, missing, seq) in newly_halted {
+            tracing::error!(thread_id = %thread, sequence = seq, missing, "HALTED thread due to sequence gap (GAP_POLICY=halt); resume with POST /admin/threads/{thread}/resume");
+            self.hub
+                .notify_thread(&thread, &control::thread_halted(&thread, missing, seq));
+            self.halts.insert(
+                thread.clone().into_boxed_str(),
+                Halt {
+                    info: HaltedThread {
+                        thread_id: thread,
+                        held_messages: 0,
+                        dropped_messages: 0,
+                        missing,
+                        at_sequence: seq,
+                        halted_at_unix_ms: unix_ms(),
+                    },
+                    held: VecDeque::new(),
+                },
+            );
+        }
+
+        let cursor = Cursor {
+            partition: rec.partition,
+            offset: rec.offset,
+        };
+        let value = rec.value.unwrap_or_default();
+        let frame = Arc::new(Frame::new(
+            cursor,
+            rec.timestamp_ms,
+            value,
+            decoded,
+            trace_id,
+        ));
+        if let Some(thread) = self.halted_thread_of(&frame) {
+            self.hold(thread.clone(), frame);
+            self.publish_halts();
+            return Outcome::Held { thread };
+        }
+        let clients = self.hub.publish(&frame);
+        Outcome::Delivered { clients }
+    }
+
+    fn halted_thread_of(&self, frame: &Frame) -> Option<String> {
+        if self.halts.is_empty() {
+            return None;
+        }
+        let d = &frame.decoded;
+        if self.halts.contains_key(d.thread_id()) {
+            return Some(d.thread_id().to_string());
+        }
+        d.batch_events()
+            .iter()
+            .filter_map(|e| e.header.as_ref())
+            .find(|h| self.halts.contains_key(h.thread_id.as_str()))
+            .map(|h| h.thread_id.clone())
+    }
+
+    fn hold(&mut self, thread: String, frame: Arc<Frame>) {
+        let Some(h) = self.halts.get_mut(thread.as_str()) else {
+            return;
+        };
+        if h.held.len() >= self.cfg.halt_max_held {
+            // Not buffered, but its offset stays uncommitted below the held
+            // records only while older records are held; counted either way.
+            h.info.dropped_messages += 1;
+            self.m.halt_buffer_full.increment(1);
+            return;
+        }
+        self.offsets
+            .hold(frame.cursor.partition, frame.cursor.offset);
+        h.held.push_back(frame);
+        h.info.held_messages = h.held.len();
+    }
+
+    /// Operator action: releases a halted thread's held records to clients,
+    /// in order, and resumes live delivery for it. Returns how many records
+    /// were delivered.
+    pub fn resume_thread(&mut self, thread: &str) -> Result<usize, ResumeError> {
+        let halt = self
+            .halts
+            .remove(thread)
+            .ok_or_else(|| ResumeError::NotHalted(thread.to_string()))?;
+        let mut released = 0;
+        for frame in halt.held {
+            // A batch may also involve another still-halted thread.
+            if let Some(other) = self.halted_thread_of(&frame) {
+                self.offsets
+                    .release(frame.cursor.partition, frame.cursor.offset);
+                self.hold(other, frame);
+                continue;
+            }
+            self.offsets
+                .release(frame.cursor.partition, frame.cursor.offset);
+            self.hub.publish(&frame);
+            released += 1;
+        }
+        tracing::info!(thread_id = thread, released, "thread resumed by operator");
+        self.hub
+            .notify_thread(thread, &control::thread_resumed(thread, released));
+        self.publish_halts();
+        Ok(released)
+    }
+
+    fn publish_halts(&self) {
+        let mut v: Vec<HaltedThread> = self.halts.values().map(|h| h.info.clone()).collect();
+        v.sort_by(|a, b| a.thread_id.cmp(&b.thread_id));
+        metrics::gauge!(telemetry::HALTED_THREADS).set(v.len() as f64);
+        metrics::gauge!(telemetry::HELD_MESSAGES).set(self.offsets.held() as f64);
+        self.status.set_halted(v);
+    }
+
+    /// Periodic upkeep: idle thread eviction and gauges.
+    pub fn tick(&mut self, now: Instant) {
+        let idle = self.validator.evict_idle(now);
+        if idle > 0 {
+            metrics::counter!(telemetry::SEQ_EVICTED_THREADS, "reason" => "idle").increment(idle);
+        }
+        metrics::gauge!(telemetry::SEQ_TRACKED_THREADS)
+            .set(self.validator.tracked_threads() as f64);
+    }
+
+    /// Held frames of a partition are dropped when it is revoked: the next
+    /// owner re-reads them from the committed offset, which never passed them.
+    pub fn forget_partition(&mut self, partition: i32) {
+        for h in self.halts.values_mut() {
+            h.held.retain(|f| f.cursor.partition != partition);
+            h.info.held_messages = h.held.len();
+        }
+        self.offsets.reset(partition);
+        self.publish_halts();
+    }
+}
+
+/// Extracts the 32-hex-digit trace id from a W3C `traceparent` header.
+pub fn trace_id_from_traceparent(v: &[u8]) -> Option<Box<str>> {
+    let s = std::str::from_utf8(v).ok()?.trim();
+    let mut parts = s.split('-');
+    let (version, trace, span) = (parts.next()?, parts.next()?, parts.next()?);
+    let hex = |x: &str, n: usize| x.len() == n && x.bytes().all(|b| b.is_ascii_hexdigit());
+    if !hex(version, 2) || !hex(trace, 32) || !hex(span, 16) || trace.bytes().all(|b| b == b'0') {
+        return None;
+    }
+    Some(trace.to_ascii_lowercase().into_boxed_str())
+}
+
+fn unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// At most one log line per second for a repeated condition; reports how
+/// many were suppressed in between.
+#[derive(Default)]
+struct LogThrottle {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl LogThrottle {
+    fn allow(&mut self, now: Instant) -> Option<u64> {
+        match self.last {
+            Some(t) if now.duration_since(t).as_secs() < 1 => {
+                self.suppressed += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.suppressed))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::encode_record;
+    use crate::fanout::{Filter, Outbound};
+    use crate::proto::dash_stream_message::Message;
+    use crate::proto::{DashStreamMessage, Event, Header};
+
+    fn rec(thread: &str, seq: u64) -> Vec<u8> {
+        encode_record(
+            &DashStreamMessage {
+                message: Some(Message::Event(Event {
+                    header: Some(Header {
+                        thread_id: thread.into(),
+                        sequence: seq,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })),
+            },
+            None,
+        )
+    }
+
+    fn pipeline(policy: GapPolicy) -> (Pipeline, Arc<Hub>) {
+        let hub = Hub::new(1000);
+        let p = Pipeline::new(
+            PipelineConfig {
+                limits: DecodeLimits::default(),
+                gap_policy: policy,
+                sequence: ValidatorConfig::default(),
+                halt_max_held: 100,
+            },
+            hub.clone(),
+            Arc::new(Status::default()),
+        );
+        (p, hub)
+    }
+
+    fn view(offset: i64, v: &[u8]) -> RecordView<'_> {
+        RecordView {
+            partition: 0,
+            offset,
+            timestamp_ms: None,
+            key: None,
+            value: Some(v),
+            traceparent: None,
+        }
+    }
+
+    fn drain(rx: &mut tokio::sync::mpsc::Receiver<Outbound>) -> Vec<i64> {
+        let mut v = vec![];
+        while let Ok(o) = rx.try_recv() {
+            if let Outbound::Data(f) = o {
+                v.push(f.cursor.offset);
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn halt_holds_the_thread_and_resume_releases_in_order() {
+        let (mut p, hub) = pipeline(GapPolicy::Halt);
+        let mut sub = hub.subscribe(Filter::default());
+        let now = Instant::now();
+        let records = [("a", 1), ("b", 1), ("a", 2), ("a", 5), ("b", 2), ("a", 6)];
+        let bytes: Vec<Vec<u8>> = records.iter().map(|(t, s)| rec(t, *s)).collect();
+        let outcomes: Vec<Outcome> = bytes
+            .iter()
+            .enumerate()
+            .map(|(i, b)| p.handle(view(i as i64, b), now))
+            .collect();
+        assert!(matches!(outcomes[3], Outcome::Held { ref thread } if thread == "a"));
+        assert!(
+            matches!(outcomes[4], Outcome::Delivered { .. }),
+            "other threads keep flowing"
+        );
+        assert!(matches!(outcomes[5], Outcome::Held { .. }));
+        assert_eq!(drain(&mut sub.rx), vec![0, 1, 2, 4]);
+        assert_eq!(
+            p.offsets().commit_point(0),
+            Some(3),
+            "commit stops at the first held record"
+        );
+        assert_eq!(p.resume_thread("a"), Ok(2));
+        assert_eq!(drain(&mut sub.rx), vec![3, 5]);
+        assert_eq!(p.offsets().commit_point(0), Some(6));
+        assert_eq!(
+            p.resume_thread("a"),
+            Err(ResumeError::NotHalted("a".into()))
+        );
+    }
+
+    #[test]
+    fn bad_records_are_skipped_and_offsets_move_on() {
+        let (mut p, hub) = pipeline(GapPolicy::Warn);
+        let mut sub = hub.subscribe(Filter::default());
+        let good = rec("a", 1);
+        let now = Instant::now();
+        assert_eq!(
+            p.handle(view(0, b"\x00\xff\xff"), now),
+            Outcome::Rejected {
+                error_type: "invalid_protobuf"
+            }
+        );
+        assert!(matches!(
+            p.handle(view(1, &good), now),
+            Outcome::Delivered { clients: 1 }
+        ));
+        assert_eq!(drain(&mut sub.rx), vec![1]);
+        assert_eq!(p.offsets().commit_point(0), Some(2));
+    }
+
+    #[test]
+    fn traceparent_is_parsed_strictly() {
+        let tp = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert_eq!(
+            trace_id_from_traceparent(tp).as_deref(),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        assert_eq!(trace_id_from_traceparent(b"garbage"), None);
+        assert_eq!(
+            trace_id_from_traceparent(b"00-00000000000000000000000000000000-00f067aa0ba902b7-01"),
+            None
+        );
+        assert_eq!(trace_id_from_traceparent(&[0xff, 0xfe]), None);
+    }
+}

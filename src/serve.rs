@@ -1,0 +1,184 @@
+//! `serve`: wires the stages together and runs them until shutdown.
+//!
+//! consume → pipeline (decode → sequence → hold/deliver) → fanout → sessions,
+//! with the HTTP server beside it. Shutdown: stop consuming, commit offsets,
+//! close every client with 1001, exit — all within `SHUTDOWN_TIMEOUT_SECS`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use rdkafka::consumer::Consumer;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::BridgeConfig;
+use crate::consume;
+use crate::fanout::Hub;
+use crate::health::Status;
+use crate::http::{self, AdminAuth, AppState};
+use crate::pipeline::{Pipeline, PipelineConfig};
+use crate::session::SessionContext;
+use crate::telemetry;
+
+pub async fn run(cfg: BridgeConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let metrics = telemetry::install_recorder()?;
+    telemetry::spawn_upkeep(metrics.clone());
+    let status = Arc::new(Status::default());
+    let hub = Hub::new(cfg.client_queue_frames);
+
+    let (consumer, rebalance_rx) =
+        consume::create_consumer(&cfg.consumer_properties, &cfg.topic, status.clone())
+            .context("creating the Kafka consumer (check KAFKA_BROKERS and KAFKA_PROPERTIES)")?;
+    let consumer = Arc::new(consumer);
+
+    let namespace = match &cfg.resume_namespace {
+        Some(ns) => ns.clone(),
+        None => {
+            // The cluster id makes the namespace identical on every instance,
+            // whatever broker addresses each one was given.
+            let c = consumer.clone();
+            let fetch = tokio::task::spawn_blocking(move || {
+                c.client().fetch_cluster_id(Duration::from_secs(5))
+            });
+            let cluster = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                id = fetch => id.ok().flatten(),
+            };
+            resume_namespace(&cfg.topic, cluster.as_deref(), &cfg.brokers)
+        }
+    };
+    status.set_namespace(namespace.clone());
+
+    let listener = tokio::select! {
+        _ = shutdown.cancelled() => return Ok(()),
+        l = tokio::net::TcpListener::bind(cfg.listen) => l.with_context(|| format!("binding WEBSOCKET_HOST:WEBSOCKET_PORT = {}", cfg.listen))?,
+    };
+    let local = listener.local_addr()?;
+    tracing::info!(listen = %local, topic = %cfg.topic, group = %cfg.group_id, namespace = %namespace, gap_policy = cfg.gap_policy.as_str(), "kafka-ws-bridge serving");
+
+    let tracker = TaskTracker::new();
+    let sessions = Arc::new(SessionContext::new(
+        hub.clone(),
+        shutdown.clone(),
+        cfg.topic.clone(),
+        namespace,
+    ));
+    let (admin_tx, admin_rx) = mpsc::channel(16);
+    let state = AppState {
+        status: status.clone(),
+        sessions,
+        tracker: tracker.clone(),
+        metrics,
+        admin_tx,
+        admin: AdminAuth::new(cfg.admin_token.clone(), local),
+        max_incoming_bytes: cfg.max_incoming_bytes,
+        max_filter_values: cfg.max_filter_values,
+        group_id: cfg.group_id.clone(),
+    };
+    let app = http::router(state);
+    let http_shutdown = shutdown.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
+        .await
+    });
+
+    let pipeline = Pipeline::new(
+        PipelineConfig {
+            limits: cfg.limits,
+            gap_policy: cfg.gap_policy,
+            sequence: cfg.sequence,
+            halt_max_held: cfg.halt_max_held,
+        },
+        hub.clone(),
+        status.clone(),
+    );
+    tracing::info!(
+        startup_ms = started.elapsed().as_millis() as u64,
+        "consumer starting"
+    );
+    let budget = cfg.shutdown_timeout;
+    // Commit gets at most half the shutdown budget; closing clients the rest.
+    consume::run(
+        consumer,
+        pipeline,
+        rebalance_rx,
+        admin_rx,
+        status.clone(),
+        shutdown.clone(),
+        budget / 2,
+    )
+    .await;
+
+    let stop_started = Instant::now();
+    status.set_shutting_down();
+    tracker.close();
+    let remaining = budget
+        .saturating_sub(stop_started.elapsed())
+        .max(Duration::from_millis(500));
+    if tokio::time::timeout(remaining, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            open = tracker.len(),
+            "some client sessions did not close in time"
+        );
+    }
+    let _ = tokio::time::timeout(Duration::from_millis(300), server).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// `{topic}.{cluster id}`, or `{topic}.b{hash of the sorted broker list}` when
+/// the cluster id is not available.
+pub fn resume_namespace(topic: &str, cluster_id: Option<&str>, brokers: &str) -> String {
+    let clean = |s: &str| {
+        s.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect::<String>()
+    };
+    match cluster_id.filter(|c| !c.is_empty()) {
+        Some(c) => format!("{}.{}", clean(topic), clean(c)),
+        None => {
+            let mut b: Vec<&str> = brokers.split(',').map(str::trim).collect();
+            b.sort_unstable();
+            let mut h: u64 = 0xcbf29ce484222325;
+            for byte in b.join(",").bytes() {
+                h ^= u64::from(byte);
+                h = h.wrapping_mul(0x100000001b3);
+            }
+            format!("{}.b{:016x}", clean(topic), h)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn namespace_is_stable_across_broker_order() {
+        assert_eq!(resume_namespace("t", Some("abc:1"), "x"), "t.abc_1");
+        assert_eq!(
+            resume_namespace("t", None, "b:1,a:2"),
+            resume_namespace("t", None, "a:2, b:1")
+        );
+        assert_ne!(
+            resume_namespace("t", None, "a:1"),
+            resume_namespace("u", None, "a:1")
+        );
+    }
+}

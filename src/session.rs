@@ -1,0 +1,207 @@
+//! One WebSocket connection: sends `hello`, then relays frames from the
+//! client's hub queue to the socket while reading (bounded) control messages.
+//!
+//! Every write is bounded by a timeout; a client that cannot take a frame in
+//! that time is disconnected. Its queue meanwhile fills and the hub drops
+//! frames for it alone. The hub registration is a guard: it is released on
+//! every exit path.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::{SinkExt, StreamExt};
+use metrics::{Counter, Histogram};
+use tokio_util::sync::CancellationToken;
+
+use crate::fanout::{Filter, Format, Hub, Outbound};
+use crate::frame::control;
+use crate::telemetry;
+
+/// Close code sent when the server shuts down ("going away").
+pub const CLOSE_GOING_AWAY: u16 = 1001;
+/// Close code for a client that cannot keep up with writes (policy violation).
+pub const CLOSE_SLOW_CLIENT: u16 = 1008;
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What every session shares.
+pub struct SessionContext {
+    pub hub: Arc<Hub>,
+    pub shutdown: CancellationToken,
+    pub topic: String,
+    pub namespace: String,
+    e2e_latency: Histogram,
+    frames_sent: Counter,
+}
+
+impl SessionContext {
+    pub fn new(
+        hub: Arc<Hub>,
+        shutdown: CancellationToken,
+        topic: String,
+        namespace: String,
+    ) -> Self {
+        Self {
+            hub,
+            shutdown,
+            topic,
+            namespace,
+            e2e_latency: metrics::histogram!(telemetry::E2E_LATENCY_MS),
+            frames_sent: metrics::counter!(telemetry::FRAMES_SENT),
+        }
+    }
+}
+
+/// Messages a client may send. Unknown types get an `error` frame.
+#[derive(serde::Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum ClientMessage {
+    Ping,
+}
+
+pub async fn run(socket: WebSocket, ctx: Arc<SessionContext>, format: Format, filter: Filter) {
+    let hello = control::hello(
+        env!("CARGO_PKG_VERSION"),
+        &ctx.topic,
+        &ctx.namespace,
+        format.as_str(),
+        filter.describe(),
+    );
+    let mut sub = ctx.hub.subscribe(filter);
+    let (mut tx, mut rx) = socket.split();
+    if send(&mut tx, Message::Text(hello.into())).await.is_err() {
+        return;
+    }
+    let close = loop {
+        tokio::select! {
+            biased;
+            _ = ctx.shutdown.cancelled() => break Some((CLOSE_GOING_AWAY, "server shutting down")),
+            out = sub.rx.recv() => {
+                let Some(out) = out else { break None };
+                let lagged = sub.lagged.swap(0, Ordering::Relaxed);
+                if lagged > 0 && send(&mut tx, Message::Text(control::lagged(lagged).into())).await.is_err() {
+                    break Some((CLOSE_SLOW_CLIENT, "client too slow"));
+                }
+                let (msg, frame) = match out {
+                    Outbound::Data(f) => {
+                        let m = match format {
+                            Format::Binary => Message::Binary(f.binary()),
+                            Format::Json => Message::Text(f.json()),
+                        };
+                        (m, Some(f))
+                    }
+                    Outbound::Control(t) => (Message::Text(t), None),
+                };
+                if send(&mut tx, msg).await.is_err() {
+                    break Some((CLOSE_SLOW_CLIENT, "client too slow"));
+                }
+                if let Some(f) = frame {
+                    ctx.frames_sent.increment(1);
+                    if f.claim_latency_sample() {
+                        if let Some(ts_us) = f.decoded.timestamp_us() {
+                            let now_us = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0);
+                            ctx.e2e_latency.record(((now_us - ts_us).max(0) as f64) / 1000.0);
+                        }
+                    }
+                }
+            }
+            inc = rx.next() => match inc {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break None,
+                Some(Ok(Message::Text(t))) => {
+                    let reply = handle_client_text(&t);
+                    if send(&mut tx, Message::Text(reply.into())).await.is_err() {
+                        break None;
+                    }
+                }
+                Some(Ok(Message::Binary(_))) => {
+                    metrics::counter!(telemetry::CLIENT_PROTOCOL_ERRORS, "reason" => "binary_from_client").increment(1);
+                    let e = control::error("unsupported", "clients send JSON text messages only");
+                    if send(&mut tx, Message::Text(e.into())).await.is_err() {
+                        break None;
+                    }
+                }
+                Some(Ok(_)) => {} // ping/pong are answered by the WebSocket layer
+            }
+        }
+    };
+    if let Some((code, reason)) = close {
+        let frame = CloseFrame {
+            code,
+            reason: Utf8Bytes::from_static(reason),
+        };
+        let _ = tokio::time::timeout(
+            Duration::from_millis(500),
+            tx.send(Message::Close(Some(frame))),
+        )
+        .await;
+    }
+}
+
+async fn send<S>(tx: &mut S, msg: Message) -> Result<(), ()>
+where
+    S: SinkExt<Message> + Unpin,
+{
+    match tokio::time::timeout(WRITE_TIMEOUT, tx.send(msg)).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(()),
+    }
+}
+
+/// Replies to one client text message. Never panics on any input.
+pub fn handle_client_text(text: &str) -> String {
+    match serde_json::from_str::<ClientMessage>(text) {
+        Ok(ClientMessage::Ping) => control::pong(),
+        Err(e) => {
+            metrics::counter!(telemetry::CLIENT_PROTOCOL_ERRORS, "reason" => "invalid_message")
+                .increment(1);
+            let mut msg = e.to_string();
+            truncate_on_char_boundary(&mut msg, 200);
+            control::error("invalid_message", &msg)
+        }
+    }
+}
+
+/// Truncates to at most `max` bytes without splitting a UTF-8 character.
+pub fn truncate_on_char_boundary(s: &mut String, max: usize) {
+    if s.len() <= max {
+        return;
+    }
+    let mut cut = max;
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    s.truncate(cut);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_messages_get_a_reply_never_a_panic() {
+        assert!(handle_client_text(r#"{"type":"ping"}"#).contains("pong"));
+        for bad in [
+            "",
+            "{",
+            "null",
+            r#"{"type":"nope"}"#,
+            "\u{1F600}",
+            &"é".repeat(10_000),
+        ] {
+            let r: serde_json::Value = serde_json::from_str(&handle_client_text(bad)).unwrap();
+            assert_eq!(r["type"], "error");
+            assert!(r["message"].as_str().unwrap().len() <= 200);
+        }
+    }
+
+    #[test]
+    fn truncation_respects_char_boundaries() {
+        let mut s = "aé€😀".repeat(3);
+        truncate_on_char_boundary(&mut s, 5);
+        assert_eq!(s, "aé");
+        let mut s = "😀".to_string();
+        truncate_on_char_boundary(&mut s, 3);
+        assert_eq!(s, "");
+    }
+}

@@ -1,0 +1,248 @@
+//! The one catalog of metric names, their help texts, and the process-wide
+//! recorder and log setup.
+//!
+//! Every metric the bridge exports is named here and nowhere else; alert rules
+//! and dashboards are written against these names. Hot paths hold pre-built
+//! handles (see [`PipelineMetrics`]) instead of looking names up per record.
+
+use std::time::Duration;
+
+use metrics::{describe_counter, describe_gauge, describe_histogram, Counter, Histogram, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const KAFKA_MESSAGES: &str = "websocket_kafka_messages_total";
+pub const DECODE_ERRORS: &str = "websocket_decode_errors_total";
+pub const LEGACY_FRAMES: &str = "websocket_legacy_frames_total";
+pub const INFRA_ERRORS: &str = "websocket_infrastructure_errors_total";
+pub const CONSUMER_LAG: &str = "websocket_kafka_consumer_lag";
+pub const CONSUMER_LAG_SECONDS: &str = "websocket_kafka_consumer_lag_seconds";
+pub const ASSIGNED_PARTITIONS: &str = "websocket_kafka_assigned_partitions";
+pub const E2E_LATENCY_MS: &str = "websocket_e2e_latency_ms";
+pub const CONNECTED_CLIENTS: &str = "websocket_connected_clients";
+pub const CONNECTIONS_OPENED: &str = "websocket_connections_total";
+pub const FRAMES_SENT: &str = "websocket_frames_sent_total";
+pub const DROPPED_MESSAGES: &str = "websocket_dropped_messages_total";
+pub const CLIENT_LAG_MESSAGES: &str = "websocket_client_lag_messages_total";
+pub const CLIENT_PROTOCOL_ERRORS: &str = "websocket_client_protocol_errors_total";
+pub const SEQ_GAPS: &str = "dashstream_sequence_gaps_total";
+pub const SEQ_DUPLICATES: &str = "dashstream_sequence_duplicates_total";
+pub const SEQ_REORDERS: &str = "dashstream_sequence_reorders_total";
+pub const SEQ_GAP_SIZE: &str = "dashstream_sequence_gap_size";
+pub const SEQ_TRACKED_THREADS: &str = "dashstream_sequence_tracked_threads";
+pub const SEQ_EVICTED_THREADS: &str = "dashstream_sequence_evicted_threads_total";
+pub const HALTED_THREADS: &str = "dashstream_halted_threads";
+pub const HELD_MESSAGES: &str = "dashstream_halted_messages_held";
+pub const BUILD_INFO: &str = "websocket_build_info";
+
+/// Decode error kinds, as exported in `websocket_decode_errors_total{error_type}`.
+pub const DECODE_ERROR_TYPES: &[&str] = &[
+    "empty_payload",
+    "payload_too_large",
+    "decompression_failure",
+    "decompressed_too_large",
+    "invalid_protobuf",
+    "missing_body",
+    "schema_mismatch",
+];
+
+/// Reasons for `websocket_dropped_messages_total{reason}`.
+pub const DROP_CLIENT_QUEUE_FULL: &str = "client_queue_full";
+pub const DROP_HALT_BUFFER_FULL: &str = "halt_buffer_full";
+
+/// E2E latency buckets in milliseconds: resolve 1 ms, reach 60 s.
+pub const E2E_BUCKETS_MS: &[f64] = &[
+    1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 25.0, 50.0, 75.0, 100.0, 150.0, 250.0, 500.0, 750.0,
+    1000.0, 2500.0, 5000.0, 10000.0, 30000.0, 60000.0,
+];
+
+/// Gap size buckets (messages missing per detected gap).
+pub const GAP_SIZE_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 50.0, 100.0, 1000.0, 10000.0];
+
+/// Installs the Prometheus recorder as the global `metrics` recorder and
+/// returns the handle `/metrics` renders from. Call once per process.
+pub fn install_recorder() -> anyhow::Result<PrometheusHandle> {
+    let recorder = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full(E2E_LATENCY_MS.into()), E2E_BUCKETS_MS)?
+        .set_buckets_for_metric(Matcher::Full(SEQ_GAP_SIZE.into()), GAP_SIZE_BUCKETS)?
+        .build_recorder();
+    let handle = recorder.handle();
+    metrics::set_global_recorder(recorder)
+        .map_err(|e| anyhow::anyhow!("metrics recorder already installed: {e}"))?;
+    describe_all();
+    Ok(handle)
+}
+
+/// Drains histogram samples into their buckets regularly so memory stays flat
+/// between scrapes.
+pub fn spawn_upkeep(handle: PrometheusHandle) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            handle.run_upkeep();
+        }
+    });
+}
+
+fn describe_all() {
+    describe_counter!(
+        KAFKA_MESSAGES,
+        "Kafka records processed, by status (success | error: could not be decoded or validated)."
+    );
+    describe_counter!(
+        DECODE_ERRORS,
+        "Records that failed to decode, by error_type."
+    );
+    describe_counter!(
+        LEGACY_FRAMES,
+        "Records accepted in the legacy unframed format, by kind (bare | zstd)."
+    );
+    describe_counter!(
+        INFRA_ERRORS,
+        "Broker and network errors reported by the Kafka client, by kind."
+    );
+    describe_gauge!(
+        CONSUMER_LAG,
+        "Offset lag per partition: high watermark - (last processed offset + 1)."
+    );
+    describe_gauge!(CONSUMER_LAG_SECONDS, Unit::Seconds, "Time lag per partition: now - Kafka timestamp of the last processed record while offset lag > 0, else 0.");
+    describe_gauge!(
+        ASSIGNED_PARTITIONS,
+        "Partitions currently assigned to this bridge's consumer."
+    );
+    describe_histogram!(
+        E2E_LATENCY_MS,
+        Unit::Milliseconds,
+        "Producer timestamp to the first write of the frame to a client socket."
+    );
+    describe_gauge!(CONNECTED_CLIENTS, "WebSocket clients currently connected.");
+    describe_counter!(
+        CONNECTIONS_OPENED,
+        "WebSocket connections accepted since start."
+    );
+    describe_counter!(FRAMES_SENT, "Data frames written to WebSocket clients.");
+    describe_counter!(
+        DROPPED_MESSAGES,
+        "Records not delivered to a client, by reason."
+    );
+    describe_counter!(
+        CLIENT_LAG_MESSAGES,
+        "Frames a client missed because it fell behind (its queue was full)."
+    );
+    describe_counter!(
+        CLIENT_PROTOCOL_ERRORS,
+        "Client frames rejected by the server, by reason."
+    );
+    describe_counter!(
+        SEQ_GAPS,
+        "Sequence gaps detected (one per gap, not per missing message)."
+    );
+    describe_counter!(
+        SEQ_DUPLICATES,
+        "Messages whose sequence was already seen for their thread."
+    );
+    describe_counter!(
+        SEQ_REORDERS,
+        "Messages that arrived after a higher sequence and filled an earlier gap."
+    );
+    describe_histogram!(SEQ_GAP_SIZE, "Messages missing per detected gap.");
+    describe_gauge!(
+        SEQ_TRACKED_THREADS,
+        "Threads whose sequence state is tracked."
+    );
+    describe_counter!(
+        SEQ_EVICTED_THREADS,
+        "Thread states evicted, by reason (idle | capacity)."
+    );
+    describe_gauge!(
+        HALTED_THREADS,
+        "Threads halted by the halt gap policy, waiting for an operator."
+    );
+    describe_gauge!(
+        HELD_MESSAGES,
+        "Records held back from clients because their thread is halted."
+    );
+    describe_gauge!(BUILD_INFO, "Always 1; labels carry the version.");
+}
+
+/// Pre-built handles for the per-record path.
+#[derive(Clone)]
+pub struct PipelineMetrics {
+    pub success: Counter,
+    pub error: Counter,
+    pub gaps: Counter,
+    pub duplicates: Counter,
+    pub reorders: Counter,
+    pub gap_size: Histogram,
+    pub legacy_bare: Counter,
+    pub legacy_zstd: Counter,
+    pub halt_buffer_full: Counter,
+}
+
+impl PipelineMetrics {
+    pub fn new() -> Self {
+        let m = Self {
+            success: metrics::counter!(KAFKA_MESSAGES, "status" => "success"),
+            error: metrics::counter!(KAFKA_MESSAGES, "status" => "error"),
+            gaps: metrics::counter!(SEQ_GAPS),
+            duplicates: metrics::counter!(SEQ_DUPLICATES),
+            reorders: metrics::counter!(SEQ_REORDERS),
+            gap_size: metrics::histogram!(SEQ_GAP_SIZE),
+            legacy_bare: metrics::counter!(LEGACY_FRAMES, "kind" => "bare"),
+            legacy_zstd: metrics::counter!(LEGACY_FRAMES, "kind" => "zstd"),
+            halt_buffer_full: metrics::counter!(DROPPED_MESSAGES, "reason" => DROP_HALT_BUFFER_FULL),
+        };
+        // Export every series from the start so rate() and alerts see zeros, not absence.
+        for c in [
+            &m.success,
+            &m.error,
+            &m.gaps,
+            &m.duplicates,
+            &m.reorders,
+            &m.legacy_bare,
+            &m.legacy_zstd,
+            &m.halt_buffer_full,
+        ] {
+            c.increment(0);
+        }
+        for t in DECODE_ERROR_TYPES {
+            metrics::counter!(DECODE_ERRORS, "error_type" => *t).increment(0);
+        }
+        metrics::counter!(INFRA_ERRORS, "kind" => "kafka").increment(0);
+        metrics::counter!(DROPPED_MESSAGES, "reason" => DROP_CLIENT_QUEUE_FULL).increment(0);
+        metrics::counter!(CLIENT_LAG_MESSAGES).increment(0);
+        metrics::counter!(CONNECTIONS_OPENED).increment(0);
+        metrics::counter!(FRAMES_SENT).increment(0);
+        metrics::gauge!(CONNECTED_CLIENTS).set(0.0);
+        metrics::gauge!(HALTED_THREADS).set(0.0);
+        metrics::gauge!(HELD_MESSAGES).set(0.0);
+        metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+        m
+    }
+
+    pub fn decode_error(error_type: &'static str) {
+        metrics::counter!(DECODE_ERRORS, "error_type" => error_type).increment(1);
+    }
+}
+
+impl Default for PipelineMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Structured logs to stdout; `RUST_LOG` filters, `json` switches the format.
+pub fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rdkafka=warn"));
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stdout().is_terminal())
+        .with_writer(std::io::stdout);
+    if json {
+        builder.json().with_current_span(false).init();
+    } else {
+        builder.init();
+    }
+}
