@@ -135,7 +135,7 @@ struct WsParams {
 async fn ws(
     State(app): State<AppState>,
     params: Result<Query<WsParams>, axum::extract::rejection::QueryRejection>,
-    upgrade: WebSocketUpgrade,
+    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
     let Ok(Query(params)) = params else {
         return error(
@@ -163,6 +163,16 @@ async fn ws(
     ) {
         Ok(f) => f,
         Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_filter", &e.to_string()),
+    };
+    let upgrade = match upgrade {
+        Ok(u) => u,
+        Err(e) => {
+            return error(
+                StatusCode::UPGRADE_REQUIRED,
+                "websocket_required",
+                &e.body_text(),
+            )
+        }
     };
     if app.status.shutting_down() {
         return error(

@@ -249,23 +249,24 @@ impl Pipeline {
             .halts
             .remove(thread)
             .ok_or_else(|| ResumeError::NotHalted(thread.to_string()))?;
-        let mut released = 0;
+        let mut release = Vec::with_capacity(halt.held.len());
         for frame in halt.held {
-            // A batch may also involve another still-halted thread.
-            if let Some(other) = self.halted_thread_of(&frame) {
-                self.offsets
-                    .release(frame.cursor.partition, frame.cursor.offset);
-                self.hold(other, frame);
-                continue;
-            }
             self.offsets
                 .release(frame.cursor.partition, frame.cursor.offset);
-            self.hub.publish(&frame);
-            released += 1;
+            // A batch may also involve another still-halted thread.
+            match self.halted_thread_of(&frame) {
+                Some(other) => self.hold(other, frame),
+                None => release.push(frame),
+            }
         }
+        let released = release.len();
         tracing::info!(thread_id = thread, released, "thread resumed by operator");
+        // Tell clients first, so they know the frames that follow are late.
         self.hub
             .notify_thread(thread, &control::thread_resumed(thread, released));
+        for frame in &release {
+            self.hub.publish(frame);
+        }
         self.publish_halts();
         Ok(released)
     }

@@ -132,6 +132,11 @@ impl Generator {
         }
     }
 
+    /// Reorders injected whose swapped partner has not been emitted yet.
+    pub fn pending_reorders(&self) -> usize {
+        self.deferred.len()
+    }
+
     fn thread_name(&self, t: usize) -> String {
         format!("{}-{t}", self.cfg.thread_prefix)
     }
@@ -250,7 +255,8 @@ impl Generator {
             return;
         }
         // No gap on a thread with a held-back record: the swap already shows as one.
-        if every(self.cfg.gap_every) && !self.deferred.contains_key(&t) {
+        let gap_now = every(self.cfg.gap_every) && !self.deferred.contains_key(&t);
+        if gap_now {
             self.next_seq[t] += 1;
             self.injected.gaps += 1;
         }
@@ -265,7 +271,10 @@ impl Generator {
         }
         if every(self.cfg.reorder_every) {
             self.injected.reorders += 1;
-            self.injected.gaps += 1;
+            // The swap shows as a gap, merged with one injected just before it.
+            if !gap_now {
+                self.injected.gaps += 1;
+            }
             self.deferred.insert(t, rec);
             return;
         }

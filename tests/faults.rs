@@ -1,0 +1,343 @@
+//! Faulty input over a real broker: injected sequence faults give exact
+//! counters; every kind of bad record is counted and skipped without
+//! disturbing its neighbours; the halt policy holds a thread and releases it.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use kafka_ws_bridge::decode::encode_record;
+use kafka_ws_bridge::proto::dash_stream_message::Message;
+use kafka_ws_bridge::proto::{DashStreamMessage, Event, EventBatch, Header};
+use kafka_ws_bridge::synth::{Generator, SynthConfig};
+
+fn event(thread: &str, seq: u64, schema: u32) -> DashStreamMessage {
+    DashStreamMessage {
+        message: Some(Message::Event(Event {
+            header: Some(Header {
+                thread_id: thread.into(),
+                sequence: seq,
+                schema_version: schema,
+                ..Default::default()
+            }),
+            node_id: "n".into(),
+            ..Default::default()
+        })),
+    }
+}
+
+fn good(thread: &str, seq: u64) -> (Option<String>, Vec<u8>) {
+    (
+        Some(thread.into()),
+        encode_record(&event(thread, seq, 1), None),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn injected_gaps_duplicates_reorders_and_garbage_give_exact_counters() {
+    let topic = unique("inject");
+    create_topic(&topic, 3).await;
+    let bridge = Bridge::start(&topic, &[]).await;
+    let mut g = Generator::new(SynthConfig {
+        threads: 7,
+        gap_every: 37,
+        duplicate_every: 23,
+        reorder_every: 41,
+        garbage_every: 53,
+        ..Default::default()
+    });
+    let mut recs: Vec<_> = g.by_ref().take(3000).collect();
+    // Complete any swap still held back, so every injection is on the wire.
+    while g.pending_reorders() > 0 {
+        recs.push(g.next().expect("generator is endless"));
+        assert!(recs.len() < 3500, "generator keeps deferring");
+    }
+    let inj = g.injected.clone();
+    assert!(
+        inj.gaps > 0 && inj.duplicates > 0 && inj.reorders > 0 && inj.garbage > 0,
+        "{inj:?}"
+    );
+    produce(
+        &producer(),
+        &topic,
+        &recs
+            .iter()
+            .map(|r| (Some(r.key.clone()), r.value.clone()))
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    bridge
+        .wait_processed(recs.len() as u64, Duration::from_secs(30))
+        .await;
+    let m = bridge.metrics().await;
+    assert_eq!(
+        m["dashstream_sequence_gaps_total"], inj.gaps as f64,
+        "{inj:?}"
+    );
+    assert_eq!(
+        m["dashstream_sequence_duplicates_total"], inj.duplicates as f64,
+        "{inj:?}"
+    );
+    assert_eq!(
+        m["dashstream_sequence_reorders_total"], inj.reorders as f64,
+        "{inj:?}"
+    );
+    assert_eq!(
+        m["websocket_decode_errors_total{error_type=\"invalid_protobuf\"}"],
+        inj.garbage as f64
+    );
+    assert_eq!(
+        m["websocket_kafka_messages_total{status=\"error\"}"],
+        inj.garbage as f64
+    );
+    assert_eq!(
+        m["websocket_kafka_messages_total{status=\"success\"}"],
+        (recs.len() as u64 - inj.garbage) as f64
+    );
+    assert_eq!(
+        m["dashstream_sequence_gap_size_count"], inj.gaps as f64,
+        "gap sizes are a histogram"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_records_of_every_kind_are_counted_and_skipped_without_disturbing_others() {
+    let topic = unique("bad");
+    create_topic(&topic, 1).await;
+    let bridge = Bridge::start(
+        &topic,
+        &[
+            ("MAX_MESSAGE_BYTES", "4096"),
+            ("MAX_DECOMPRESSED_BYTES", "65536"),
+        ],
+    )
+    .await;
+    let (mut ws, _) = connect(&bridge.ws_url("?format=json")).await;
+
+    let full = encode_record(&event("t", 99, 1), None);
+    let bomb = {
+        let mut v = vec![0x01];
+        v.extend(zstd::bulk::compress(&vec![0u8; 10 * 1_048_576], 19).expect("compress"));
+        v
+    };
+    let future_batch = DashStreamMessage {
+        message: Some(Message::EventBatch(EventBatch {
+            header: Some(Header {
+                thread_id: "t".into(),
+                ..Default::default()
+            }),
+            events: vec![Event {
+                header: Some(Header {
+                    thread_id: "t".into(),
+                    sequence: 50,
+                    schema_version: 7,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+        })),
+    };
+    let bad: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "invalid_protobuf",
+            b"\x00this is not protobuf \xff\xff\xff\xff".to_vec(),
+        ),
+        ("invalid_protobuf", full[..full.len() - 2].to_vec()),
+        ("payload_too_large", {
+            let mut v = vec![0x00];
+            v.extend(vec![b'x'; 5000]);
+            v
+        }),
+        ("decompressed_too_large", bomb),
+        (
+            "decompression_failure",
+            vec![0x01, 0x28, 0xb5, 0x2f, 0xfd, 1, 2, 3],
+        ),
+        ("schema_mismatch", encode_record(&event("t", 60, 2), None)),
+        ("schema_mismatch", encode_record(&future_batch, Some(3))),
+        ("missing_body", vec![0x00]),
+        ("empty_payload", vec![]),
+    ];
+    let mut records = vec![];
+    let mut seq = 0;
+    for (_, b) in &bad {
+        seq += 1;
+        records.push(good("t", seq));
+        records.push((Some("t".to_string()), b.clone()));
+    }
+    seq += 1;
+    records.push(good("t", seq));
+    produce(&producer(), &topic, &records).await;
+
+    let (frames, _) = collect(&mut ws, seq as usize, Duration::from_secs(15)).await;
+    let seqs: Vec<u64> = frames
+        .iter()
+        .map(|f| match f {
+            Frame::Data { json, .. } => json["sequence"].as_u64().expect("seq"),
+            _ => 0,
+        })
+        .collect();
+    assert_eq!(
+        seqs,
+        (1..=seq).collect::<Vec<_>>(),
+        "every good record arrives, in order"
+    );
+    bridge
+        .wait_processed(records.len() as u64, Duration::from_secs(10))
+        .await;
+    let m = bridge.metrics().await;
+    for t in [
+        "invalid_protobuf",
+        "payload_too_large",
+        "decompressed_too_large",
+        "decompression_failure",
+        "schema_mismatch",
+        "missing_body",
+        "empty_payload",
+    ] {
+        let want = bad.iter().filter(|(k, _)| *k == t).count() as f64;
+        assert_eq!(
+            m[&format!("websocket_decode_errors_total{{error_type=\"{t}\"}}")],
+            want,
+            "{t}"
+        );
+    }
+    assert_eq!(
+        m["websocket_kafka_messages_total{status=\"error\"}"],
+        bad.len() as f64
+    );
+    assert_eq!(
+        m["dashstream_sequence_gaps_total"], 0.0,
+        "skipped records are not sequence gaps"
+    );
+    assert_eq!(bridge.health().await["status"], "healthy");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn halt_policy_holds_a_thread_and_the_admin_call_releases_it_with_nothing_lost() {
+    let topic = unique("halt");
+    create_topic(&topic, 1).await;
+    let bridge = Bridge::start(&topic, &[("GAP_POLICY", "halt")]).await;
+    let (mut ws, _) = connect(&bridge.ws_url("?format=json")).await;
+    let p = producer();
+
+    // a: 1 2 [gap] 5 6 7 ; b flows throughout.
+    let recs = vec![
+        good("a", 1),
+        good("b", 1),
+        good("a", 2),
+        good("a", 5),
+        good("b", 2),
+        good("a", 6),
+        good("b", 3),
+        good("a", 7),
+    ];
+    produce(&p, &topic, &recs).await;
+    let (frames, control) = collect(&mut ws, 5, Duration::from_secs(10)).await;
+    let got: Vec<(String, u64)> = frames
+        .iter()
+        .filter_map(|f| match f {
+            Frame::Data { json, .. } => Some((
+                json["thread_id"].as_str()?.to_string(),
+                json["sequence"].as_u64()?,
+            )),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("a".into(), 1),
+            ("b".into(), 1),
+            ("a".into(), 2),
+            ("b".into(), 2),
+            ("b".into(), 3)
+        ]
+    );
+    assert!(
+        control
+            .iter()
+            .any(|c| c["type"] == "thread_halted" && c["thread_id"] == "a" && c["missing"] == 2),
+        "{control:?}"
+    );
+    // Nothing more arrives while halted.
+    assert!(next_frame(&mut ws, Duration::from_millis(800))
+        .await
+        .is_none());
+
+    let h = bridge.health().await;
+    assert_eq!(h["status"], "degraded");
+    assert_eq!(h["halted_threads"][0]["thread_id"], "a");
+    assert_eq!(h["halted_threads"][0]["held_messages"], 3);
+    assert!(h["alert"].as_str().is_some_and(|a| a.contains("halted")));
+    let m = bridge.metrics().await;
+    assert_eq!(m["dashstream_halted_threads"], 1.0);
+    assert_eq!(m["dashstream_halted_messages_held"], 3.0);
+    let (code, body) = http(bridge.port, "GET", "/admin/threads/halted")
+        .await
+        .expect("http");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"a\""));
+
+    let (code, _) = http(bridge.port, "POST", "/admin/threads/zzz/resume")
+        .await
+        .expect("http");
+    assert_eq!(code, 404, "resuming a thread that is not halted");
+    let (code, body) = http(bridge.port, "POST", "/admin/threads/a/resume")
+        .await
+        .expect("http");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"released\":3"), "{body}");
+    let (frames, control) = collect(&mut ws, 3, Duration::from_secs(5)).await;
+    let got: Vec<u64> = frames
+        .iter()
+        .filter_map(|f| match f {
+            Frame::Data { json, .. } => json["sequence"].as_u64(),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(got, vec![5, 6, 7], "held records released in order");
+    assert!(
+        control.iter().any(|c| c["type"] == "thread_resumed"),
+        "{control:?}"
+    );
+    produce(&p, &topic, &[good("a", 8)]).await;
+    let (frames, _) = collect(&mut ws, 1, Duration::from_secs(5)).await;
+    assert!(
+        matches!(&frames[..], [Frame::Data { json, .. }] if json["sequence"] == 8),
+        "live delivery resumed"
+    );
+    assert_eq!(bridge.health().await["status"], "healthy");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn halted_records_survive_a_restart_because_their_offsets_are_not_committed() {
+    let topic = unique("haltrestart");
+    create_topic(&topic, 1).await;
+    let group = unique("grp");
+    let mut bridge = Bridge::start_with_group(&topic, &group, &[("GAP_POLICY", "halt")]).await;
+    produce(
+        &producer(),
+        &topic,
+        &[good("a", 1), good("a", 3), good("b", 1), good("a", 4)],
+    )
+    .await;
+    bridge.wait_processed(4, Duration::from_secs(10)).await;
+    let (elapsed, status) = bridge.terminate();
+    assert!(
+        status.success() && elapsed < Duration::from_secs(5),
+        "{elapsed:?} {status:?}"
+    );
+
+    // Restart with the default policy: the held records (offsets 1..=3) are
+    // read again from Kafka; offset 0 (a/1), delivered before, is not.
+    let bridge = Bridge::start_with_group(&topic, &group, &[]).await;
+    bridge.wait_processed(3, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let h = bridge.health().await;
+    assert_eq!(
+        h["records_processed"], 3,
+        "restart re-read exactly the held records: {h}"
+    );
+}
