@@ -25,6 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::health::{KafkaState, Status};
+use crate::offsets::Progress;
 use crate::pipeline::{Pipeline, RecordView, ResumeError};
 use crate::telemetry;
 
@@ -290,18 +291,71 @@ fn export_lag(ctx: &BridgeContext, pipeline: &Pipeline) {
         .unwrap_or(0);
     for p in assigned {
         let Some(st) = stats.get(&p) else { continue };
-        let progress = pipeline.offsets().progress(p);
-        let lag = match progress.last_processed {
-            Some(last) => st.hi_offset - (last + 1),
-            None => st.consumer_lag,
-        }
-        .max(0);
-        let seconds = match (lag > 0, progress.last_timestamp_ms) {
-            (true, Some(ts)) => ((now_ms - ts).max(0) as f64) / 1000.0,
-            _ => 0.0,
-        };
+        let (lag, seconds) = lag_of(
+            st.hi_offset,
+            st.consumer_lag,
+            pipeline.offsets().progress(p),
+            now_ms,
+        );
         let label = p.to_string();
         metrics::gauge!(telemetry::CONSUMER_LAG, "partition" => label.clone()).set(lag as f64);
         metrics::gauge!(telemetry::CONSUMER_LAG_SECONDS, "partition" => label).set(seconds);
+    }
+}
+
+/// Offset lag = high watermark - (last processed + 1); before the first
+/// record, librdkafka's own lag (from the committed offset). Time lag = age of
+/// the last processed record while offset lag > 0, else 0.
+pub fn lag_of(hi_offset: i64, librdkafka_lag: i64, progress: Progress, now_ms: i64) -> (i64, f64) {
+    let lag = match progress.last_processed {
+        Some(last) => hi_offset - (last + 1),
+        None => librdkafka_lag,
+    }
+    .max(0);
+    let seconds = match (lag > 0, progress.last_timestamp_ms) {
+        (true, Some(ts)) => ((now_ms - ts).max(0) as f64) / 1000.0,
+        _ => 0.0,
+    };
+    (lag, seconds)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn progress(last: Option<i64>, ts: Option<i64>) -> Progress {
+        Progress {
+            last_processed: last,
+            last_timestamp_ms: ts,
+        }
+    }
+
+    #[test]
+    fn lag_is_distance_to_the_high_watermark() {
+        assert_eq!(
+            lag_of(100, 0, progress(Some(99), Some(1_000)), 5_000),
+            (0, 0.0),
+            "caught up"
+        );
+        assert_eq!(
+            lag_of(100, 0, progress(Some(89), Some(1_000)), 5_000),
+            (10, 4.0),
+            "10 behind, last record 4 s old"
+        );
+        assert_eq!(
+            lag_of(100, 0, progress(Some(99), Some(1_000)), 5_000).1,
+            0.0,
+            "no time lag when caught up"
+        );
+        assert_eq!(
+            lag_of(100, 42, progress(None, None), 5_000),
+            (42, 0.0),
+            "before the first record: librdkafka's lag"
+        );
+        assert_eq!(
+            lag_of(90, 0, progress(Some(99), None), 5_000),
+            (0, 0.0),
+            "stale watermark never goes negative"
+        );
     }
 }

@@ -60,14 +60,14 @@ impl AdminAuth {
         }
     }
 
-    fn check(&self, headers: &HeaderMap) -> Result<(), Response> {
+    fn check(&self, headers: &HeaderMap) -> Result<(), Box<Response>> {
         match self {
             AdminAuth::LoopbackOnly => Ok(()),
-            AdminAuth::Disabled => Err(error(
+            AdminAuth::Disabled => Err(Box::new(error(
                 StatusCode::FORBIDDEN,
                 "admin_disabled",
                 "admin endpoints are disabled on a non-loopback bind until ADMIN_TOKEN is set",
-            )),
+            ))),
             AdminAuth::Token(expected) => {
                 let given = headers
                     .get(header::AUTHORIZATION)
@@ -77,11 +77,11 @@ impl AdminAuth {
                 if constant_time_eq(given.as_bytes(), expected.as_bytes()) {
                     Ok(())
                 } else {
-                    Err(error(
+                    Err(Box::new(error(
                         StatusCode::UNAUTHORIZED,
                         "unauthorized",
                         "missing or wrong bearer token",
-                    ))
+                    )))
                 }
             }
         }
@@ -232,7 +232,7 @@ async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
 
 async fn halted(State(app): State<AppState>, headers: HeaderMap) -> Response {
     if let Err(r) = app.admin.check(&headers) {
-        return r;
+        return *r;
     }
     Json(json!({"halted_threads": app.status.halted()})).into_response()
 }
@@ -243,7 +243,7 @@ async fn resume(
     Path(thread_id): Path<String>,
 ) -> Response {
     if let Err(r) = app.admin.check(&headers) {
-        return r;
+        return *r;
     }
     if thread_id.is_empty() || thread_id.len() > MAX_THREAD_ID_BYTES {
         return error(

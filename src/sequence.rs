@@ -176,9 +176,8 @@ impl SequenceValidator {
             } else {
                 Verdict::Gap { missing: jump - 1 }
             }
-        } else if st.highest - seq >= w {
-            Verdict::Duplicate
-        } else if st.is_set(seq, w) {
+        } else if st.highest - seq >= w || st.is_set(seq, w) {
+            // Older than the window: cannot tell, counted as a duplicate (see module docs).
             Verdict::Duplicate
         } else {
             st.set(seq, w);

@@ -1,0 +1,166 @@
+//! Process lifecycle against a real broker: restart continues from committed
+//! offsets, SIGTERM closes clients with 1001 and exits in under 5 s, a signal
+//! during start-up is honoured, and bad configuration names the setting.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use kafka_ws_bridge::synth::{Generator, SynthConfig};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn restart_continues_from_committed_offsets_without_skipping() {
+    let topic = unique("restart");
+    create_topic(&topic, 3).await;
+    let group = unique("grp");
+    let p = producer();
+    let mut g = Generator::new(SynthConfig {
+        threads: 12,
+        ..Default::default()
+    });
+    let first: Vec<_> = g
+        .by_ref()
+        .take(1500)
+        .map(|r| (Some(r.key), r.value))
+        .collect();
+    let second: Vec<_> = g
+        .by_ref()
+        .take(900)
+        .map(|r| (Some(r.key), r.value))
+        .collect();
+
+    let mut bridge = Bridge::start_with_group(&topic, &group, &[]).await;
+    let first_cursors = produce(&p, &topic, &first).await;
+    bridge
+        .wait_processed(first.len() as u64, Duration::from_secs(20))
+        .await;
+    let (elapsed, status) = bridge.terminate();
+    assert!(status.success(), "clean exit: {status:?}");
+    assert!(
+        elapsed < Duration::from_secs(5),
+        "SIGTERM exit took {elapsed:?}"
+    );
+    assert!(
+        bridge.log_text().contains("offsets committed on shutdown"),
+        "{}",
+        bridge.log_text()
+    );
+
+    // Records produced while the bridge is down.
+    let second_cursors = produce(&p, &topic, &second).await;
+    let bridge = Bridge::spawn(&topic, &group, &[]);
+    // Connect as soon as the HTTP side is up: before the group join finishes.
+    let start = Instant::now();
+    let mut ws = loop {
+        if let Ok((200, _)) = http(bridge.port, "GET", "/health/live").await {
+            break connect(&bridge.ws_url("?format=json")).await.0;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "bridge did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        bridge.health().await["records_processed"],
+        0,
+        "client connected before consumption started"
+    );
+    let (frames, _) = collect(&mut ws, second.len(), Duration::from_secs(20)).await;
+    let mut got: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
+    for f in &frames {
+        if let Frame::Data {
+            partition, offset, ..
+        } = f
+        {
+            got.entry(*partition).or_default().push(*offset);
+        }
+    }
+    let mut want: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
+    for (p, o) in &second_cursors {
+        want.entry(*p).or_default().push(*o);
+    }
+    for v in want.values_mut() {
+        v.sort_unstable();
+    }
+    assert_eq!(
+        got, want,
+        "exactly the records produced while down: nothing skipped, nothing re-sent"
+    );
+    // Sanity: the second batch starts right after the first in each partition.
+    for (p, offsets) in &want {
+        let last_first = first_cursors
+            .iter()
+            .filter(|c| c.0 == *p)
+            .map(|c| c.1)
+            .max()
+            .unwrap_or(-1);
+        assert_eq!(offsets[0], last_first + 1, "partition {p}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_closes_clients_with_1001_and_exits_in_under_five_seconds() {
+    let topic = unique("sigterm");
+    create_topic(&topic, 1).await;
+    let mut bridge = Bridge::start(&topic, &[]).await;
+    let (mut a, _) = connect(&bridge.ws_url("")).await;
+    let (mut b, _) = connect(&bridge.ws_url("?format=json")).await;
+    let (elapsed, status) = bridge.terminate();
+    assert!(status.success(), "{status:?}");
+    assert!(elapsed < Duration::from_secs(5), "exit took {elapsed:?}");
+    for ws in [&mut a, &mut b] {
+        match next_frame(ws, Duration::from_secs(2)).await {
+            Some(Frame::Closed { code, reason }) => {
+                assert_eq!(code, 1001);
+                assert_eq!(reason, "server shutting down");
+            }
+            other => panic!("expected close 1001, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_signal_during_startup_is_not_lost() {
+    // Brokers on a closed port: start-up waits for the cluster id.
+    let closed = free_port();
+    let mut bridge = Bridge::spawn(
+        "startup-topic",
+        "startup-group",
+        &[("KAFKA_BROKERS", &format!("127.0.0.1:{closed}"))],
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (elapsed, status) = bridge.terminate();
+    assert!(status.success(), "{status:?}: {}", bridge.log_text());
+    assert!(elapsed < Duration::from_secs(5), "exit took {elapsed:?}");
+}
+
+#[test]
+fn invalid_configuration_is_refused_at_startup_naming_the_setting() {
+    for (var, value, expect) in [
+        (
+            "KAFKA_PROPERTIES",
+            "enable.auto.commit=false",
+            "KAFKA_PROPERTIES",
+        ),
+        ("KAFKA_PROPERTIES", "nonsense", "KAFKA_PROPERTIES"),
+        ("GAP_POLICY", "sometimes", "GAP_POLICY"),
+        ("WEBSOCKET_PORT", "70000", "WEBSOCKET_PORT"),
+        ("MAX_MESSAGE_BYTES", "0", "MAX_MESSAGE_BYTES"),
+        ("KAFKA_TOPIC", "no spaces allowed", "KAFKA_TOPIC"),
+        ("ADMIN_TOKEN", "short", "ADMIN_TOKEN"),
+    ] {
+        let out = Command::new(bridge_bin())
+            .arg("serve")
+            .env_clear()
+            .env(var, value)
+            .output()
+            .expect("run");
+        assert!(!out.status.success(), "{var}={value} must be refused");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(expect), "{var}={value}: {stderr}");
+    }
+}
