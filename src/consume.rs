@@ -24,9 +24,11 @@ use rdkafka::types::RDKafkaErrorCode;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::decode;
+use crate::dlq::{self, DlqSink, FailClosedEvent, Failure, SourceRecord};
 use crate::health::{KafkaState, Status};
 use crate::offsets::Progress;
-use crate::pipeline::{Pipeline, RecordView, ResumeError};
+use crate::pipeline::{trace_id_from_traceparent, Outcome, Pipeline, RecordView, ResumeError};
 use crate::telemetry;
 
 /// Per-partition figures from the latest librdkafka statistics.
@@ -154,27 +156,52 @@ pub enum AdminCommand {
     },
 }
 
-/// Runs until `shutdown` fires, then commits stored offsets (bounded).
-pub async fn run(
-    consumer: Arc<BridgeConsumer>,
-    mut pipeline: Pipeline,
-    mut rebalance_rx: mpsc::UnboundedReceiver<RebalanceEvent>,
-    mut admin_rx: mpsc::Receiver<AdminCommand>,
-    status: Arc<Status>,
-    shutdown: CancellationToken,
-    commit_timeout: Duration,
-) {
+/// What the consume loop works with besides the consumer itself.
+pub struct Runner {
+    pub consumer: Arc<BridgeConsumer>,
+    pub pipeline: Pipeline,
+    pub rebalance_rx: mpsc::UnboundedReceiver<RebalanceEvent>,
+    pub admin_rx: mpsc::Receiver<AdminCommand>,
+    pub status: Arc<Status>,
+    pub dlq: Arc<DlqSink>,
+    pub group_id: String,
+    pub shutdown: CancellationToken,
+    /// Shutdown budget for flushing DLQ sends and committing offsets.
+    pub stop_budget: Duration,
+}
+
+/// Runs until `shutdown` fires, then flushes the DLQ and commits stored
+/// offsets (bounded).
+/// Returns when shutdown began, so the caller can keep to the overall bound.
+pub async fn run(r: Runner) -> Instant {
+    let Runner {
+        consumer,
+        mut pipeline,
+        mut rebalance_rx,
+        mut admin_rx,
+        status,
+        dlq,
+        group_id,
+        shutdown,
+        stop_budget,
+    } = r;
     let topic = consumer.context().topic.clone();
     let mut stored: HashMap<i32, i64> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_error_log: Option<Instant> = None;
+    let (fc_tx, mut fc_rx) = mpsc::unbounded_channel::<FailClosedEvent>();
+    let mut fc_pending = 0usize;
+    let mut paused = false;
     status.set_consuming(true);
 
-    loop {
+    let stop_started = loop {
         tokio::select! {
             biased;
-            _ = shutdown.cancelled() => break,
+            _ = shutdown.cancelled() => {
+                status.set_shutting_down();
+                break Instant::now();
+            }
             Some(cmd) = admin_rx.recv() => match cmd {
                 AdminCommand::ResumeThread { thread, reply } => {
                     let r = pipeline.resume_thread(&thread);
@@ -183,15 +210,43 @@ pub async fn run(
                 }
             },
             Some(ev) = rebalance_rx.recv() => match ev {
-                RebalanceEvent::Assigned(ps) | RebalanceEvent::Revoked(ps) => {
+                RebalanceEvent::Assigned(ps) => {
                     for p in ps {
                         pipeline.forget_partition(p);
                         stored.remove(&p);
                     }
                 }
+                RebalanceEvent::Revoked(ps) => {
+                    for p in ps {
+                        pipeline.forget_partition(p);
+                        stored.remove(&p);
+                        // No longer ours: stop reporting a stale lag for it.
+                        let label = p.to_string();
+                        metrics::gauge!(telemetry::CONSUMER_LAG, "partition" => label.clone()).set(0.0);
+                        metrics::gauge!(telemetry::CONSUMER_LAG_SECONDS, "partition" => label).set(0.0);
+                    }
+                }
+            },
+            Some(ev) = fc_rx.recv() => match ev {
+                FailClosedEvent::Acked { partition, offset } => {
+                    fc_pending = fc_pending.saturating_sub(1);
+                    pipeline.offsets_mut().release(partition, offset);
+                    store(&consumer, &topic, &pipeline, &mut stored, partition);
+                    if fc_pending == 0 && paused {
+                        paused = !set_paused(&consumer, false);
+                        tracing::info!("DLQ acknowledged every held record: consumption resumed");
+                    }
+                }
+                FailClosedEvent::Failing => {
+                    if fc_pending > 0 && !paused {
+                        paused = set_paused(&consumer, true);
+                        tracing::warn!(pending = fc_pending, "DLQ failing with DLQ_FAIL_CLOSED=true: consumption paused until it recovers");
+                    }
+                }
             },
             _ = tick.tick() => {
                 pipeline.tick(Instant::now());
+                dlq.export_gauges();
                 export_lag(consumer.context(), &pipeline);
             }
             r = consumer.recv() => match r {
@@ -207,7 +262,42 @@ pub async fn run(
                         value: msg.payload(),
                         traceparent,
                     };
-                    pipeline.handle(view, Instant::now());
+                    let failure = match pipeline.handle(view, Instant::now()) {
+                        Outcome::Delivered { .. } => None,
+                        Outcome::Rejected { error } => Some(Failure {
+                            error_type: error.error_type(),
+                            stage: error.stage(),
+                            message: error.to_string(),
+                            original: decode::original_info(view.value, pipeline.limits()),
+                        }),
+                        Outcome::Held { thread } => Some(Failure {
+                            error_type: "thread_halted",
+                            stage: "sequence",
+                            message: format!("thread '{thread}' is halted by GAP_POLICY=halt; the record is held for release and copied here"),
+                            original: decode::original_info(view.value, pipeline.limits()),
+                        }),
+                    };
+                    if let Some(failure) = failure {
+                        let trace = traceparent.and_then(trace_id_from_traceparent);
+                        let src = SourceRecord {
+                            topic: &topic,
+                            partition: view.partition,
+                            offset: view.offset,
+                            timestamp_ms: view.timestamp_ms,
+                            key: view.key,
+                            value: view.value,
+                            headers: msg.headers().map(|h| h.iter().map(|x| (x.key, x.value)).collect()).unwrap_or_default(),
+                            trace_id: trace.as_deref(),
+                        };
+                        let rec = dlq::build_record(&src, &failure, dlq.config(), &group_id);
+                        if dlq.fail_closed() {
+                            pipeline.offsets_mut().hold(view.partition, view.offset);
+                            fc_pending += 1;
+                            dlq.send_fail_closed(rec, fc_tx.clone());
+                        } else {
+                            dlq.send_fail_open(rec);
+                        }
+                    }
                     store(&consumer, &topic, &pipeline, &mut stored, msg.partition());
                 }
                 Err(e) => {
@@ -221,12 +311,16 @@ pub async fn run(
                 }
             }
         }
-    }
+    };
 
     status.set_consuming(false);
+    // In-flight DLQ sends get part of the budget first; fail-closed records
+    // still unacknowledged keep their offsets uncommitted.
+    dlq.shutdown(stop_budget / 3).await;
     store_all(&consumer, &topic, &pipeline, &mut stored);
     let c = consumer.clone();
     let commit = tokio::task::spawn_blocking(move || c.commit_consumer_state(CommitMode::Sync));
+    let commit_timeout = stop_budget / 3;
     match tokio::time::timeout(commit_timeout, commit).await {
         Ok(Ok(Ok(()))) => tracing::info!(offsets = ?stored, "offsets committed on shutdown"),
         Ok(Ok(Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)))) => {
@@ -238,11 +332,30 @@ pub async fn run(
     }
     // Closing the consumer (leaving the group) can block; never let it hold up exit.
     let close = tokio::task::spawn_blocking(move || drop(consumer));
-    if tokio::time::timeout(Duration::from_millis(1500), close)
+    if tokio::time::timeout(Duration::from_millis(1000), close)
         .await
         .is_err()
     {
         tracing::warn!("consumer close timed out; exiting anyway");
+    }
+    stop_started
+}
+
+/// Pauses or resumes every assigned partition. Returns true on success.
+fn set_paused(consumer: &BridgeConsumer, pause: bool) -> bool {
+    let result = consumer.assignment().and_then(|tpl| {
+        if pause {
+            consumer.pause(&tpl)
+        } else {
+            consumer.resume(&tpl)
+        }
+    });
+    match result {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(error = %e, pause, "could not change the paused state of the assignment");
+            false
+        }
     }
 }
 

@@ -48,7 +48,7 @@ pub enum Framing {
 }
 
 /// Why a record could not be used. `error_type()` is the label operators see.
-#[derive(Debug, thiserror::Error, PartialEq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
     #[error("record has no value")]
     Empty,
@@ -198,8 +198,21 @@ impl Decoded {
             .unwrap_or("")
     }
 
+    /// The record's tenant: its header's, else the first batch event's.
     pub fn tenant_id(&self) -> &str {
-        self.header().map(|h| h.tenant_id.as_str()).unwrap_or("")
+        if let Some(t) = self
+            .header()
+            .map(|h| h.tenant_id.as_str())
+            .filter(|t| !t.is_empty())
+        {
+            return t;
+        }
+        self.batch_events()
+            .iter()
+            .filter_map(|e| e.header.as_ref())
+            .map(|h| h.tenant_id.as_str())
+            .find(|t| !t.is_empty())
+            .unwrap_or("")
     }
 
     /// Producer timestamp (µs since the epoch), if the producer set one.
@@ -351,6 +364,94 @@ pub fn decode(value: Option<&[u8]>, limits: &DecodeLimits) -> Result<Decoded, De
         }
     }
     Ok(Decoded { body, framing })
+}
+
+/// Resets enum fields holding values this build does not know to 0
+/// (UNSPECIFIED), so the proto3 JSON mapping can name every value.
+pub fn clear_unknown_enums(body: &mut Message) {
+    use crate::proto::{
+        CompressionType, DiffOp, ErrorSeverity, EventType, FinishReason, MessageType, ToolStage,
+        ValueEncoding,
+    };
+    fn fix<E: TryFrom<i32>>(v: &mut i32) {
+        if E::try_from(*v).is_err() {
+            *v = 0;
+        }
+    }
+    fn header(h: &mut Option<Header>) {
+        if let Some(h) = h {
+            fix::<MessageType>(&mut h.r#type);
+            fix::<CompressionType>(&mut h.compression);
+        }
+    }
+    fn event(e: &mut Event) {
+        header(&mut e.header);
+        fix::<EventType>(&mut e.event_type);
+    }
+    match body {
+        Message::Event(e) => event(e),
+        Message::EventBatch(b) => {
+            header(&mut b.header);
+            b.events.iter_mut().for_each(event);
+        }
+        Message::TokenChunk(x) => {
+            header(&mut x.header);
+            fix::<FinishReason>(&mut x.finish_reason);
+        }
+        Message::ToolExecution(x) => {
+            header(&mut x.header);
+            fix::<ToolStage>(&mut x.stage);
+        }
+        Message::StateDiff(x) => {
+            header(&mut x.header);
+            for op in &mut x.operations {
+                fix::<DiffOp>(&mut op.op);
+                fix::<ValueEncoding>(&mut op.encoding);
+            }
+        }
+        Message::Error(x) => {
+            header(&mut x.header);
+            fix::<ErrorSeverity>(&mut x.severity);
+        }
+        Message::Checkpoint(x) => header(&mut x.header),
+        Message::Metrics(x) => header(&mut x.header),
+        Message::ExecutionTrace(x) => header(&mut x.header),
+    }
+}
+
+/// What can be read of a rejected record's header, ignoring the schema
+/// check (for DLQ records). `None` when the body does not decode at all.
+pub fn original_info(
+    value: Option<&[u8]>,
+    limits: &DecodeLimits,
+) -> Option<crate::dlq::OriginalInfo> {
+    let value = value.filter(|v| !v.is_empty() && v.len() <= limits.max_record_bytes)?;
+    let decompressed;
+    let body: &[u8] = match value[0] {
+        FRAME_PROTOBUF => &value[1..],
+        FRAME_ZSTD => {
+            decompressed = decompress(&value[1..], limits.max_decompressed_bytes).ok()?;
+            &decompressed
+        }
+        _ if value.starts_with(&ZSTD_MAGIC) => {
+            decompressed = decompress(value, limits.max_decompressed_bytes).ok()?;
+            &decompressed
+        }
+        _ => value,
+    };
+    let body = DashStreamMessage::decode(body).ok()?.message?;
+    let d = Decoded {
+        body,
+        framing: Framing::Protobuf,
+    };
+    let h = d.header();
+    Some(crate::dlq::OriginalInfo {
+        thread_id: d.thread_id().to_string(),
+        tenant_id: d.tenant_id().to_string(),
+        sequence: d.sequence(),
+        message_type: d.kind().as_str().to_string(),
+        schema_version: h.map(|h| h.schema_version.max(1)).unwrap_or(1),
+    })
 }
 
 /// Encodes a message in the current framing (`0x00` or `0x01` + zstd).

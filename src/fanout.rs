@@ -296,6 +296,7 @@ impl Hub {
                 && slot.tx.try_send(Outbound::Control(msg.clone())).is_err()
             {
                 slot.lagged.fetch_add(1, Ordering::Relaxed);
+                self.dropped_full.increment(1);
             }
         }
     }

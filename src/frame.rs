@@ -22,7 +22,7 @@ use crate::proto::dash_stream_message::Message;
 pub const ENVELOPE_VERSION: u8 = 1;
 pub const ENVELOPE_HEADER_LEN: usize = 21;
 
-/// Where a record came from: its cursor and Kafka timestamp.
+/// Where a record came from: its Kafka partition and offset.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Cursor {
     pub partition: i32,
@@ -142,7 +142,7 @@ pub fn encode_json(
     d: &Decoded,
     trace_id: Option<&str>,
 ) -> String {
-    let frame = JsonData {
+    let frame = |body| JsonData {
         ty: "message",
         partition: cursor.partition,
         offset: cursor.offset,
@@ -152,11 +152,20 @@ pub fn encode_json(
         sequence: d.sequence(),
         message_type: d.kind().as_str(),
         trace_id,
-        data: Body(&d.body),
+        data: Body(body),
     };
-    // Serializing plain data to a String cannot fail; fall back to an error frame if it ever does.
-    serde_json::to_string(&frame)
-        .unwrap_or_else(|e| control::error("encode_failed", &e.to_string()))
+    match serde_json::to_string(&frame(&d.body)) {
+        Ok(s) => s,
+        // The proto3 JSON mapping has no name for an enum value this build
+        // does not know (a newer producer): show it as UNSPECIFIED (0) here;
+        // the binary format still carries the original value.
+        Err(_) => {
+            let mut body = d.body.clone();
+            crate::decode::clear_unknown_enums(&mut body);
+            serde_json::to_string(&frame(&body))
+                .unwrap_or_else(|e| control::error("encode_failed", &e.to_string()))
+        }
+    }
 }
 
 /// A parsed binary envelope (used by `tail` and tests).
@@ -341,6 +350,41 @@ mod tests {
             serde_json::from_str(&envelope_to_json(&f.binary(), &DecodeLimits::default()).unwrap())
                 .unwrap();
         assert_eq!(via_binary["data"], j["data"]);
+    }
+
+    #[test]
+    fn unknown_enum_values_still_give_a_json_frame() {
+        let m = DashStreamMessage {
+            message: Some(Message::Event(Event {
+                header: Some(Header {
+                    thread_id: "th".into(),
+                    sequence: 1,
+                    r#type: 99,
+                    ..Default::default()
+                }),
+                event_type: 12345,
+                ..Default::default()
+            })),
+        };
+        let v = encode_record(&m, None);
+        let d = decode(Some(&v), &DecodeLimits::default()).unwrap();
+        let j: serde_json::Value = serde_json::from_str(&encode_json(
+            Cursor {
+                partition: 0,
+                offset: 1,
+            },
+            None,
+            &d,
+            None,
+        ))
+        .unwrap();
+        assert_eq!(j["type"], "message", "{j}");
+        assert_eq!(j["thread_id"], "th");
+        assert_eq!(
+            j["data"]["eventType"],
+            serde_json::Value::Null,
+            "unknown value shown as unspecified (default, omitted)"
+        );
     }
 
     #[test]

@@ -43,8 +43,9 @@ pub struct HaltedThread {
     pub halted_at_unix_ms: i64,
 }
 
-#[derive(Default)]
 pub struct Status {
+    dlq: std::sync::Arc<crate::dlq::DlqHealth>,
+    dlq_fail_closed: bool,
     kafka: AtomicU8,
     assigned_partitions: AtomicUsize,
     consuming: AtomicBool,
@@ -55,7 +56,28 @@ pub struct Status {
     namespace: OnceLock<String>,
 }
 
+impl Default for Status {
+    fn default() -> Self {
+        Self::new(Default::default(), false)
+    }
+}
+
 impl Status {
+    pub fn new(dlq: std::sync::Arc<crate::dlq::DlqHealth>, dlq_fail_closed: bool) -> Self {
+        Self {
+            dlq,
+            dlq_fail_closed,
+            kafka: AtomicU8::new(0),
+            assigned_partitions: AtomicUsize::new(0),
+            consuming: AtomicBool::new(false),
+            shutting_down: AtomicBool::new(false),
+            records_processed: AtomicU64::new(0),
+            last_record_unix_ms: AtomicI64::new(0),
+            halted: RwLock::new(Vec::new()),
+            namespace: OnceLock::new(),
+        }
+    }
+
     pub fn kafka(&self) -> KafkaState {
         KafkaState::from_u8(self.kafka.load(Ordering::Relaxed))
     }
@@ -113,8 +135,16 @@ impl Status {
     pub fn health_json(&self, connected_clients: usize) -> serde_json::Value {
         let halted = self.halted();
         let kafka = self.kafka();
+        let dlq = self.dlq.state();
         let (status, alert) = if kafka == KafkaState::Disconnected {
             ("unhealthy", Some("kafka brokers unreachable".to_string()))
+        } else if dlq == "degraded" {
+            let effect = if self.dlq_fail_closed {
+                "DLQ_FAIL_CLOSED: consumption pauses until it recovers"
+            } else {
+                "records that fail are not reaching the DLQ topic"
+            };
+            ("degraded", Some(format!("DLQ writes failing: {effect}")))
         } else if !halted.is_empty() {
             ("degraded", Some(format!("{} thread(s) halted by GAP_POLICY=halt; resume with POST /admin/threads/<id>/resume", halted.len())))
         } else {
@@ -125,7 +155,9 @@ impl Status {
             "status": status,
             "kafka_status": kafka.as_str(),
             "websocket_status": if self.shutting_down() { "closing" } else { "serving" },
-            "dlq_health": "not_configured",
+            "dlq_health": dlq,
+            "dlq_mode": if self.dlq_fail_closed { "fail_closed" } else { "fail_open" },
+            "dlq_in_flight": self.dlq.in_flight.load(Ordering::Relaxed),
             "connected_clients": connected_clients,
             "assigned_partitions": self.assigned_partitions(),
             "records_processed": self.records_processed.load(Ordering::Relaxed),

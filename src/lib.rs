@@ -4,6 +4,8 @@
 pub mod config;
 pub mod consume;
 pub mod decode;
+pub mod dlq;
+pub mod dlq_tools;
 pub mod fanout;
 pub mod frame;
 pub mod health;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use kafka_ws_bridge::config::{LogFormat, ServeArgs};
-use kafka_ws_bridge::{produce, serve, shutdown, tail, telemetry};
+use kafka_ws_bridge::{dlq_tools, produce, serve, shutdown, tail, telemetry};
 
 #[derive(Parser)]
 #[command(
@@ -26,6 +26,9 @@ enum Command {
     Produce(produce::ProduceArgs),
     /// Print frames from a bridge's WebSocket as JSON lines.
     Tail(tail::TailArgs),
+    /// Read and redrive the dead-letter topic.
+    #[command(subcommand)]
+    Dlq(dlq_tools::DlqCommand),
 }
 
 fn main() -> ExitCode {
@@ -54,6 +57,10 @@ fn main() -> ExitCode {
                 produce::run(args, token).await
             }
             Command::Tail(args) => tail::run(args).await,
+            Command::Dlq(dlq_tools::DlqCommand::Inspect(args)) => {
+                tokio::task::spawn_blocking(move || dlq_tools::inspect(&args)).await?
+            }
+            Command::Dlq(dlq_tools::DlqCommand::Redrive(args)) => dlq_tools::redrive(&args).await,
         }
     });
     // Never wait on blocking tasks (e.g. a broker that does not answer) at exit.

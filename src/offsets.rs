@@ -6,13 +6,14 @@
 //! else last processed + 1. Storing only that point keeps at-least-once
 //! delivery: a restart re-reads everything not yet handed to clients.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 
 #[derive(Debug, Default)]
 struct PartitionBook {
     last_processed: Option<i64>,
     last_timestamp_ms: Option<i64>,
-    held: BTreeSet<i64>,
+    /// Held offsets, with how many holders each (a halt, a pending DLQ send).
+    held: BTreeMap<i64, u32>,
 }
 
 #[derive(Debug, Default)]
@@ -37,16 +38,23 @@ impl OffsetBook {
     }
 
     pub fn hold(&mut self, partition: i32, offset: i64) {
-        self.partitions
+        *self
+            .partitions
             .entry(partition)
             .or_default()
             .held
-            .insert(offset);
+            .entry(offset)
+            .or_insert(0) += 1;
     }
 
     pub fn release(&mut self, partition: i32, offset: i64) {
         if let Some(p) = self.partitions.get_mut(&partition) {
-            p.held.remove(&offset);
+            if let Some(n) = p.held.get_mut(&offset) {
+                *n -= 1;
+                if *n == 0 {
+                    p.held.remove(&offset);
+                }
+            }
         }
     }
 
@@ -57,7 +65,11 @@ impl OffsetBook {
     /// The next offset to consume after a restart (what to commit), if known.
     pub fn commit_point(&self, partition: i32) -> Option<i64> {
         let p = self.partitions.get(&partition)?;
-        p.held.first().copied().or(p.last_processed.map(|o| o + 1))
+        p.held
+            .keys()
+            .next()
+            .copied()
+            .or(p.last_processed.map(|o| o + 1))
     }
 
     pub fn progress(&self, partition: i32) -> Progress {
@@ -98,6 +110,16 @@ mod tests {
         assert_eq!(b.commit_point(0), Some(13));
         b.release(0, 13);
         assert_eq!(b.commit_point(0), Some(14));
+        b.hold(0, 14);
+        b.hold(0, 14);
+        b.release(0, 14);
+        assert_eq!(
+            b.commit_point(0),
+            Some(14),
+            "held until every holder released it"
+        );
+        b.release(0, 14);
+        assert_eq!(b.commit_point(0), Some(14), "next to read after 13");
         assert_eq!(b.commit_point(1), None, "partitions are independent");
     }
 }

@@ -34,7 +34,7 @@ pub struct RecordView<'a> {
 pub enum Outcome {
     Delivered { clients: usize },
     Held { thread: String },
-    Rejected { error_type: &'static str },
+    Rejected { error: decode::DecodeError },
 }
 
 pub struct PipelineConfig {
@@ -80,6 +80,10 @@ impl Pipeline {
         }
     }
 
+    pub fn limits(&self) -> &DecodeLimits {
+        &self.cfg.limits
+    }
+
     pub fn offsets(&self) -> &OffsetBook {
         &self.offsets
     }
@@ -120,7 +124,7 @@ impl Pipeline {
                         "record skipped: {e}"
                     );
                 }
-                return Outcome::Rejected { error_type };
+                return Outcome::Rejected { error: e };
             }
         };
         self.m.success.increment(1);
@@ -275,7 +279,8 @@ impl Pipeline {
         let mut v: Vec<HaltedThread> = self.halts.values().map(|h| h.info.clone()).collect();
         v.sort_by(|a, b| a.thread_id.cmp(&b.thread_id));
         metrics::gauge!(telemetry::HALTED_THREADS).set(v.len() as f64);
-        metrics::gauge!(telemetry::HELD_MESSAGES).set(self.offsets.held() as f64);
+        let held: usize = self.halts.values().map(|h| h.held.len()).sum();
+        metrics::gauge!(telemetry::HELD_MESSAGES).set(held as f64);
         self.status.set_halted(v);
     }
 
@@ -442,12 +447,10 @@ mod tests {
         let mut sub = hub.subscribe(Filter::default());
         let good = rec("a", 1);
         let now = Instant::now();
-        assert_eq!(
+        assert!(matches!(
             p.handle(view(0, b"\x00\xff\xff"), now),
-            Outcome::Rejected {
-                error_type: "invalid_protobuf"
-            }
-        );
+            Outcome::Rejected { error } if error.error_type() == "invalid_protobuf"
+        ));
         assert!(matches!(
             p.handle(view(1, &good), now),
             Outcome::Delivered { clients: 1 }

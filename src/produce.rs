@@ -59,10 +59,11 @@ pub async fn run(args: ProduceArgs, shutdown: CancellationToken) -> anyhow::Resu
         anyhow::bail!("--rate must be a non-negative number");
     }
     let mut cfg = ClientConfig::new();
+    // A short linger by default; pass-through properties may override it.
+    cfg.set("linger.ms", "5");
     for (k, v) in args.kafka.client_properties()? {
         cfg.set(k, v);
     }
-    cfg.set("linger.ms", "5");
     let producer: ThreadedProducer<DefaultProducerContext> = cfg.create()?;
     let mut generator = Generator::new(SynthConfig {
         threads: args.threads,

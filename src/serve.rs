@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::BridgeConfig;
 use crate::consume;
+use crate::dlq::{DlqHealth, DlqSink};
 use crate::fanout::Hub;
 use crate::health::Status;
 use crate::http::{self, AdminAuth, AppState};
@@ -26,7 +27,12 @@ pub async fn run(cfg: BridgeConfig, shutdown: CancellationToken) -> anyhow::Resu
     let started = Instant::now();
     let metrics = telemetry::install_recorder()?;
     telemetry::spawn_upkeep(metrics.clone());
-    let status = Arc::new(Status::default());
+    let dlq_health = Arc::new(DlqHealth::default());
+    let status = Arc::new(Status::new(dlq_health.clone(), cfg.dlq.fail_closed));
+    let dlq = Arc::new(
+        DlqSink::new(&cfg.dlq, dlq_health)
+            .context("creating the DLQ producer (check KAFKA_DLQ_BROKERS and KAFKA_PROPERTIES)")?,
+    );
     let hub = Hub::new(cfg.client_queue_frames);
 
     let (consumer, rebalance_rx) =
@@ -57,7 +63,7 @@ pub async fn run(cfg: BridgeConfig, shutdown: CancellationToken) -> anyhow::Resu
         l = tokio::net::TcpListener::bind(cfg.listen) => l.with_context(|| format!("binding WEBSOCKET_HOST:WEBSOCKET_PORT = {}", cfg.listen))?,
     };
     let local = listener.local_addr()?;
-    tracing::info!(listen = %local, topic = %cfg.topic, group = %cfg.group_id, namespace = %namespace, gap_policy = cfg.gap_policy.as_str(), "kafka-ws-bridge serving");
+    tracing::info!(listen = %local, topic = %cfg.topic, group = %cfg.group_id, namespace = %namespace, gap_policy = cfg.gap_policy.as_str(), dlq_topic = %cfg.dlq.topic, dlq_fail_closed = cfg.dlq.fail_closed, "kafka-ws-bridge serving");
 
     let tracker = TaskTracker::new();
     let sessions = Arc::new(SessionContext::new(
@@ -104,19 +110,20 @@ pub async fn run(cfg: BridgeConfig, shutdown: CancellationToken) -> anyhow::Resu
         "consumer starting"
     );
     let budget = cfg.shutdown_timeout;
-    // Commit gets at most half the shutdown budget; closing clients the rest.
-    consume::run(
+    // DLQ flush and offset commit get part of the shutdown budget; closing clients the rest.
+    let stop_started = consume::run(consume::Runner {
         consumer,
         pipeline,
         rebalance_rx,
         admin_rx,
-        status.clone(),
-        shutdown.clone(),
-        budget / 2,
-    )
+        status: status.clone(),
+        dlq,
+        group_id: cfg.group_id.clone(),
+        shutdown: shutdown.clone(),
+        stop_budget: budget * 2 / 3,
+    })
     .await;
 
-    let stop_started = Instant::now();
     status.set_shutting_down();
     tracker.close();
     let remaining = budget

@@ -23,6 +23,8 @@ use crate::telemetry;
 pub const CLOSE_GOING_AWAY: u16 = 1001;
 /// Close code for a client that cannot keep up with writes (policy violation).
 pub const CLOSE_SLOW_CLIENT: u16 = 1008;
+/// Close code for a client message over the size limit.
+pub const CLOSE_MESSAGE_TOO_BIG: u16 = 1009;
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What every session shares.
@@ -107,7 +109,8 @@ pub async fn run(socket: WebSocket, ctx: Arc<SessionContext>, format: Format, fi
                 }
             }
             inc = rx.next() => match inc {
-                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break None,
+                None | Some(Ok(Message::Close(_))) => break None,
+                Some(Err(e)) => break close_for_read_error(e),
                 Some(Ok(Message::Text(t))) => {
                     let reply = handle_client_text(&t);
                     if send(&mut tx, Message::Text(reply.into())).await.is_err() {
@@ -135,6 +138,21 @@ pub async fn run(socket: WebSocket, ctx: Arc<SessionContext>, format: Format, fi
             tx.send(Message::Close(Some(frame))),
         )
         .await;
+    }
+}
+
+/// A message over WEBSOCKET_MAX_INCOMING_BYTES gets close code 1009; other
+/// read errors end the session without a close frame (the socket is gone).
+fn close_for_read_error(e: axum::Error) -> Option<(u16, &'static str)> {
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    let inner = e.into_inner();
+    match inner.downcast_ref::<WsError>() {
+        Some(WsError::Capacity(_)) => {
+            metrics::counter!(telemetry::CLIENT_PROTOCOL_ERRORS, "reason" => "message_too_big")
+                .increment(1);
+            Some((CLOSE_MESSAGE_TOO_BIG, "message too big"))
+        }
+        _ => None,
     }
 }
 

@@ -32,7 +32,15 @@ pub const SEQ_TRACKED_THREADS: &str = "dashstream_sequence_tracked_threads";
 pub const SEQ_EVICTED_THREADS: &str = "dashstream_sequence_evicted_threads_total";
 pub const HALTED_THREADS: &str = "dashstream_halted_threads";
 pub const HELD_MESSAGES: &str = "dashstream_halted_messages_held";
+pub const DLQ_SENDS: &str = "websocket_dlq_sends_total";
+pub const DLQ_SEND_FAILURES: &str = "websocket_dlq_send_failures_total";
+pub const DLQ_IN_FLIGHT: &str = "websocket_dlq_in_flight";
 pub const BUILD_INFO: &str = "websocket_build_info";
+
+/// Reasons for `websocket_dlq_send_failures_total{reason}`.
+pub const DLQ_FAILURE_REASONS: &[&str] = &["timeout", "kafka_error", "backpressure", "shutdown"];
+/// error_type values of DLQ records that are not decode errors.
+pub const DLQ_EXTRA_ERROR_TYPES: &[&str] = &["thread_halted"];
 
 /// Decode error kinds, as exported in `websocket_decode_errors_total{error_type}`.
 pub const DECODE_ERROR_TYPES: &[&str] = &[
@@ -46,7 +54,8 @@ pub const DECODE_ERROR_TYPES: &[&str] = &[
 ];
 
 /// Reasons for `websocket_dropped_messages_total{reason}`.
-pub const DROP_CLIENT_QUEUE_FULL: &str = "client_queue_full";
+/// A client's queue was full (the seed's name for a lagging receiver).
+pub const DROP_CLIENT_QUEUE_FULL: &str = "lagged_receiver";
 pub const DROP_HALT_BUFFER_FULL: &str = "halt_buffer_full";
 
 /// E2E latency buckets in milliseconds: resolve 1 ms, reach 60 s.
@@ -163,6 +172,15 @@ fn describe_all() {
         "Records held back from clients because their thread is halted."
     );
     describe_gauge!(BUILD_INFO, "Always 1; labels carry the version.");
+    describe_counter!(
+        DLQ_SENDS,
+        "Records written to the DLQ topic, by error_type."
+    );
+    describe_counter!(DLQ_SEND_FAILURES, "DLQ records that could not be written, by reason (timeout | kafka_error | backpressure | shutdown).");
+    describe_gauge!(
+        DLQ_IN_FLIGHT,
+        "DLQ sends in flight (bounded by MAX_CONCURRENT_DLQ_SENDS)."
+    );
 }
 
 /// Pre-built handles for the per-record path.
@@ -209,6 +227,13 @@ impl PipelineMetrics {
             metrics::counter!(DECODE_ERRORS, "error_type" => *t).increment(0);
         }
         metrics::counter!(INFRA_ERRORS, "kind" => "kafka").increment(0);
+        for t in DECODE_ERROR_TYPES.iter().chain(DLQ_EXTRA_ERROR_TYPES) {
+            metrics::counter!(DLQ_SENDS, "error_type" => *t).increment(0);
+        }
+        for r in DLQ_FAILURE_REASONS {
+            metrics::counter!(DLQ_SEND_FAILURES, "reason" => *r).increment(0);
+        }
+        metrics::gauge!(DLQ_IN_FLIGHT).set(0.0);
         metrics::counter!(DROPPED_MESSAGES, "reason" => DROP_CLIENT_QUEUE_FULL).increment(0);
         metrics::counter!(CLIENT_LAG_MESSAGES).increment(0);
         metrics::counter!(CONNECTIONS_OPENED).increment(0);

@@ -45,15 +45,27 @@ pub fn free_port() -> u16 {
         .expect("free port")
 }
 
+/// Creates `name` and its dead-letter topic `name-dlq` (1 partition).
 pub async fn create_topic(name: &str, partitions: i32) {
+    create_topics_on(
+        &brokers(),
+        &[(name, partitions), (&format!("{name}-dlq"), 1)],
+    )
+    .await;
+}
+
+pub async fn create_topics_on(brokers: &str, topics: &[(&str, i32)]) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
+        .set("bootstrap.servers", brokers)
         .create()
         .expect("admin client");
-    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    let new: Vec<NewTopic> = topics
+        .iter()
+        .map(|(n, p)| NewTopic::new(n, *p, TopicReplication::Fixed(1)))
+        .collect();
     let res = admin
         .create_topics(
-            [&topic],
+            &new,
             &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
         )
         .await
