@@ -305,6 +305,54 @@ pub struct ServeArgs {
     /// Largest original payload kept in a DLQ document, in bytes (longer ones are truncated and flagged).
     #[arg(long, env = "DLQ_PAYLOAD_MAX_BYTES", default_value_t = 262_144)]
     pub dlq_payload_max_bytes: usize,
+    /// Redis for the shared replay tier (unset: memory and Kafka tiers only).
+    #[arg(long, env = "REDIS_URL")]
+    pub redis_url: Option<String>,
+    #[arg(long, env = "REPLAY_REDIS_TTL_SECS", default_value_t = 3600)]
+    pub replay_redis_ttl_secs: u64,
+    #[arg(
+        long,
+        env = "REPLAY_REDIS_MAX_PER_PARTITION",
+        default_value_t = 100_000
+    )]
+    pub replay_redis_max_per_partition: u64,
+    /// Entries waiting for the Redis writer before new ones are dropped (and counted).
+    #[arg(long, env = "REPLAY_REDIS_QUEUE", default_value_t = 50_000)]
+    pub replay_redis_queue: usize,
+    #[arg(
+        long,
+        env = "REPLAY_MEMORY_MAX_PER_PARTITION",
+        default_value_t = 10_000
+    )]
+    pub replay_memory_max_per_partition: usize,
+    #[arg(long, env = "REPLAY_MEMORY_MAX_BYTES_PER_PARTITION", default_value_t = 32 * 1_048_576)]
+    pub replay_memory_max_bytes_per_partition: usize,
+    /// Read records older than memory and Redis back from Kafka by offset.
+    #[arg(long, env = "REPLAY_KAFKA", default_value_t = true, action = clap::ArgAction::Set)]
+    pub replay_kafka: bool,
+    /// Clients replaying from Kafka at once, at most.
+    #[arg(long, env = "REPLAY_KAFKA_MAX_CONCURRENT", default_value_t = 4)]
+    pub replay_kafka_max_concurrent: usize,
+    /// Records per replay page (memory, Redis or Kafka).
+    #[arg(long, env = "REPLAY_PAGE_SIZE", default_value_t = 500)]
+    pub replay_page_size: usize,
+    /// How long a client without ?resume= may take to send its first message before live delivery starts.
+    #[arg(long, env = "RESUME_GRACE_MS", default_value_t = 250)]
+    pub resume_grace_ms: u64,
+}
+
+/// Replay settings (validated).
+#[derive(Clone, Debug)]
+pub struct ReplayConfig {
+    pub redis_url: Option<String>,
+    pub redis_ttl_secs: u64,
+    pub redis_max_per_partition: u64,
+    pub redis_queue: usize,
+    pub memory: crate::replay::RingLimits,
+    pub kafka: bool,
+    pub kafka_max_concurrent: usize,
+    pub page: usize,
+    pub resume_grace: Duration,
 }
 
 /// A setting that failed validation; the message names it.
@@ -343,6 +391,7 @@ pub struct BridgeConfig {
     pub resume_namespace: Option<String>,
     pub shutdown_timeout: Duration,
     pub dlq: crate::dlq::DlqConfig,
+    pub replay: ReplayConfig,
 }
 
 fn validate_topic(setting: &'static str, topic: &str) -> Result<(), ConfigError> {
@@ -481,6 +530,45 @@ impl ServeArgs {
             .into_iter()
             .filter(|(k, _)| !CONSUMER_ONLY_PREFIXES.iter().any(|p| k.starts_with(p)))
             .collect();
+        if let Some(u) = &self.redis_url {
+            if !(u.starts_with("redis://")
+                || u.starts_with("rediss://")
+                || u.starts_with("redis+unix://")
+                || u.starts_with("unix://"))
+            {
+                return Err(ConfigError::new(
+                    "REDIS_URL",
+                    "must start with redis://, rediss:// or unix://",
+                ));
+            }
+        }
+        positive("REPLAY_REDIS_TTL_SECS", self.replay_redis_ttl_secs)?;
+        positive(
+            "REPLAY_REDIS_MAX_PER_PARTITION",
+            self.replay_redis_max_per_partition,
+        )?;
+        positive("REPLAY_REDIS_QUEUE", self.replay_redis_queue as u64)?;
+        positive(
+            "REPLAY_MEMORY_MAX_PER_PARTITION",
+            self.replay_memory_max_per_partition as u64,
+        )?;
+        positive(
+            "REPLAY_MEMORY_MAX_BYTES_PER_PARTITION",
+            self.replay_memory_max_bytes_per_partition as u64,
+        )?;
+        positive(
+            "REPLAY_KAFKA_MAX_CONCURRENT",
+            self.replay_kafka_max_concurrent as u64,
+        )?;
+        if !(1..=10_000).contains(&self.replay_page_size) {
+            return Err(ConfigError::new(
+                "REPLAY_PAGE_SIZE",
+                "must be between 1 and 10000",
+            ));
+        }
+        if self.resume_grace_ms > 10_000 {
+            return Err(ConfigError::new("RESUME_GRACE_MS", "at most 10000"));
+        }
         props.push(("group.id".into(), self.kafka_group_id.clone()));
         props.push((
             "auto.offset.reset".into(),
@@ -528,6 +616,20 @@ impl ServeArgs {
             admin_token: self.admin_token.clone(),
             resume_namespace: self.resume_namespace.clone(),
             shutdown_timeout: Duration::from_secs(self.shutdown_timeout_secs),
+            replay: ReplayConfig {
+                redis_url: self.redis_url.clone(),
+                redis_ttl_secs: self.replay_redis_ttl_secs,
+                redis_max_per_partition: self.replay_redis_max_per_partition,
+                redis_queue: self.replay_redis_queue,
+                memory: crate::replay::RingLimits {
+                    max_per_partition: self.replay_memory_max_per_partition,
+                    max_bytes_per_partition: self.replay_memory_max_bytes_per_partition,
+                },
+                kafka: self.replay_kafka,
+                kafka_max_concurrent: self.replay_kafka_max_concurrent,
+                page: self.replay_page_size,
+                resume_grace: Duration::from_millis(self.resume_grace_ms),
+            },
             dlq: crate::dlq::DlqConfig {
                 topic: dlq_topic,
                 producer_properties: dlq_props,

@@ -29,6 +29,7 @@ use crate::dlq::{self, DlqSink, FailClosedEvent, Failure, SourceRecord};
 use crate::health::{KafkaState, Status};
 use crate::offsets::Progress;
 use crate::pipeline::{trace_id_from_traceparent, Outcome, Pipeline, RecordView, ResumeError};
+use crate::resume::Watermarks;
 use crate::telemetry;
 
 /// Per-partition figures from the latest librdkafka statistics.
@@ -49,6 +50,8 @@ pub struct BridgeContext {
     topic: String,
     status: Arc<Status>,
     stats: Mutex<HashMap<i32, PartitionStats>>,
+    /// High watermarks shared with the replay driver.
+    watermarks: Watermarks,
     assigned: Mutex<HashSet<i32>>,
     rebalance_tx: mpsc::UnboundedSender<RebalanceEvent>,
 }
@@ -63,8 +66,10 @@ impl ClientContext for BridgeContext {
         });
         if let Some(t) = s.topics.get(&self.topic) {
             let mut m = self.stats.lock();
+            let mut w = self.watermarks.lock();
             for (p, ps) in &t.partitions {
                 if *p >= 0 && ps.hi_offset >= 0 {
+                    w.insert(*p, ps.hi_offset);
                     m.insert(
                         *p,
                         PartitionStats {
@@ -130,6 +135,7 @@ pub fn create_consumer(
     props: &[(String, String)],
     topic: &str,
     status: Arc<Status>,
+    watermarks: Watermarks,
 ) -> Result<(BridgeConsumer, mpsc::UnboundedReceiver<RebalanceEvent>), KafkaError> {
     let mut cfg = ClientConfig::new();
     for (k, v) in props {
@@ -140,6 +146,7 @@ pub fn create_consumer(
         topic: topic.to_string(),
         status,
         stats: Mutex::new(HashMap::new()),
+        watermarks,
         assigned: Mutex::new(HashSet::new()),
         rebalance_tx,
     };
@@ -247,6 +254,7 @@ pub async fn run(r: Runner) -> Instant {
             _ = tick.tick() => {
                 pipeline.tick(Instant::now());
                 dlq.export_gauges();
+                pipeline.export_replay_gauges();
                 export_lag(consumer.context(), &pipeline);
             }
             r = consumer.recv() => match r {

@@ -6,6 +6,13 @@
 //! client whose queue is full loses that frame (counted, and the client is
 //! told with a `lagged` notice); neither the consumer nor other clients wait.
 //! The client list lock is held only for that loop, never across an await.
+//!
+//! The hub also keeps the memory tier of the replay buffer: each published
+//! frame is appended to its partition's ring *while the client-list read
+//! lock is held*, and a resuming session joins live delivery under the
+//! write lock only once it has replayed up to every ring's head
+//! ([`Hub::subscribe_caught_up`]). So every frame is either in the ring the
+//! session replays from, or delivered to it live: no hole at the seam.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -18,6 +25,7 @@ use tokio::sync::mpsc;
 
 use crate::decode::MessageKind;
 use crate::frame::Frame;
+use crate::replay::{MemoryRings, RingLimits, Slot};
 use crate::telemetry;
 
 /// Wire format chosen per connection.
@@ -195,6 +203,7 @@ struct ClientSlot {
 /// All connected clients.
 pub struct Hub {
     clients: RwLock<HashMap<u64, ClientSlot>>,
+    rings: parking_lot::Mutex<MemoryRings>,
     next_id: AtomicU64,
     connected: AtomicUsize,
     queue_frames: usize,
@@ -217,17 +226,28 @@ struct Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        if self.hub.clients.write().remove(&self.id).is_some() {
-            let n = self.hub.connected.fetch_sub(1, Ordering::Relaxed) - 1;
-            metrics::gauge!(telemetry::CONNECTED_CLIENTS).set(n as f64);
-        }
+        self.hub.clients.write().remove(&self.id);
+    }
+}
+
+/// Counts one connected WebSocket session for as long as it lives (on every
+/// exit path), whether it is replaying or live.
+pub struct SessionGuard {
+    hub: Arc<Hub>,
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        let n = self.hub.connected.fetch_sub(1, Ordering::Relaxed) - 1;
+        metrics::gauge!(telemetry::CONNECTED_CLIENTS).set(n as f64);
     }
 }
 
 impl Hub {
-    pub fn new(queue_frames: usize) -> Arc<Self> {
+    pub fn new(queue_frames: usize, rings: RingLimits) -> Arc<Self> {
         Arc::new(Self {
             clients: RwLock::new(HashMap::new()),
+            rings: parking_lot::Mutex::new(MemoryRings::new(rings)),
             next_id: AtomicU64::new(1),
             connected: AtomicUsize::new(0),
             queue_frames,
@@ -236,15 +256,53 @@ impl Hub {
         })
     }
 
+    /// Registers a new WebSocket session (connected count, connections total).
+    pub fn enter_session(self: &Arc<Self>) -> SessionGuard {
+        let n = self.connected.fetch_add(1, Ordering::Relaxed) + 1;
+        metrics::gauge!(telemetry::CONNECTED_CLIENTS).set(n as f64);
+        metrics::counter!(telemetry::CONNECTIONS_OPENED).increment(1);
+        SessionGuard { hub: self.clone() }
+    }
+
     pub fn connected(&self) -> usize {
         self.connected.load(Ordering::Relaxed)
     }
 
     pub fn subscribe(self: &Arc<Self>, filter: Filter) -> Subscription {
+        let mut clients = self.clients.write();
+        self.insert_client(&mut clients, filter)
+    }
+
+    /// Joins live delivery only if `next` (per partition, the next offset the
+    /// session would replay) is past every ring's head; otherwise hands the
+    /// filter back so the session replays more first.
+    pub fn subscribe_caught_up(
+        self: &Arc<Self>,
+        filter: Filter,
+        next: &HashMap<i32, i64>,
+    ) -> Result<Subscription, Filter> {
+        let mut clients = self.clients.write();
+        let behind = self
+            .rings
+            .lock()
+            .heads()
+            .into_iter()
+            .any(|(p, head)| next.get(&p).is_none_or(|n| *n <= head));
+        if behind {
+            return Err(filter);
+        }
+        Ok(self.insert_client(&mut clients, filter))
+    }
+
+    fn insert_client(
+        self: &Arc<Self>,
+        clients: &mut HashMap<u64, ClientSlot>,
+        filter: Filter,
+    ) -> Subscription {
         let (tx, rx) = mpsc::channel(self.queue_frames);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let lagged = Arc::new(AtomicU64::new(0));
-        self.clients.write().insert(
+        clients.insert(
             id,
             ClientSlot {
                 filter,
@@ -252,9 +310,6 @@ impl Hub {
                 lagged: lagged.clone(),
             },
         );
-        let n = self.connected.fetch_add(1, Ordering::Relaxed) + 1;
-        metrics::gauge!(telemetry::CONNECTED_CLIENTS).set(n as f64);
-        metrics::counter!(telemetry::CONNECTIONS_OPENED).increment(1);
         Subscription {
             rx,
             lagged,
@@ -269,6 +324,11 @@ impl Hub {
     /// many clients it was queued for.
     pub fn publish(&self, frame: &Arc<Frame>) -> usize {
         let clients = self.clients.read();
+        self.rings.lock().insert(
+            frame.cursor.partition,
+            frame.cursor.offset,
+            Slot::Frame(frame.clone()),
+        );
         let mut queued = 0;
         for slot in clients.values() {
             if !slot.filter.matches(frame) {
@@ -286,6 +346,31 @@ impl Hub {
             }
         }
         queued
+    }
+
+    /// Records an offset that is not delivered (now, or not yet: a record
+    /// held for a halted thread), so replay does not report it as a hole.
+    pub fn skip(&self, partition: i32, offset: i64) {
+        let _clients = self.clients.read();
+        self.rings.lock().insert(partition, offset, Slot::Tombstone);
+    }
+
+    /// Memory-tier page: slots from `from` on, if the ring reaches back to it.
+    pub fn ring_page(&self, partition: i32, from: i64, limit: usize) -> Option<Vec<(i64, Slot)>> {
+        self.rings.lock().page(partition, from, limit)
+    }
+
+    pub fn ring_first(&self, partition: i32) -> Option<i64> {
+        self.rings.lock().first(partition)
+    }
+
+    pub fn ring_heads(&self) -> HashMap<i32, i64> {
+        self.rings.lock().heads()
+    }
+
+    /// (slots, approximate bytes) held in memory.
+    pub fn ring_stats(&self) -> (usize, usize) {
+        self.rings.lock().stats()
     }
 
     /// Sends a control notice to the clients whose filter wants `thread`.
@@ -380,7 +465,15 @@ mod tests {
 
     #[tokio::test]
     async fn full_queue_drops_for_that_client_only_and_guard_unregisters() {
-        let hub = Hub::new(2);
+        let hub = Hub::new(
+            2,
+            RingLimits {
+                max_per_partition: 100,
+                max_bytes_per_partition: 1 << 20,
+            },
+        );
+        let g1 = hub.enter_session();
+        let g2 = hub.enter_session();
         let mut fast = hub.subscribe(Filter::default());
         let slow = hub.subscribe(Filter::default());
         assert_eq!(hub.connected(), 2);
@@ -396,8 +489,40 @@ mod tests {
         );
         assert_eq!(fast.lagged.load(Ordering::Relaxed), 0);
         drop(slow);
+        drop(g2);
         assert_eq!(hub.connected(), 1);
         drop(fast);
+        drop(g1);
         assert_eq!(hub.connected(), 0);
+        assert_eq!(hub.clients.read().len(), 0, "registrations released");
+    }
+
+    #[test]
+    fn a_session_joins_live_only_once_caught_up_with_the_ring() {
+        let hub = Hub::new(
+            10,
+            RingLimits {
+                max_per_partition: 100,
+                max_bytes_per_partition: 1 << 20,
+            },
+        );
+        hub.publish(&frame("a", "x", false, 0));
+        hub.publish(&frame("a", "x", false, 1));
+        let next: HashMap<i32, i64> = [(0, 1)].into();
+        let filter = hub
+            .subscribe_caught_up(Filter::default(), &next)
+            .err()
+            .expect("behind: offset 1 not replayed");
+        let page = hub.ring_page(0, 1, 10).expect("ring reaches offset 1");
+        assert_eq!(page.len(), 1);
+        let next: HashMap<i32, i64> = [(0, 2)].into();
+        let mut sub = hub
+            .subscribe_caught_up(filter, &next)
+            .unwrap_or_else(|_| panic!("caught up"));
+        hub.publish(&frame("a", "x", false, 2));
+        assert!(
+            matches!(sub.rx.try_recv(), Ok(Outbound::Data(f)) if f.cursor.offset == 2),
+            "next frame arrives live"
+        );
     }
 }

@@ -38,6 +38,8 @@ pub struct Frame {
     binary: Bytes,
     json: OnceLock<Utf8Bytes>,
     latency_recorded: AtomicBool,
+    /// Released after a halt: delivered below offsets a client already has.
+    late: AtomicBool,
 }
 
 impl Frame {
@@ -62,6 +64,7 @@ impl Frame {
             binary: buf.freeze(),
             json: OnceLock::new(),
             latency_recorded: AtomicBool::new(false),
+            late: AtomicBool::new(false),
         }
     }
 
@@ -92,6 +95,28 @@ impl Frame {
                 .into()
             })
             .clone()
+    }
+
+    pub fn mark_late(&self) {
+        self.late.store(true, Ordering::Relaxed);
+    }
+
+    /// A record released by an operator after a halt (out of offset order).
+    pub fn is_late(&self) -> bool {
+        self.late.load(Ordering::Relaxed)
+    }
+
+    /// Rebuilds a frame from a stored binary envelope (replay tiers).
+    pub fn from_envelope(b: &[u8], limits: &DecodeLimits) -> Result<Frame, EnvelopeError> {
+        let env = parse_envelope(b)?;
+        let decoded = crate::decode::decode(Some(env.value), limits)?;
+        Ok(Frame::new(
+            env.cursor,
+            env.kafka_timestamp_ms,
+            env.value,
+            decoded,
+            None,
+        ))
     }
 
     /// True exactly once per frame: the caller records end-to-end latency.
@@ -261,6 +286,25 @@ pub mod control {
 
     pub fn thread_resumed(thread_id: &str, released: usize) -> String {
         json!({"type": "thread_resumed", "thread_id": thread_id, "released": released}).to_string()
+    }
+
+    pub fn gap(partition: i32, from: i64, to: i64, reason: &str) -> String {
+        json!({"type": "gap", "partition": partition, "from": from, "to": to, "reason": reason})
+            .to_string()
+    }
+
+    pub fn replay_complete(
+        replayed: u64,
+        recovered: bool,
+        reason: Option<&str>,
+        gaps: u64,
+        duration_ms: u64,
+    ) -> String {
+        let mut v = json!({"type": "replay_complete", "replayed": replayed, "recovered": recovered, "gaps": gaps, "duration_ms": duration_ms});
+        if let Some(r) = reason {
+            v["reason"] = r.into();
+        }
+        v.to_string()
     }
 
     pub fn pong() -> String {

@@ -54,6 +54,7 @@ pub struct Status {
     pub last_record_unix_ms: AtomicI64,
     halted: RwLock<Vec<HaltedThread>>,
     namespace: OnceLock<String>,
+    redis: OnceLock<Option<std::sync::Arc<crate::replay_redis::RedisTier>>>,
 }
 
 impl Default for Status {
@@ -75,6 +76,7 @@ impl Status {
             last_record_unix_ms: AtomicI64::new(0),
             halted: RwLock::new(Vec::new()),
             namespace: OnceLock::new(),
+            redis: OnceLock::new(),
         }
     }
 
@@ -111,6 +113,19 @@ impl Status {
     pub fn set_namespace(&self, ns: String) {
         let _ = self.namespace.set(ns);
     }
+    pub fn set_redis(&self, r: Option<std::sync::Arc<crate::replay_redis::RedisTier>>) {
+        let _ = self.redis.set(r);
+    }
+
+    /// `not_configured`, `healthy`, or `degraded` while Redis writes fail.
+    pub fn redis_state(&self) -> &'static str {
+        match self.redis.get().and_then(|r| r.as_ref()) {
+            None => "not_configured",
+            Some(r) if r.healthy() => "healthy",
+            Some(_) => "degraded",
+        }
+    }
+
     pub fn namespace(&self) -> &str {
         self.namespace.get().map(String::as_str).unwrap_or("")
     }
@@ -163,6 +178,7 @@ impl Status {
             "records_processed": self.records_processed.load(Ordering::Relaxed),
             "last_record_unix_ms": (last > 0).then_some(last),
             "halted_threads": halted,
+            "replay_redis": self.redis_state(),
         });
         if let Some(a) = alert {
             doc["alert"] = a.into();

@@ -23,6 +23,8 @@ use crate::consume::AdminCommand;
 use crate::fanout::{Filter, Format};
 use crate::health::Status;
 use crate::pipeline::ResumeError;
+use crate::replay::ResumeFrom;
+use crate::resume;
 use crate::session::{self, SessionContext};
 
 /// Longest thread id accepted by the admin API.
@@ -130,6 +132,10 @@ struct WsParams {
     threads: Option<String>,
     tenant: Option<String>,
     types: Option<String>,
+    /// `cursor`, `earliest` or `latest`.
+    resume: Option<String>,
+    /// With `resume=cursor`: `0:12,1:40` (partition:last applied offset).
+    last_offsets: Option<String>,
 }
 
 async fn ws(
@@ -164,6 +170,37 @@ async fn ws(
         Ok(f) => f,
         Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_filter", &e.to_string()),
     };
+    let resume = match (params.resume.as_deref(), params.last_offsets.as_deref()) {
+        (None, None) => None,
+        (Some("earliest"), _) => Some(ResumeFrom::Earliest),
+        (Some("latest"), _) => Some(ResumeFrom::Latest),
+        (Some("cursor") | None, Some(raw)) => {
+            match resume::parse_offsets_param(raw, app.sessions.max_resume_partitions) {
+                Ok(m) => Some(ResumeFrom::Cursor(m)),
+                Err(e) => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_resume",
+                        &format!("last_offsets: {e}"),
+                    )
+                }
+            }
+        }
+        (Some("cursor"), None) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_resume",
+                "resume=cursor needs last_offsets=P:O,...",
+            )
+        }
+        (Some(_), _) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_resume",
+                "resume must be cursor, earliest or latest",
+            )
+        }
+    };
     let upgrade = match upgrade {
         Ok(u) => u,
         Err(e) => {
@@ -187,7 +224,7 @@ async fn ws(
         .max_message_size(app.max_incoming_bytes)
         .max_frame_size(app.max_incoming_bytes)
         .on_upgrade(move |socket| {
-            tracker.track_future(session::run(socket, sessions, format, filter))
+            tracker.track_future(session::run(socket, sessions, format, filter, resume))
         })
 }
 

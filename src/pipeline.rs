@@ -15,6 +15,7 @@ use crate::fanout::Hub;
 use crate::frame::{control, Cursor, Frame};
 use crate::health::{HaltedThread, Status};
 use crate::offsets::OffsetBook;
+use crate::replay_redis::RedisTier;
 use crate::sequence::{GapPolicy, SequenceValidator, ValidatorConfig, Verdict};
 use crate::telemetry::{self, PipelineMetrics};
 
@@ -57,6 +58,7 @@ pub enum ResumeError {
 
 pub struct Pipeline {
     cfg: PipelineConfig,
+    redis: Option<Arc<RedisTier>>,
     validator: SequenceValidator,
     halts: HashMap<Box<str>, Halt>,
     offsets: OffsetBook,
@@ -69,6 +71,7 @@ pub struct Pipeline {
 impl Pipeline {
     pub fn new(cfg: PipelineConfig, hub: Arc<Hub>, status: Arc<Status>) -> Self {
         Self {
+            redis: None,
             validator: SequenceValidator::new(cfg.sequence),
             cfg,
             halts: HashMap::new(),
@@ -77,6 +80,37 @@ impl Pipeline {
             status,
             m: PipelineMetrics::new(),
             log_throttle: LogThrottle::default(),
+        }
+    }
+
+    /// Also write every delivered record (and a tombstone for every skipped
+    /// one) to the Redis replay tier.
+    pub fn with_redis(mut self, redis: Option<Arc<RedisTier>>) -> Self {
+        self.redis = redis;
+        self
+    }
+
+    fn deliver(&self, frame: &Arc<Frame>) -> usize {
+        let n = self.hub.publish(frame);
+        if let Some(r) = &self.redis {
+            r.offer(frame);
+        }
+        n
+    }
+
+    fn skip(&self, partition: i32, offset: i64) {
+        self.hub.skip(partition, offset);
+        if let Some(r) = &self.redis {
+            r.offer_tombstone(partition, offset);
+        }
+    }
+
+    pub fn export_replay_gauges(&self) {
+        let (entries, bytes) = self.hub.ring_stats();
+        metrics::gauge!(telemetry::REPLAY_MEMORY_ENTRIES).set(entries as f64);
+        metrics::gauge!(telemetry::REPLAY_MEMORY_BYTES).set(bytes as f64);
+        if let Some(r) = &self.redis {
+            metrics::gauge!(telemetry::REPLAY_REDIS_QUEUE).set(r.queue_len() as f64);
         }
     }
 
@@ -124,6 +158,7 @@ impl Pipeline {
                         "record skipped: {e}"
                     );
                 }
+                self.skip(rec.partition, rec.offset);
                 return Outcome::Rejected { error: e };
             }
         };
@@ -205,11 +240,12 @@ impl Pipeline {
             trace_id,
         ));
         if let Some(thread) = self.halted_thread_of(&frame) {
+            self.skip(frame.cursor.partition, frame.cursor.offset);
             self.hold(thread.clone(), frame);
             self.publish_halts();
             return Outcome::Held { thread };
         }
-        let clients = self.hub.publish(&frame);
+        let clients = self.deliver(&frame);
         Outcome::Delivered { clients }
     }
 
@@ -269,7 +305,8 @@ impl Pipeline {
         self.hub
             .notify_thread(thread, &control::thread_resumed(thread, released));
         for frame in &release {
-            self.hub.publish(frame);
+            frame.mark_late();
+            self.deliver(frame);
         }
         self.publish_halts();
         Ok(released)
@@ -373,7 +410,13 @@ mod tests {
     }
 
     fn pipeline(policy: GapPolicy) -> (Pipeline, Arc<Hub>) {
-        let hub = Hub::new(1000);
+        let hub = Hub::new(
+            1000,
+            crate::replay::RingLimits {
+                max_per_partition: 1000,
+                max_bytes_per_partition: 1 << 24,
+            },
+        );
         let p = Pipeline::new(
             PipelineConfig {
                 limits: DecodeLimits::default(),

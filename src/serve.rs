@@ -20,8 +20,20 @@ use crate::fanout::Hub;
 use crate::health::Status;
 use crate::http::{self, AdminAuth, AppState};
 use crate::pipeline::{Pipeline, PipelineConfig};
+use crate::replay_redis::{RedisTier, RedisTierConfig};
+use crate::resume::{KafkaTier, ReplayContext, Watermarks};
 use crate::session::SessionContext;
 use crate::telemetry;
+use tokio::sync::Semaphore;
+
+/// Consumer properties the replay reader sets itself.
+const REPLAY_READER_SKIPS: &[&str] = &[
+    "group.id",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "auto.offset.reset",
+    "statistics.interval.ms",
+];
 
 pub async fn run(cfg: BridgeConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     let started = Instant::now();
@@ -33,11 +45,16 @@ pub async fn run(cfg: BridgeConfig, shutdown: CancellationToken) -> anyhow::Resu
         DlqSink::new(&cfg.dlq, dlq_health)
             .context("creating the DLQ producer (check KAFKA_DLQ_BROKERS and KAFKA_PROPERTIES)")?,
     );
-    let hub = Hub::new(cfg.client_queue_frames);
+    let hub = Hub::new(cfg.client_queue_frames, cfg.replay.memory);
+    let watermarks: Watermarks = Default::default();
 
-    let (consumer, rebalance_rx) =
-        consume::create_consumer(&cfg.consumer_properties, &cfg.topic, status.clone())
-            .context("creating the Kafka consumer (check KAFKA_BROKERS and KAFKA_PROPERTIES)")?;
+    let (consumer, rebalance_rx) = consume::create_consumer(
+        &cfg.consumer_properties,
+        &cfg.topic,
+        status.clone(),
+        watermarks.clone(),
+    )
+    .context("creating the Kafka consumer (check KAFKA_BROKERS and KAFKA_PROPERTIES)")?;
     let consumer = Arc::new(consumer);
 
     let namespace = match &cfg.resume_namespace {
@@ -65,12 +82,47 @@ pub async fn run(cfg: BridgeConfig, shutdown: CancellationToken) -> anyhow::Resu
     let local = listener.local_addr()?;
     tracing::info!(listen = %local, topic = %cfg.topic, group = %cfg.group_id, namespace = %namespace, gap_policy = cfg.gap_policy.as_str(), dlq_topic = %cfg.dlq.topic, dlq_fail_closed = cfg.dlq.fail_closed, "kafka-ws-bridge serving");
 
+    let redis = match &cfg.replay.redis_url {
+        None => None,
+        Some(url) => Some(RedisTier::start(RedisTierConfig {
+            url: url.clone(),
+            namespace: namespace.clone(),
+            ttl_secs: cfg.replay.redis_ttl_secs,
+            max_per_partition: cfg.replay.redis_max_per_partition,
+            queue: cfg.replay.redis_queue,
+            batch: 500,
+            op_timeout: Duration::from_secs(2),
+        })?),
+    };
+    status.set_redis(redis.clone());
+    let kafka_tier = cfg.replay.kafka.then(|| KafkaTier {
+        props: cfg
+            .consumer_properties
+            .iter()
+            .filter(|(k, _)| !REPLAY_READER_SKIPS.contains(&k.as_str()))
+            .cloned()
+            .collect(),
+        topic: cfg.topic.clone(),
+        permits: Arc::new(Semaphore::new(cfg.replay.kafka_max_concurrent)),
+        timeout: Duration::from_secs(10),
+    });
+    let replay = ReplayContext {
+        hub: hub.clone(),
+        redis: redis.clone(),
+        kafka: kafka_tier,
+        watermarks,
+        page: cfg.replay.page,
+        limits: cfg.limits,
+    };
     let tracker = TaskTracker::new();
     let sessions = Arc::new(SessionContext::new(
         hub.clone(),
+        replay,
         shutdown.clone(),
         cfg.topic.clone(),
         namespace,
+        cfg.replay.resume_grace,
+        1024,
     ));
     let (admin_tx, admin_rx) = mpsc::channel(16);
     let state = AppState {
@@ -104,7 +156,8 @@ pub async fn run(cfg: BridgeConfig, shutdown: CancellationToken) -> anyhow::Resu
         },
         hub.clone(),
         status.clone(),
-    );
+    )
+    .with_redis(redis);
     tracing::info!(
         startup_ms = started.elapsed().as_millis() as u64,
         "consumer starting"

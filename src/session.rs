@@ -1,5 +1,11 @@
-//! One WebSocket connection: sends `hello`, then relays frames from the
-//! client's hub queue to the socket while reading (bounded) control messages.
+//! One WebSocket connection: sends `hello`, optionally replays history the
+//! client asks for (`resume`), then relays frames from the client's hub
+//! queue to the socket while reading (bounded) control messages.
+//!
+//! A client resumes with `?resume=…` on the URL, or with a `resume` message
+//! as its first message; a client that passes no `resume` parameter joins
+//! live delivery at its first message or after `RESUME_GRACE_MS`, so a
+//! resume sent right after `hello` never races live frames.
 //!
 //! Every write is bounded by a timeout; a client that cannot take a frame in
 //! that time is disconnected. Its queue meanwhile fills and the hub drops
@@ -15,8 +21,10 @@ use futures_util::{SinkExt, StreamExt};
 use metrics::{Counter, Histogram};
 use tokio_util::sync::CancellationToken;
 
-use crate::fanout::{Filter, Format, Hub, Outbound};
+use crate::fanout::{Filter, Format, Hub, Outbound, Subscription};
 use crate::frame::control;
+use crate::replay::ResumeFrom;
+use crate::resume::{self, ReplayContext, Sent};
 use crate::telemetry;
 
 /// Close code sent when the server shuts down ("going away").
@@ -30,9 +38,14 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// What every session shares.
 pub struct SessionContext {
     pub hub: Arc<Hub>,
+    pub replay: ReplayContext,
     pub shutdown: CancellationToken,
     pub topic: String,
     pub namespace: String,
+    /// How long a client without `?resume=` may take to send its first message.
+    pub resume_grace: Duration,
+    /// Most partitions in one resume request.
+    pub max_resume_partitions: usize,
     e2e_latency: Histogram,
     frames_sent: Counter,
 }
@@ -40,15 +53,21 @@ pub struct SessionContext {
 impl SessionContext {
     pub fn new(
         hub: Arc<Hub>,
+        replay: ReplayContext,
         shutdown: CancellationToken,
         topic: String,
         namespace: String,
+        resume_grace: Duration,
+        max_resume_partitions: usize,
     ) -> Self {
         Self {
             hub,
+            replay,
             shutdown,
             topic,
             namespace,
+            resume_grace,
+            max_resume_partitions,
             e2e_latency: metrics::histogram!(telemetry::E2E_LATENCY_MS),
             frames_sent: metrics::counter!(telemetry::FRAMES_SENT),
         }
@@ -62,7 +81,63 @@ enum ClientMessage {
     Ping,
 }
 
-pub async fn run(socket: WebSocket, ctx: Arc<SessionContext>, format: Format, filter: Filter) {
+/// What the client said before live delivery started.
+enum Intent {
+    Resume(ResumeFrom),
+    Live,
+    Gone,
+}
+
+/// Waits for the client's first message (up to the grace period).
+async fn first_message<R, S>(ctx: &SessionContext, rx: &mut R, tx: &mut S) -> Intent
+where
+    R: futures_util::Stream<Item = Result<Message, axum::Error>> + Unpin,
+    S: futures_util::Sink<Message> + Unpin,
+{
+    let msg = tokio::select! {
+        _ = tokio::time::sleep(ctx.resume_grace) => return Intent::Live,
+        _ = ctx.shutdown.cancelled() => return Intent::Live,
+        m = rx.next() => m,
+    };
+    match msg {
+        Some(Ok(Message::Text(t))) => {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&t) {
+                if v["type"] == "resume" {
+                    return match resume::parse_resume_message(&v, ctx.max_resume_partitions) {
+                        Ok(from) => Intent::Resume(from),
+                        Err(e) => {
+                            metrics::counter!(telemetry::CLIENT_PROTOCOL_ERRORS, "reason" => "invalid_resume").increment(1);
+                            let err = control::error("invalid_resume", &e);
+                            if send(tx, Message::Text(err.into())).await.is_err() {
+                                Intent::Gone
+                            } else {
+                                Intent::Live
+                            }
+                        }
+                    };
+                }
+            }
+            if send(tx, Message::Text(handle_client_text(&t).into()))
+                .await
+                .is_err()
+            {
+                Intent::Gone
+            } else {
+                Intent::Live
+            }
+        }
+        Some(Ok(Message::Close(_))) | None | Some(Err(_)) => Intent::Gone,
+        Some(Ok(_)) => Intent::Live,
+    }
+}
+
+pub async fn run(
+    socket: WebSocket,
+    ctx: Arc<SessionContext>,
+    format: Format,
+    filter: Filter,
+    resume: Option<ResumeFrom>,
+) {
     let hello = control::hello(
         env!("CARGO_PKG_VERSION"),
         &ctx.topic,
@@ -70,11 +145,51 @@ pub async fn run(socket: WebSocket, ctx: Arc<SessionContext>, format: Format, fi
         format.as_str(),
         filter.describe(),
     );
-    let mut sub = ctx.hub.subscribe(filter);
+    let _session = ctx.hub.enter_session();
+    // Without ?resume=, live frames are queued from the hello on (not sent)
+    // until the client's first message or the grace period says whether it
+    // resumes; if it does, this queue is dropped: replay covers those frames.
+    let early = resume.is_none().then(|| ctx.hub.subscribe(filter.clone()));
     let (mut tx, mut rx) = socket.split();
     if send(&mut tx, Message::Text(hello.into())).await.is_err() {
         return;
     }
+    let intent = match resume {
+        Some(from) => Intent::Resume(from),
+        None => first_message(&ctx, &mut rx, &mut tx).await,
+    };
+    let mut sent = Sent::default();
+    let mut sub: Subscription = match (intent, early) {
+        (Intent::Gone, _) => return,
+        (Intent::Live, Some(early)) => early,
+        (Intent::Live, None) => ctx.hub.subscribe(filter),
+        (Intent::Resume(from), early) => {
+            drop(early);
+            let started = std::time::Instant::now();
+            let Ok(r) = resume::replay(&ctx.replay, &mut tx, format, filter, from, &mut sent).await
+            else {
+                return;
+            };
+            let reason = if r.stale {
+                Some("cursor_stale")
+            } else if r.gaps > 0 {
+                Some("gaps")
+            } else {
+                None
+            };
+            let done = control::replay_complete(
+                r.replayed,
+                r.gaps == 0,
+                reason,
+                r.gaps,
+                started.elapsed().as_millis() as u64,
+            );
+            if send(&mut tx, Message::Text(done.into())).await.is_err() {
+                return;
+            }
+            r.subscription
+        }
+    };
     let close = loop {
         tokio::select! {
             biased;
@@ -87,6 +202,9 @@ pub async fn run(socket: WebSocket, ctx: Arc<SessionContext>, format: Format, fi
                 }
                 let (msg, frame) = match out {
                     Outbound::Data(f) => {
+                        if !sent.admit(&f) {
+                            continue;
+                        }
                         let m = match format {
                             Format::Binary => Message::Binary(f.binary()),
                             Format::Json => Message::Text(f.json()),
@@ -156,7 +274,7 @@ fn close_for_read_error(e: axum::Error) -> Option<(u16, &'static str)> {
     }
 }
 
-async fn send<S>(tx: &mut S, msg: Message) -> Result<(), ()>
+pub(crate) async fn send<S>(tx: &mut S, msg: Message) -> Result<(), ()>
 where
     S: SinkExt<Message> + Unpin,
 {
@@ -170,6 +288,11 @@ where
 pub fn handle_client_text(text: &str) -> String {
     match serde_json::from_str::<ClientMessage>(text) {
         Ok(ClientMessage::Ping) => control::pong(),
+        Err(_) if text.contains("\"resume\"") => {
+            metrics::counter!(telemetry::CLIENT_PROTOCOL_ERRORS, "reason" => "late_resume")
+                .increment(1);
+            control::error("late_resume", "resume must be the first message (or ?resume= on the URL); live delivery has started")
+        }
         Err(e) => {
             metrics::counter!(telemetry::CLIENT_PROTOCOL_ERRORS, "reason" => "invalid_message")
                 .increment(1);

@@ -35,6 +35,18 @@ pub const HELD_MESSAGES: &str = "dashstream_halted_messages_held";
 pub const DLQ_SENDS: &str = "websocket_dlq_sends_total";
 pub const DLQ_SEND_FAILURES: &str = "websocket_dlq_send_failures_total";
 pub const DLQ_IN_FLIGHT: &str = "websocket_dlq_in_flight";
+pub const REPLAY_MEMORY_HITS: &str = "replay_buffer_memory_hits_total";
+pub const REPLAY_REDIS_HITS: &str = "replay_buffer_redis_hits_total";
+pub const REPLAY_KAFKA_HITS: &str = "replay_buffer_kafka_hits_total";
+pub const REPLAY_MISSES: &str = "replay_buffer_misses_total";
+pub const REPLAY_REDIS_WRITES: &str = "replay_buffer_redis_writes_total";
+pub const REPLAY_REDIS_WRITE_FAILURES: &str = "replay_buffer_redis_write_failures_total";
+pub const REPLAY_REDIS_WRITE_DROPPED: &str = "replay_buffer_redis_write_dropped_total";
+pub const REPLAY_REDIS_QUEUE: &str = "replay_buffer_redis_queue_depth";
+pub const REPLAY_MEMORY_ENTRIES: &str = "replay_buffer_memory_entries";
+pub const REPLAY_MEMORY_BYTES: &str = "replay_buffer_memory_bytes";
+pub const REPLAY_REQUESTS: &str = "replay_requests_total";
+pub const REPLAY_DURATION: &str = "replay_duration_seconds";
 pub const BUILD_INFO: &str = "websocket_build_info";
 
 /// Reasons for `websocket_dlq_send_failures_total{reason}`.
@@ -64,6 +76,11 @@ pub const E2E_BUCKETS_MS: &[f64] = &[
     1000.0, 2500.0, 5000.0, 10000.0, 30000.0, 60000.0,
 ];
 
+/// Replay duration buckets in seconds.
+pub const REPLAY_DURATION_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+];
+
 /// Gap size buckets (messages missing per detected gap).
 pub const GAP_SIZE_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 50.0, 100.0, 1000.0, 10000.0];
 
@@ -73,6 +90,10 @@ pub fn install_recorder() -> anyhow::Result<PrometheusHandle> {
     let recorder = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full(E2E_LATENCY_MS.into()), E2E_BUCKETS_MS)?
         .set_buckets_for_metric(Matcher::Full(SEQ_GAP_SIZE.into()), GAP_SIZE_BUCKETS)?
+        .set_buckets_for_metric(
+            Matcher::Full(REPLAY_DURATION.into()),
+            REPLAY_DURATION_BUCKETS,
+        )?
         .build_recorder();
     let handle = recorder.handle();
     metrics::set_global_recorder(recorder)
@@ -173,6 +194,43 @@ fn describe_all() {
     );
     describe_gauge!(BUILD_INFO, "Always 1; labels carry the version.");
     describe_counter!(
+        REPLAY_MEMORY_HITS,
+        "Records replayed to resuming clients from the memory ring."
+    );
+    describe_counter!(REPLAY_REDIS_HITS, "Records replayed from Redis.");
+    describe_counter!(
+        REPLAY_KAFKA_HITS,
+        "Records replayed by reading Kafka by offset."
+    );
+    describe_counter!(
+        REPLAY_MISSES,
+        "Offsets no tier could replay (reported to clients as gap frames)."
+    );
+    describe_counter!(REPLAY_REDIS_WRITES, "Replay entries written to Redis.");
+    describe_counter!(
+        REPLAY_REDIS_WRITE_FAILURES,
+        "Replay entries lost because a Redis write failed (delivery is unaffected)."
+    );
+    describe_counter!(
+        REPLAY_REDIS_WRITE_DROPPED,
+        "Replay entries dropped because the Redis writer queue was full."
+    );
+    describe_gauge!(REPLAY_REDIS_QUEUE, "Entries waiting for the Redis writer.");
+    describe_gauge!(REPLAY_MEMORY_ENTRIES, "Entries in the memory replay rings.");
+    describe_gauge!(
+        REPLAY_MEMORY_BYTES,
+        "Approximate bytes in the memory replay rings."
+    );
+    describe_counter!(
+        REPLAY_REQUESTS,
+        "Resume requests, by from (cursor | earliest | latest)."
+    );
+    describe_histogram!(
+        REPLAY_DURATION,
+        Unit::Seconds,
+        "Time from a resume request to joining live delivery."
+    );
+    describe_counter!(
         DLQ_SENDS,
         "Records written to the DLQ topic, by error_type."
     );
@@ -234,6 +292,18 @@ impl PipelineMetrics {
             metrics::counter!(DLQ_SEND_FAILURES, "reason" => *r).increment(0);
         }
         metrics::gauge!(DLQ_IN_FLIGHT).set(0.0);
+        for c in [
+            REPLAY_MEMORY_HITS,
+            REPLAY_REDIS_HITS,
+            REPLAY_KAFKA_HITS,
+            REPLAY_MISSES,
+            REPLAY_REDIS_WRITES,
+            REPLAY_REDIS_WRITE_FAILURES,
+            REPLAY_REDIS_WRITE_DROPPED,
+        ] {
+            metrics::counter!(c).increment(0);
+        }
+        metrics::gauge!(REPLAY_REDIS_QUEUE).set(0.0);
         metrics::counter!(DROPPED_MESSAGES, "reason" => DROP_CLIENT_QUEUE_FULL).increment(0);
         metrics::counter!(CLIENT_LAG_MESSAGES).increment(0);
         metrics::counter!(CONNECTIONS_OPENED).increment(0);

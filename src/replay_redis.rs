@@ -1,0 +1,302 @@
+//! Redis tier of the replay buffer, shared by every bridge instance that uses
+//! the same namespace.
+//!
+//! Keys (namespace from `/version` `resume_namespace`):
+//! - `dashstream-replay:{ns}:partition:{p}:offsets` — sorted set, score = member = offset
+//! - `dashstream-replay:{ns}:partition:{p}:offset:{o}` — the binary envelope
+//!   (`frame.rs`), or an empty value for a record that was not deliverable
+//! - `dashstream-replay:{ns}:thread:{t}:sequences` — sorted set, score =
+//!   sequence, member = `{p}:{o}`
+//! - `dashstream-replay:{ns}:partitions` — set of partitions written
+//!
+//! Writes go through a bounded queue to one background task that sends them
+//! in pipelines; a full queue drops (and counts) instead of waiting, and a
+//! failed pipeline is counted, so Redis latency or an outage never reaches
+//! the consumer. Reads are bounded pages (ZRANGEBYSCORE … LIMIT + MGET); no
+//! SCAN anywhere.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_redis::redis;
+use deadpool_redis::{Pool, PoolConfig, Runtime, Timeouts};
+use metrics::Counter;
+use tokio::sync::mpsc;
+
+use crate::frame::Frame;
+use crate::telemetry;
+
+#[derive(Clone, Debug)]
+pub struct RedisTierConfig {
+    pub url: String,
+    pub namespace: String,
+    pub ttl_secs: u64,
+    pub max_per_partition: u64,
+    pub queue: usize,
+    pub batch: usize,
+    pub op_timeout: Duration,
+}
+
+/// One write for the background writer.
+struct Write {
+    partition: i32,
+    offset: i64,
+    /// Empty for a tombstone.
+    value: bytes::Bytes,
+    thread: Option<(Box<str>, u64)>,
+}
+
+fn key_prefix(ns: &str) -> String {
+    format!("dashstream-replay:{ns}")
+}
+
+pub struct RedisTier {
+    pool: Pool,
+    cfg: RedisTierConfig,
+    tx: mpsc::Sender<Write>,
+    dropped: Counter,
+    healthy: Arc<AtomicBool>,
+}
+
+impl RedisTier {
+    /// Connects lazily: Redis does not need to be up at start-up.
+    pub fn start(cfg: RedisTierConfig) -> anyhow::Result<Arc<Self>> {
+        let mut pc = deadpool_redis::Config::from_url(cfg.url.clone());
+        pc.pool = Some(PoolConfig {
+            max_size: 16,
+            timeouts: Timeouts {
+                wait: Some(cfg.op_timeout),
+                create: Some(cfg.op_timeout),
+                recycle: Some(cfg.op_timeout),
+            },
+            ..Default::default()
+        });
+        let pool = pc
+            .create_pool(Some(Runtime::Tokio1))
+            .map_err(|e| anyhow::anyhow!("REDIS_URL: {e}"))?;
+        let (tx, rx) = mpsc::channel(cfg.queue);
+        let tier = Arc::new(Self {
+            pool,
+            cfg,
+            tx,
+            dropped: metrics::counter!(telemetry::REPLAY_REDIS_WRITE_DROPPED),
+            healthy: Arc::new(AtomicBool::new(true)),
+        });
+        tokio::spawn(writer(tier.clone(), rx));
+        Ok(tier)
+    }
+
+    pub fn healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    pub fn queue_len(&self) -> usize {
+        self.cfg.queue - self.tx.capacity()
+    }
+
+    /// Queues a delivered frame; never waits.
+    pub fn offer(&self, frame: &Frame) {
+        let d = &frame.decoded;
+        let thread = (!d.thread_id().is_empty() && d.sequence() > 0)
+            .then(|| (d.thread_id().into(), d.sequence()));
+        self.push(Write {
+            partition: frame.cursor.partition,
+            offset: frame.cursor.offset,
+            value: frame.binary(),
+            thread,
+        });
+    }
+
+    /// Queues a tombstone for a record that was not deliverable.
+    pub fn offer_tombstone(&self, partition: i32, offset: i64) {
+        self.push(Write {
+            partition,
+            offset,
+            value: bytes::Bytes::new(),
+            thread: None,
+        });
+    }
+
+    fn push(&self, w: Write) {
+        if self.tx.try_send(w).is_err() {
+            self.dropped.increment(1);
+        }
+    }
+
+    fn offsets_key(&self, p: i32) -> String {
+        format!("{}:partition:{p}:offsets", key_prefix(&self.cfg.namespace))
+    }
+
+    fn value_key(&self, p: i32, o: i64) -> String {
+        format!(
+            "{}:partition:{p}:offset:{o}",
+            key_prefix(&self.cfg.namespace)
+        )
+    }
+
+    async fn conn(&self) -> anyhow::Result<deadpool_redis::Connection> {
+        Ok(self.pool.get().await?)
+    }
+
+    /// Offsets in `[from, to]`, at most `limit`, with their values (`None`:
+    /// the value expired; empty: a tombstone).
+    pub async fn page(
+        &self,
+        p: i32,
+        from: i64,
+        to: i64,
+        limit: usize,
+    ) -> anyhow::Result<Vec<(i64, Option<Vec<u8>>)>> {
+        let fut = async {
+            let mut c = self.conn().await?;
+            let offsets: Vec<i64> = redis::cmd("ZRANGEBYSCORE")
+                .arg(self.offsets_key(p))
+                .arg(from)
+                .arg(to)
+                .arg("LIMIT")
+                .arg(0)
+                .arg(limit)
+                .query_async(&mut c)
+                .await?;
+            if offsets.is_empty() {
+                return Ok(vec![]);
+            }
+            let keys: Vec<String> = offsets.iter().map(|o| self.value_key(p, *o)).collect();
+            let values: Vec<Option<Vec<u8>>> =
+                redis::cmd("MGET").arg(&keys).query_async(&mut c).await?;
+            Ok(offsets.into_iter().zip(values).collect())
+        };
+        tokio::time::timeout(self.cfg.op_timeout, fut)
+            .await
+            .map_err(|_| anyhow::anyhow!("redis read timed out"))?
+    }
+
+    /// Lowest offset Redis holds for `p`.
+    pub async fn first(&self, p: i32) -> anyhow::Result<Option<i64>> {
+        let fut = async {
+            let mut c = self.conn().await?;
+            let v: Vec<i64> = redis::cmd("ZRANGE")
+                .arg(self.offsets_key(p))
+                .arg(0)
+                .arg(0)
+                .query_async(&mut c)
+                .await?;
+            Ok(v.first().copied())
+        };
+        tokio::time::timeout(self.cfg.op_timeout, fut)
+            .await
+            .map_err(|_| anyhow::anyhow!("redis read timed out"))?
+    }
+
+    /// Highest offset Redis holds for `p`.
+    pub async fn last(&self, p: i32) -> anyhow::Result<Option<i64>> {
+        let fut = async {
+            let mut c = self.conn().await?;
+            let v: Vec<i64> = redis::cmd("ZRANGE")
+                .arg(self.offsets_key(p))
+                .arg(-1)
+                .arg(-1)
+                .query_async(&mut c)
+                .await?;
+            Ok(v.first().copied())
+        };
+        tokio::time::timeout(self.cfg.op_timeout, fut)
+            .await
+            .map_err(|_| anyhow::anyhow!("redis read timed out"))?
+    }
+
+    /// Partitions Redis holds history for.
+    pub async fn partitions(&self) -> anyhow::Result<BTreeSet<i32>> {
+        let fut = async {
+            let mut c = self.conn().await?;
+            let v: Vec<i32> = redis::cmd("SMEMBERS")
+                .arg(format!("{}:partitions", key_prefix(&self.cfg.namespace)))
+                .query_async(&mut c)
+                .await?;
+            Ok(v.into_iter().collect())
+        };
+        tokio::time::timeout(self.cfg.op_timeout, fut)
+            .await
+            .map_err(|_| anyhow::anyhow!("redis read timed out"))?
+    }
+}
+
+async fn writer(tier: Arc<RedisTier>, mut rx: mpsc::Receiver<Write>) {
+    let failures = metrics::counter!(telemetry::REPLAY_REDIS_WRITE_FAILURES);
+    let written = metrics::counter!(telemetry::REPLAY_REDIS_WRITES);
+    let prefix = key_prefix(&tier.cfg.namespace);
+    let mut batch = Vec::with_capacity(tier.cfg.batch);
+    let mut last_error_log: Option<std::time::Instant> = None;
+    loop {
+        batch.clear();
+        if rx.recv_many(&mut batch, tier.cfg.batch).await == 0 {
+            return;
+        }
+        let mut pipe = redis::pipe();
+        let mut per_partition: BTreeMap<i32, ()> = BTreeMap::new();
+        for w in &batch {
+            pipe.cmd("SET")
+                .arg(tier.value_key(w.partition, w.offset))
+                .arg(&w.value[..])
+                .arg("EX")
+                .arg(tier.cfg.ttl_secs)
+                .ignore();
+            pipe.cmd("ZADD")
+                .arg(tier.offsets_key(w.partition))
+                .arg(w.offset)
+                .arg(w.offset)
+                .ignore();
+            if let Some((t, seq)) = &w.thread {
+                let key = format!("{prefix}:thread:{t}:sequences");
+                pipe.cmd("ZADD")
+                    .arg(&key)
+                    .arg(*seq)
+                    .arg(format!("{}:{}", w.partition, w.offset))
+                    .ignore();
+                pipe.cmd("EXPIRE").arg(&key).arg(tier.cfg.ttl_secs).ignore();
+            }
+            per_partition.insert(w.partition, ());
+        }
+        for p in per_partition.keys() {
+            let key = tier.offsets_key(*p);
+            // Keep the newest max_per_partition offsets; older value keys expire by TTL.
+            pipe.cmd("ZREMRANGEBYRANK")
+                .arg(&key)
+                .arg(0)
+                .arg(-(tier.cfg.max_per_partition as i64) - 1)
+                .ignore();
+            pipe.cmd("EXPIRE").arg(&key).arg(tier.cfg.ttl_secs).ignore();
+            pipe.cmd("SADD")
+                .arg(format!("{prefix}:partitions"))
+                .arg(*p)
+                .ignore();
+        }
+        let result = tokio::time::timeout(tier.cfg.op_timeout, async {
+            let mut c = tier.conn().await?;
+            pipe.query_async::<()>(&mut c).await?;
+            anyhow::Ok(())
+        })
+        .await
+        .map_err(|_| anyhow::anyhow!("timed out"))
+        .and_then(|r| r);
+        match result {
+            Ok(()) => {
+                written.increment(batch.len() as u64);
+                if !tier.healthy.swap(true, Ordering::Relaxed) {
+                    tracing::info!("redis replay writes recovered");
+                }
+            }
+            Err(e) => {
+                failures.increment(batch.len() as u64);
+                tier.healthy.store(false, Ordering::Relaxed);
+                let now = std::time::Instant::now();
+                if last_error_log.is_none_or(|t| now.duration_since(t) > Duration::from_secs(10)) {
+                    tracing::warn!(error = %e, lost = batch.len(), "redis replay write failed; delivery continues");
+                    last_error_log = Some(now);
+                }
+            }
+        }
+    }
+}

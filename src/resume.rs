@@ -1,0 +1,525 @@
+//! Resume: replays history to one client from the replay tiers, in offset
+//! order per partition, then hands it over to live delivery with no
+//! duplicate and no hole at the seam (see [`Hub::subscribe_caught_up`]).
+//!
+//! Per partition the driver reads memory pages while the ring reaches back
+//! far enough, else Redis pages, else Kafka by offset; an offset no tier can
+//! serve is reported as a `gap` frame with its exact range, never skipped
+//! silently. Pages are bounded and sent at the client's pace, so a long
+//! replay holds a bounded amount of memory.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::Message;
+use futures_util::Sink;
+use metrics::Counter;
+use parking_lot::Mutex;
+use tokio::sync::Semaphore;
+
+use crate::decode::{self, DecodeLimits};
+use crate::fanout::{Filter, Format, Hub, Subscription};
+use crate::frame::{control, Cursor, Frame};
+use crate::replay::{GapReason, ResumeFrom, Slot};
+use crate::replay_kafka::KafkaReader;
+use crate::replay_redis::RedisTier;
+use crate::session::send;
+use crate::telemetry;
+
+/// High watermarks per partition from the consumer's statistics.
+pub type Watermarks = Arc<Mutex<HashMap<i32, i64>>>;
+
+/// Reading back from Kafka: client properties and a bound on concurrent readers.
+pub struct KafkaTier {
+    pub props: Vec<(String, String)>,
+    pub topic: String,
+    pub permits: Arc<Semaphore>,
+    pub timeout: Duration,
+}
+
+pub struct ReplayContext {
+    pub hub: Arc<Hub>,
+    pub redis: Option<Arc<RedisTier>>,
+    pub kafka: Option<KafkaTier>,
+    pub watermarks: Watermarks,
+    pub page: usize,
+    pub limits: DecodeLimits,
+}
+
+/// The last data offset a session sent per partition: nothing at or below
+/// it is sent again (records released after a halt excepted).
+#[derive(Default)]
+pub struct Sent(HashMap<i32, i64>);
+
+impl Sent {
+    pub fn admit(&mut self, f: &Frame) -> bool {
+        if f.is_late() {
+            return true;
+        }
+        let Cursor { partition, offset } = f.cursor;
+        match self.0.get(&partition) {
+            Some(last) if offset <= *last => false,
+            _ => {
+                self.0.insert(partition, offset);
+                true
+            }
+        }
+    }
+
+    fn advance(&mut self, partition: i32, upto: i64) {
+        let e = self.0.entry(partition).or_insert(upto);
+        *e = (*e).max(upto);
+    }
+}
+
+/// The result of a resume.
+pub struct Resumed {
+    pub subscription: Subscription,
+    pub replayed: u64,
+    pub gaps: u64,
+    /// Some partition's cursor was older than every tier.
+    pub stale: bool,
+}
+
+#[derive(Clone, Copy)]
+enum Source {
+    Memory,
+    Redis,
+    Kafka,
+}
+
+struct Run<'a, S> {
+    rc: &'a ReplayContext,
+    tx: &'a mut S,
+    format: Format,
+    filter: Filter,
+    sent: &'a mut Sent,
+    replayed: u64,
+    gaps: u64,
+    stale: bool,
+    reader: Option<KafkaReader>,
+    hits: [Counter; 3],
+    misses: Counter,
+}
+
+type Step = Result<(), ()>;
+
+impl<S> Run<'_, S>
+where
+    S: Sink<Message> + Unpin,
+{
+    async fn emit(&mut self, f: &Frame, source: Source) -> Step {
+        self.hits[source as usize].increment(1);
+        if !self.filter.matches(f) || !self.sent.admit(f) {
+            return Ok(());
+        }
+        let msg = match self.format {
+            Format::Binary => Message::Binary(f.binary()),
+            Format::Json => Message::Text(f.json()),
+        };
+        send(self.tx, msg).await?;
+        self.replayed += 1;
+        Ok(())
+    }
+
+    /// Reports `[from, to]` as missing, unless it lies before the first record
+    /// of a partition the client asked for from the beginning (`leading`).
+    async fn gap(
+        &mut self,
+        p: i32,
+        from: i64,
+        to: i64,
+        reason: GapReason,
+        initial: Option<i64>,
+        leading: bool,
+    ) -> Step {
+        if leading || to < from {
+            return Ok(());
+        }
+        self.gaps += 1;
+        self.misses.increment((to - from + 1) as u64);
+        if initial == Some(from) {
+            self.stale = true;
+        }
+        send(
+            self.tx,
+            Message::Text(control::gap(p, from, to, reason.as_str()).into()),
+        )
+        .await
+    }
+
+    async fn partition(
+        &mut self,
+        p: i32,
+        mut n: i64,
+        end: i64,
+        initial: Option<i64>,
+        mut leading: bool,
+    ) -> Result<i64, ()> {
+        loop {
+            if let Some(page) = self.rc.hub.ring_page(p, n, self.rc.page) {
+                if page.is_empty() {
+                    break;
+                }
+                for (o, slot) in page {
+                    if o > n {
+                        self.lower(p, n, o - 1, initial, &mut leading).await?;
+                    }
+                    if let Slot::Frame(f) = slot {
+                        self.emit(&f, Source::Memory).await?;
+                    }
+                    n = o + 1;
+                    leading = false;
+                }
+                continue;
+            }
+            if n > end {
+                break;
+            }
+            let upper = self.rc.hub.ring_first(p).map_or(end, |f| f - 1).min(end);
+            n = self.lower(p, n, upper, initial, &mut leading).await?;
+            if self.rc.hub.ring_first(p).is_none() && n > end {
+                break;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Serves `[n, upper]` from Redis, then Kafka; returns `upper + 1`.
+    async fn lower(
+        &mut self,
+        p: i32,
+        mut n: i64,
+        upper: i64,
+        initial: Option<i64>,
+        leading: &mut bool,
+    ) -> Result<i64, ()> {
+        let mut fallback = GapReason::NotInReplayBuffer;
+        if let Some(redis) = self.rc.redis.clone() {
+            while n <= upper {
+                match redis.page(p, n, upper, self.rc.page).await {
+                    Ok(rows) if rows.is_empty() => break,
+                    Ok(rows) => {
+                        for (o, v) in rows {
+                            if o > n {
+                                self.kafka_or_gap(p, n, o - 1, fallback, initial, leading)
+                                    .await?;
+                            }
+                            match v {
+                                Some(v) if v.is_empty() => {}
+                                Some(v) => match Frame::from_envelope(&v, &self.rc.limits) {
+                                    Ok(f) => self.emit(&f, Source::Redis).await?,
+                                    Err(_) => {
+                                        self.kafka_or_gap(p, o, o, fallback, initial, leading)
+                                            .await?
+                                    }
+                                },
+                                None => {
+                                    self.kafka_or_gap(p, o, o, fallback, initial, leading)
+                                        .await?
+                                }
+                            }
+                            n = o + 1;
+                            *leading = false;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, partition = p, "redis replay read failed");
+                        fallback = GapReason::RedisUnavailable;
+                        break;
+                    }
+                }
+            }
+        }
+        if n <= upper {
+            self.kafka_or_gap(p, n, upper, fallback, initial, leading)
+                .await?;
+        }
+        Ok(upper + 1)
+    }
+
+    async fn kafka_or_gap(
+        &mut self,
+        p: i32,
+        from: i64,
+        to: i64,
+        fallback: GapReason,
+        initial: Option<i64>,
+        leading: &mut bool,
+    ) -> Step {
+        let Some(k) = &self.rc.kafka else {
+            return self.gap(p, from, to, fallback, initial, *leading).await;
+        };
+        let Ok(_permit) = k.permits.clone().acquire_owned().await else {
+            return self
+                .gap(p, from, to, GapReason::KafkaUnavailable, initial, *leading)
+                .await;
+        };
+        let mut n = from;
+        while n <= to {
+            let reader = match self.reader.take() {
+                Some(r) => r,
+                None => {
+                    let (props, topic) = (k.props.clone(), k.topic.clone());
+                    match tokio::task::spawn_blocking(move || KafkaReader::new(&props, &topic))
+                        .await
+                    {
+                        Ok(Ok(r)) => r,
+                        _ => {
+                            return self
+                                .gap(p, n, to, GapReason::KafkaUnavailable, initial, *leading)
+                                .await
+                        }
+                    }
+                }
+            };
+            let (page, timeout) = (self.rc.page, k.timeout);
+            let res = tokio::task::spawn_blocking(move || {
+                let r = reader.read(p, n, to, page, timeout);
+                (reader, r)
+            })
+            .await;
+            let fetched = match res {
+                Ok((reader, Ok(f))) => {
+                    self.reader = Some(reader);
+                    f
+                }
+                Ok((reader, Err(e))) => {
+                    self.reader = Some(reader);
+                    tracing::debug!(error = %e, partition = p, "kafka replay read failed");
+                    return self
+                        .gap(p, n, to, GapReason::KafkaUnavailable, initial, *leading)
+                        .await;
+                }
+                Err(_) => {
+                    return self
+                        .gap(p, n, to, GapReason::KafkaUnavailable, initial, *leading)
+                        .await
+                }
+            };
+            if let Some((a, b)) = fetched.retention_gap {
+                self.gap(p, a, b, GapReason::KafkaRetention, initial, *leading)
+                    .await?;
+            }
+            for rec in fetched.records {
+                // Undecodable records went to the DLQ when first consumed.
+                if let Ok(d) = decode::decode(Some(&rec.value), &self.rc.limits) {
+                    let f = Frame::new(
+                        Cursor {
+                            partition: p,
+                            offset: rec.offset,
+                        },
+                        rec.timestamp_ms,
+                        &rec.value,
+                        d,
+                        None,
+                    );
+                    self.emit(&f, Source::Kafka).await?;
+                }
+                *leading = false;
+            }
+            if fetched.next <= n {
+                break;
+            }
+            n = fetched.next;
+        }
+        Ok(())
+    }
+}
+
+/// Replays what `from` asks for, then joins live delivery. `Err` means the
+/// client went away.
+pub async fn replay<S>(
+    rc: &ReplayContext,
+    tx: &mut S,
+    format: Format,
+    filter: Filter,
+    from: ResumeFrom,
+    sent: &mut Sent,
+) -> Result<Resumed, ()>
+where
+    S: Sink<Message> + Unpin,
+{
+    let started = Instant::now();
+    let label = match &from {
+        ResumeFrom::Cursor(_) => "cursor",
+        ResumeFrom::Earliest => "earliest",
+        ResumeFrom::Latest => "latest",
+    };
+    metrics::counter!(telemetry::REPLAY_REQUESTS, "from" => label).increment(1);
+    let mut next: HashMap<i32, i64> = HashMap::new();
+    let initial: HashMap<i32, i64> = match &from {
+        ResumeFrom::Latest => {
+            let subscription = rc.hub.subscribe(filter);
+            return Ok(Resumed {
+                subscription,
+                replayed: 0,
+                gaps: 0,
+                stale: false,
+            });
+        }
+        ResumeFrom::Earliest => HashMap::new(),
+        ResumeFrom::Cursor(c) => c.iter().map(|(p, o)| (*p, o.saturating_add(1))).collect(),
+    };
+    next.extend(initial.iter().map(|(p, o)| (*p, *o)));
+    for (p, o) in &initial {
+        sent.advance(*p, o - 1);
+    }
+    let mut run = Run {
+        rc,
+        tx,
+        format,
+        filter: filter.clone(),
+        sent,
+        replayed: 0,
+        gaps: 0,
+        stale: false,
+        reader: None,
+        hits: [
+            metrics::counter!(telemetry::REPLAY_MEMORY_HITS),
+            metrics::counter!(telemetry::REPLAY_REDIS_HITS),
+            metrics::counter!(telemetry::REPLAY_KAFKA_HITS),
+        ],
+        misses: metrics::counter!(telemetry::REPLAY_MISSES),
+    };
+    let mut filter = filter;
+    let mut redis_parts: BTreeSet<i32> = BTreeSet::new();
+    if let Some(r) = &rc.redis {
+        redis_parts = r.partitions().await.unwrap_or_default();
+    }
+    let subscription = loop {
+        let heads = rc.hub.ring_heads();
+        let marks = rc.watermarks.lock().clone();
+        let parts: BTreeSet<i32> = heads
+            .keys()
+            .chain(marks.keys())
+            .chain(next.keys())
+            .chain(redis_parts.iter())
+            .copied()
+            .collect();
+        for p in parts {
+            let (start, leading) = match next.get(&p) {
+                Some(n) => (*n, false),
+                None => (0, true),
+            };
+            let mut end = heads
+                .get(&p)
+                .copied()
+                .or_else(|| marks.get(&p).map(|h| h - 1));
+            if end.is_none() {
+                if let Some(r) = &rc.redis {
+                    end = r.last(p).await.ok().flatten();
+                }
+            }
+            let Some(end) = end else { continue };
+            let n = run
+                .partition(p, start, end, initial.get(&p).copied(), leading)
+                .await?;
+            run.sent.advance(p, n - 1);
+            next.insert(p, n);
+        }
+        match rc.hub.subscribe_caught_up(filter, &next) {
+            Ok(s) => break s,
+            Err(f) => filter = f,
+        }
+    };
+    metrics::histogram!(telemetry::REPLAY_DURATION).record(started.elapsed().as_secs_f64());
+    Ok(Resumed {
+        subscription,
+        replayed: run.replayed,
+        gaps: run.gaps,
+        stale: run.stale,
+    })
+}
+
+/// Parses `0:12,1:40` (partition:last applied offset).
+pub fn parse_offsets_param(s: &str, max: usize) -> Result<HashMap<i32, i64>, String> {
+    let mut m = HashMap::new();
+    for part in s.split(',').map(str::trim).filter(|x| !x.is_empty()) {
+        let (p, o) = part
+            .split_once(':')
+            .ok_or_else(|| format!("'{part}' is not partition:offset"))?;
+        let p: i32 = p
+            .trim()
+            .parse()
+            .ok()
+            .filter(|p| *p >= 0)
+            .ok_or_else(|| format!("'{p}' is not a partition"))?;
+        let o: i64 = o
+            .trim()
+            .parse()
+            .ok()
+            .filter(|o| *o >= -1)
+            .ok_or_else(|| format!("'{o}' is not an offset"))?;
+        m.insert(p, o);
+        if m.len() > max {
+            return Err(format!("at most {max} partitions"));
+        }
+    }
+    Ok(m)
+}
+
+/// Parses the `resume` client message:
+/// `{"type":"resume","from":"cursor"|"earliest"|"latest","lastOffsets":{"0":12}}`.
+pub fn parse_resume_message(v: &serde_json::Value, max: usize) -> Result<ResumeFrom, String> {
+    match v.get("from").and_then(|f| f.as_str()).unwrap_or("cursor") {
+        "earliest" => Ok(ResumeFrom::Earliest),
+        "latest" => Ok(ResumeFrom::Latest),
+        "cursor" => {
+            let obj = v
+                .get("lastOffsets")
+                .and_then(|o| o.as_object())
+                .ok_or("lastOffsets: expected an object of partition → offset")?;
+            if obj.len() > max {
+                return Err(format!("lastOffsets: at most {max} partitions"));
+            }
+            let mut m = HashMap::new();
+            for (k, o) in obj {
+                let p: i32 = k
+                    .parse()
+                    .ok()
+                    .filter(|p| *p >= 0)
+                    .ok_or_else(|| format!("lastOffsets: '{k}' is not a partition"))?;
+                let o = o.as_i64().filter(|o| *o >= -1).ok_or_else(|| {
+                    format!("lastOffsets: offset of partition {p} is not an integer ≥ -1")
+                })?;
+                m.insert(p, o);
+            }
+            Ok(ResumeFrom::Cursor(m))
+        }
+        other => Err(format!("from: '{other}' is not cursor, earliest or latest")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resume_inputs_are_validated() {
+        assert_eq!(
+            parse_offsets_param("0:12, 1:-1", 8),
+            Ok([(0, 12), (1, -1)].into())
+        );
+        assert!(parse_offsets_param("0:x", 8).is_err());
+        assert!(parse_offsets_param("-1:3", 8).is_err());
+        assert!(parse_offsets_param("0:1,1:1,2:1", 2).is_err());
+        let v = serde_json::json!({"type":"resume","from":"cursor","lastOffsets":{"0":5,"2":7}});
+        assert_eq!(
+            parse_resume_message(&v, 8),
+            Ok(ResumeFrom::Cursor([(0, 5), (2, 7)].into()))
+        );
+        assert_eq!(
+            parse_resume_message(&serde_json::json!({"from":"earliest"}), 8),
+            Ok(ResumeFrom::Earliest)
+        );
+        assert!(parse_resume_message(&serde_json::json!({"from":"cursor"}), 8).is_err());
+        assert!(parse_resume_message(
+            &serde_json::json!({"from":"cursor","lastOffsets":{"a":1}}),
+            8
+        )
+        .is_err());
+        assert!(parse_resume_message(&serde_json::json!({"from":"sometime"}), 8).is_err());
+    }
+}
