@@ -339,6 +339,57 @@ pub struct ServeArgs {
     /// How long a client without ?resume= may take to send its first message before live delivery starts.
     #[arg(long, env = "RESUME_GRACE_MS", default_value_t = 250)]
     pub resume_grace_ms: u64,
+    /// WebSocket clients at most (new ones get HTTP 503 beyond it).
+    #[arg(long, env = "WEBSOCKET_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub websocket_max_connections: usize,
+    /// WebSocket clients per client IP at most (new ones get HTTP 429 beyond it).
+    #[arg(
+        long,
+        env = "WEBSOCKET_MAX_CONNECTIONS_PER_IP",
+        default_value_t = 1_000
+    )]
+    pub websocket_max_connections_per_ip: usize,
+    /// Proxies whose X-Forwarded-For is believed: comma-separated IPs or networks (10.0.0.0/8).
+    #[arg(long, env = "WEBSOCKET_TRUSTED_PROXY_IPS", value_delimiter = ',')]
+    pub websocket_trusted_proxy_ips: Vec<String>,
+    /// Bytes queued per client at most (with WEBSOCKET_CLIENT_QUEUE_FRAMES).
+    #[arg(long, env = "WEBSOCKET_CLIENT_QUEUE_BYTES", default_value_t = 16 * 1_048_576)]
+    pub websocket_client_queue_bytes: usize,
+    /// A client that keeps losing frames for this long is disconnected with close code 1008.
+    #[arg(
+        long,
+        env = "WEBSOCKET_SLOW_CLIENT_DISCONNECT_SECS",
+        default_value_t = 30
+    )]
+    pub websocket_slow_client_disconnect_secs: u64,
+    /// Priority of message types for slow clients, e.g. `token_chunk=low,error=high`.
+    #[arg(long, env = "MESSAGE_PRIORITIES", default_value = "")]
+    pub message_priorities: String,
+    /// Weights of the backpressure level: `connections=0.3,client_queues=0.25,pipeline_queues=0.25,memory=0.2`.
+    #[arg(long, env = "BACKPRESSURE_WEIGHTS", default_value = "")]
+    pub backpressure_weights: String,
+    /// Level at which the circuit breaker opens.
+    #[arg(long, env = "BREAKER_CRITICAL", default_value_t = 0.95)]
+    pub breaker_critical: f64,
+    /// Level below which a half-open breaker closes.
+    #[arg(long, env = "BREAKER_RECOVERY", default_value_t = 0.70)]
+    pub breaker_recovery: f64,
+    /// Seconds an open breaker waits before probing (half-open).
+    #[arg(long, env = "BREAKER_OPEN_SECS", default_value_t = 10)]
+    pub breaker_open_secs: u64,
+    /// New connections admitted per second while half-open.
+    #[arg(long, env = "BREAKER_HALF_OPEN_PROBES", default_value_t = 5)]
+    pub breaker_half_open_probes: u32,
+    /// A write to a client that takes longer than this ends its session (close 1008).
+    #[arg(long, env = "WEBSOCKET_WRITE_TIMEOUT_SECS", default_value_t = 10)]
+    pub websocket_write_timeout_secs: u64,
+    /// Kernel send buffer per client socket, in bytes (default: the OS's autotuning). Bounds
+    /// what a stalled client holds in the kernel; its backlog then shows in its queue.
+    #[arg(long, env = "WEBSOCKET_SEND_BUFFER_BYTES")]
+    pub websocket_send_buffer_bytes: Option<usize>,
+    /// Memory the process may use, for the backpressure level (default: the cgroup limit, if any).
+    #[arg(long, env = "MEMORY_LIMIT_BYTES")]
+    pub memory_limit_bytes: Option<u64>,
 }
 
 /// Replay settings (validated).
@@ -392,6 +443,11 @@ pub struct BridgeConfig {
     pub shutdown_timeout: Duration,
     pub dlq: crate::dlq::DlqConfig,
     pub replay: ReplayConfig,
+    pub queue: crate::fanout::QueueLimits,
+    pub admission: crate::admission::AdmissionConfig,
+    pub slow_client_disconnect: Duration,
+    pub write_timeout: Duration,
+    pub send_buffer: Option<usize>,
 }
 
 fn validate_topic(setting: &'static str, topic: &str) -> Result<(), ConfigError> {
@@ -569,6 +625,48 @@ impl ServeArgs {
         if self.resume_grace_ms > 10_000 {
             return Err(ConfigError::new("RESUME_GRACE_MS", "at most 10000"));
         }
+        positive(
+            "WEBSOCKET_MAX_CONNECTIONS",
+            self.websocket_max_connections as u64,
+        )?;
+        positive(
+            "WEBSOCKET_MAX_CONNECTIONS_PER_IP",
+            self.websocket_max_connections_per_ip as u64,
+        )?;
+        positive(
+            "WEBSOCKET_CLIENT_QUEUE_BYTES",
+            self.websocket_client_queue_bytes as u64,
+        )?;
+        positive(
+            "WEBSOCKET_SLOW_CLIENT_DISCONNECT_SECS",
+            self.websocket_slow_client_disconnect_secs,
+        )?;
+        positive("BREAKER_OPEN_SECS", self.breaker_open_secs)?;
+        let trusted_proxies = self
+            .websocket_trusted_proxy_ips
+            .iter()
+            .map(|s| s.trim())
+            .filter(|s| !s.is_empty())
+            .map(crate::admission::IpNet::parse)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ConfigError::new("WEBSOCKET_TRUSTED_PROXY_IPS", e))?;
+        let priorities = crate::fanout::PriorityTable::parse(&self.message_priorities)
+            .map_err(|e| ConfigError::new("MESSAGE_PRIORITIES", e))?;
+        let weights = if self.backpressure_weights.trim().is_empty() {
+            crate::backpressure::Weights::default()
+        } else {
+            crate::backpressure::Weights::parse(&self.backpressure_weights)
+                .map_err(|e| ConfigError::new("BACKPRESSURE_WEIGHTS", e))?
+        };
+        if !(0.0 < self.breaker_recovery
+            && self.breaker_recovery < self.breaker_critical
+            && self.breaker_critical <= 1.0)
+        {
+            return Err(ConfigError::new(
+                "BREAKER_RECOVERY / BREAKER_CRITICAL",
+                "need 0 < recovery < critical ≤ 1",
+            ));
+        }
         props.push(("group.id".into(), self.kafka_group_id.clone()));
         props.push((
             "auto.offset.reset".into(),
@@ -616,6 +714,29 @@ impl ServeArgs {
             admin_token: self.admin_token.clone(),
             resume_namespace: self.resume_namespace.clone(),
             shutdown_timeout: Duration::from_secs(self.shutdown_timeout_secs),
+            queue: crate::fanout::QueueLimits {
+                frames: self.websocket_client_queue_frames,
+                bytes: self.websocket_client_queue_bytes,
+                priorities,
+            },
+            admission: crate::admission::AdmissionConfig {
+                max_connections: self.websocket_max_connections,
+                max_per_ip: self.websocket_max_connections_per_ip,
+                trusted_proxies,
+                weights,
+                breaker: crate::backpressure::BreakerConfig {
+                    critical: self.breaker_critical,
+                    recovery: self.breaker_recovery,
+                    open_for: Duration::from_secs(self.breaker_open_secs),
+                    half_open_probes: self.breaker_half_open_probes,
+                },
+                memory_limit: self
+                    .memory_limit_bytes
+                    .or_else(crate::backpressure::cgroup_memory_limit),
+            },
+            slow_client_disconnect: Duration::from_secs(self.websocket_slow_client_disconnect_secs),
+            write_timeout: Duration::from_secs(self.websocket_write_timeout_secs.max(1)),
+            send_buffer: self.websocket_send_buffer_bytes,
             replay: ReplayConfig {
                 redis_url: self.redis_url.clone(),
                 redis_ttl_secs: self.replay_redis_ttl_secs,

@@ -64,6 +64,7 @@ impl ClientContext for BridgeContext {
         } else {
             KafkaState::Disconnected
         });
+        metrics::gauge!(telemetry::KAFKA_CONNECTED).set(if up { 1.0 } else { 0.0 });
         if let Some(t) = s.topics.get(&self.topic) {
             let mut m = self.stats.lock();
             let mut w = self.watermarks.lock();
@@ -86,6 +87,7 @@ impl ClientContext for BridgeContext {
         metrics::counter!(telemetry::INFRA_ERRORS, "kind" => "kafka").increment(1);
         if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
             self.status.set_kafka(KafkaState::Disconnected);
+            metrics::gauge!(telemetry::KAFKA_CONNECTED).set(0.0);
         }
         tracing::warn!(error = %error, reason, "kafka client error");
     }
@@ -359,7 +361,10 @@ fn set_paused(consumer: &BridgeConsumer, pause: bool) -> bool {
         }
     });
     match result {
-        Ok(()) => true,
+        Ok(()) => {
+            metrics::gauge!(telemetry::CONSUMER_PAUSED).set(if pause { 1.0 } else { 0.0 });
+            true
+        }
         Err(e) => {
             tracing::warn!(error = %e, pause, "could not change the paused state of the assignment");
             false

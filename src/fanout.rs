@@ -189,15 +189,129 @@ impl Filter {
 
 /// What a session task receives from the hub.
 pub enum Outbound {
-    Data(Arc<Frame>),
+    /// A data frame and when it was queued (for the queue-age histogram).
+    Data(Arc<Frame>, std::time::Instant),
     Control(Utf8Bytes),
+}
+
+/// Delivery priority of a record for a client that falls behind: low ones
+/// are shed first, high ones are kept while there is any room.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Priority {
+    Low,
+    Normal,
+    High,
+}
+
+/// Message kind → priority (`MESSAGE_PRIORITIES`), plus the event types that
+/// matter most or least whatever the kind's setting.
+#[derive(Clone, Debug)]
+pub struct PriorityTable {
+    by_kind: [Priority; 9],
+}
+
+impl Default for PriorityTable {
+    fn default() -> Self {
+        let mut by_kind = [Priority::Normal; 9];
+        by_kind[MessageKind::TokenChunk as usize] = Priority::Low;
+        by_kind[MessageKind::Metrics as usize] = Priority::Low;
+        by_kind[MessageKind::Error as usize] = Priority::High;
+        by_kind[MessageKind::ExecutionTrace as usize] = Priority::High;
+        Self { by_kind }
+    }
+}
+
+impl PriorityTable {
+    /// Parses `token_chunk=low,error=high` over the defaults.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let mut t = PriorityTable::default();
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (k, v) = part
+                .split_once('=')
+                .ok_or_else(|| format!("'{part}' is not type=low|normal|high"))?;
+            let kind = MessageKind::parse(k.trim())
+                .ok_or_else(|| format!("unknown message type '{k}'"))?;
+            t.by_kind[kind as usize] = match v.trim() {
+                "low" => Priority::Low,
+                "normal" => Priority::Normal,
+                "high" => Priority::High,
+                other => return Err(format!("'{other}' is not low, normal or high")),
+            };
+        }
+        Ok(t)
+    }
+
+    pub fn of(&self, f: &Frame) -> Priority {
+        if let crate::proto::dash_stream_message::Message::Event(e) = &f.decoded.body {
+            // GRAPH_END, GRAPH_ERROR, NODE_ERROR, LLM_ERROR, TOOL_ERROR: always kept.
+            if matches!(e.event_type, 2 | 3 | 12 | 32 | 42) {
+                return Priority::High;
+            }
+            // NODE_PROGRESS, NODE_THINKING, NODE_SUBSTEP: shed first.
+            if matches!(e.event_type, 80..=82) {
+                return Priority::Low;
+            }
+        }
+        self.by_kind[f.kind() as usize]
+    }
+}
+
+/// What the hub and a session share about one client.
+#[derive(Default)]
+pub struct ClientState {
+    /// Frames dropped since the session last reported it to the client.
+    pub lagged: AtomicU64,
+    /// Bytes of the frames in the queue.
+    pub queued_bytes: std::sync::atomic::AtomicUsize,
+    /// Exact offset ranges dropped for this client, not yet reported.
+    lost: parking_lot::Mutex<Vec<(i32, i64, i64)>>,
+    /// When the client started losing frames (Unix ms; 0: it is keeping up).
+    pub lagging_since_ms: std::sync::atomic::AtomicI64,
+    /// Per partition, the last offset the client already has (set when a
+    /// resumed session goes live): older frames are never queued for it.
+    floor: HashMap<i32, i64>,
+}
+
+/// Ranges kept per client before older ones are merged.
+const MAX_LOST_RANGES: usize = 256;
+
+impl ClientState {
+    fn lose(&self, partition: i32, offset: i64) {
+        self.lagged.fetch_add(1, Ordering::Relaxed);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(1);
+        let _ =
+            self.lagging_since_ms
+                .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
+        let mut lost = self.lost.lock();
+        if let Some(last) = lost.last_mut() {
+            if last.0 == partition && last.2 + 1 == offset {
+                last.2 = offset;
+                return;
+            }
+        }
+        if lost.len() >= MAX_LOST_RANGES {
+            // Keep the report bounded: widen the newest range of this partition.
+            if let Some(r) = lost.iter_mut().rev().find(|r| r.0 == partition) {
+                r.2 = r.2.max(offset);
+                return;
+            }
+        }
+        lost.push((partition, offset, offset));
+    }
+
+    /// Takes the ranges lost since the last call.
+    pub fn take_lost(&self) -> Vec<(i32, i64, i64)> {
+        std::mem::take(&mut *self.lost.lock())
+    }
 }
 
 struct ClientSlot {
     filter: Filter,
     tx: mpsc::Sender<Outbound>,
-    /// Frames dropped since the session last reported it to the client.
-    lagged: Arc<AtomicU64>,
+    state: Arc<ClientState>,
 }
 
 /// All connected clients.
@@ -207,15 +321,25 @@ pub struct Hub {
     next_id: AtomicU64,
     connected: AtomicUsize,
     queue_frames: usize,
+    queue_bytes: usize,
+    priorities: PriorityTable,
     dropped_full: Counter,
     client_lag: Counter,
+}
+
+/// Per-client queue bounds and the priority table.
+#[derive(Clone, Debug)]
+pub struct QueueLimits {
+    pub frames: usize,
+    pub bytes: usize,
+    pub priorities: PriorityTable,
 }
 
 /// A client's end: its queue and the registration guard that removes it
 /// from the hub when dropped (on every exit path of the session).
 pub struct Subscription {
     pub rx: mpsc::Receiver<Outbound>,
-    pub lagged: Arc<AtomicU64>,
+    pub state: Arc<ClientState>,
     _guard: Registration,
 }
 
@@ -244,13 +368,17 @@ impl Drop for SessionGuard {
 }
 
 impl Hub {
-    pub fn new(queue_frames: usize, rings: RingLimits) -> Arc<Self> {
+    pub fn new(queue: QueueLimits, rings: RingLimits) -> Arc<Self> {
+        metrics::gauge!(telemetry::CLIENT_QUEUE_MAX_FRAMES).set(queue.frames as f64);
+        metrics::gauge!(telemetry::CLIENT_QUEUE_MAX_BYTES).set(queue.bytes as f64);
         Arc::new(Self {
             clients: RwLock::new(HashMap::new()),
             rings: parking_lot::Mutex::new(MemoryRings::new(rings)),
             next_id: AtomicU64::new(1),
             connected: AtomicUsize::new(0),
-            queue_frames,
+            queue_frames: queue.frames,
+            queue_bytes: queue.bytes,
+            priorities: queue.priorities,
             dropped_full: metrics::counter!(telemetry::DROPPED_MESSAGES, "reason" => telemetry::DROP_CLIENT_QUEUE_FULL),
             client_lag: metrics::counter!(telemetry::CLIENT_LAG_MESSAGES),
         })
@@ -270,7 +398,7 @@ impl Hub {
 
     pub fn subscribe(self: &Arc<Self>, filter: Filter) -> Subscription {
         let mut clients = self.clients.write();
-        self.insert_client(&mut clients, filter)
+        self.insert_client(&mut clients, filter, HashMap::new())
     }
 
     /// Joins live delivery only if `next` (per partition, the next offset the
@@ -291,28 +419,33 @@ impl Hub {
         if behind {
             return Err(filter);
         }
-        Ok(self.insert_client(&mut clients, filter))
+        let floor = next.iter().map(|(p, n)| (*p, n - 1)).collect();
+        Ok(self.insert_client(&mut clients, filter, floor))
     }
 
     fn insert_client(
         self: &Arc<Self>,
         clients: &mut HashMap<u64, ClientSlot>,
         filter: Filter,
+        floor: HashMap<i32, i64>,
     ) -> Subscription {
         let (tx, rx) = mpsc::channel(self.queue_frames);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let lagged = Arc::new(AtomicU64::new(0));
+        let state = Arc::new(ClientState {
+            floor,
+            ..Default::default()
+        });
         clients.insert(
             id,
             ClientSlot {
                 filter,
                 tx,
-                lagged: lagged.clone(),
+                state: state.clone(),
             },
         );
         Subscription {
             rx,
-            lagged,
+            state,
             _guard: Registration {
                 hub: self.clone(),
                 id,
@@ -321,7 +454,10 @@ impl Hub {
     }
 
     /// Offers `frame` to every matching client without waiting. Returns how
-    /// many clients it was queued for.
+    /// many clients it was queued for. A client whose queue is filling up
+    /// gets low-priority frames only below half its capacity, normal ones
+    /// below 90 %, and high-priority ones while there is any room; what it
+    /// does not get is recorded as lost offset ranges for its session to report.
     pub fn publish(&self, frame: &Arc<Frame>) -> usize {
         let clients = self.clients.read();
         self.rings.lock().insert(
@@ -329,15 +465,46 @@ impl Hub {
             frame.cursor.offset,
             Slot::Frame(frame.clone()),
         );
+        let priority = self.priorities.of(frame);
+        let size = frame.binary().len();
+        let now = std::time::Instant::now();
         let mut queued = 0;
         for slot in clients.values() {
             if !slot.filter.matches(frame) {
                 continue;
             }
-            match slot.tx.try_send(Outbound::Data(frame.clone())) {
-                Ok(()) => queued += 1,
+            // Already delivered to this client by its replay (e.g. re-read after a restart).
+            if !frame.is_late()
+                && slot
+                    .state
+                    .floor
+                    .get(&frame.cursor.partition)
+                    .is_some_and(|f| frame.cursor.offset <= *f)
+            {
+                continue;
+            }
+            let used_frames = self.queue_frames - slot.tx.capacity();
+            let used_bytes = slot.state.queued_bytes.load(Ordering::Relaxed);
+            let fill = (used_frames as f64 / self.queue_frames as f64)
+                .max(used_bytes as f64 / self.queue_bytes as f64);
+            let admit = match priority {
+                Priority::Low => fill < 0.5,
+                Priority::Normal => fill < 0.9,
+                Priority::High => used_bytes + size <= self.queue_bytes || used_frames == 0,
+            };
+            if !admit {
+                slot.state.lose(frame.cursor.partition, frame.cursor.offset);
+                self.dropped_full.increment(1);
+                self.client_lag.increment(1);
+                continue;
+            }
+            match slot.tx.try_send(Outbound::Data(frame.clone(), now)) {
+                Ok(()) => {
+                    slot.state.queued_bytes.fetch_add(size, Ordering::Relaxed);
+                    queued += 1;
+                }
                 Err(mpsc::error::TrySendError::Full(_)) => {
-                    slot.lagged.fetch_add(1, Ordering::Relaxed);
+                    slot.state.lose(frame.cursor.partition, frame.cursor.offset);
                     self.dropped_full.increment(1);
                     self.client_lag.increment(1);
                 }
@@ -346,6 +513,16 @@ impl Hub {
             }
         }
         queued
+    }
+
+    /// Sum of queued frames and of queue capacity over all live clients.
+    pub fn queue_fill(&self) -> (usize, usize) {
+        let clients = self.clients.read();
+        let used: usize = clients
+            .values()
+            .map(|s| self.queue_frames - s.tx.capacity())
+            .sum();
+        (used, clients.len() * self.queue_frames)
     }
 
     /// Records an offset that is not delivered (now, or not yet: a record
@@ -377,11 +554,13 @@ impl Hub {
     pub fn notify_thread(&self, thread: &str, text: &str) {
         let msg: Utf8Bytes = text.to_string().into();
         for slot in self.clients.read().values() {
-            if slot.filter.wants_thread(thread)
-                && slot.tx.try_send(Outbound::Control(msg.clone())).is_err()
-            {
-                slot.lagged.fetch_add(1, Ordering::Relaxed);
-                self.dropped_full.increment(1);
+            if slot.filter.wants_thread(thread) {
+                if let Err(mpsc::error::TrySendError::Full(_)) =
+                    slot.tx.try_send(Outbound::Control(msg.clone()))
+                {
+                    slot.state.lagged.fetch_add(1, Ordering::Relaxed);
+                    self.dropped_full.increment(1);
+                }
             }
         }
     }
@@ -394,6 +573,14 @@ mod tests {
     use crate::frame::Cursor;
     use crate::proto::dash_stream_message::Message;
     use crate::proto::{DashStreamMessage, Error as PbError, Event, Header};
+
+    fn test_limits(frames: usize) -> QueueLimits {
+        QueueLimits {
+            frames,
+            bytes: 1 << 30,
+            priorities: PriorityTable::default(),
+        }
+    }
 
     fn frame(thread: &str, tenant: &str, error: bool, offset: i64) -> Arc<Frame> {
         let header = Some(Header {
@@ -466,7 +653,7 @@ mod tests {
     #[tokio::test]
     async fn full_queue_drops_for_that_client_only_and_guard_unregisters() {
         let hub = Hub::new(
-            2,
+            test_limits(2),
             RingLimits {
                 max_per_partition: 100,
                 max_bytes_per_partition: 1 << 20,
@@ -480,14 +667,14 @@ mod tests {
         for i in 0..5 {
             hub.publish(&frame("a", "x", false, i));
             // The fast client drains as it goes.
-            assert!(matches!(fast.rx.try_recv(), Ok(Outbound::Data(f)) if f.cursor.offset == i));
+            assert!(matches!(fast.rx.try_recv(), Ok(Outbound::Data(f, _)) if f.cursor.offset == i));
         }
         assert_eq!(
-            slow.lagged.load(Ordering::Relaxed),
+            slow.state.lagged.load(Ordering::Relaxed),
             3,
             "slow client lost 3 of 5 with a queue of 2"
         );
-        assert_eq!(fast.lagged.load(Ordering::Relaxed), 0);
+        assert_eq!(fast.state.lagged.load(Ordering::Relaxed), 0);
         drop(slow);
         drop(g2);
         assert_eq!(hub.connected(), 1);
@@ -500,7 +687,7 @@ mod tests {
     #[test]
     fn a_session_joins_live_only_once_caught_up_with_the_ring() {
         let hub = Hub::new(
-            10,
+            test_limits(10),
             RingLimits {
                 max_per_partition: 100,
                 max_bytes_per_partition: 1 << 20,
@@ -521,8 +708,78 @@ mod tests {
             .unwrap_or_else(|_| panic!("caught up"));
         hub.publish(&frame("a", "x", false, 2));
         assert!(
-            matches!(sub.rx.try_recv(), Ok(Outbound::Data(f)) if f.cursor.offset == 2),
+            matches!(sub.rx.try_recv(), Ok(Outbound::Data(f, _)) if f.cursor.offset == 2),
             "next frame arrives live"
         );
+    }
+
+    #[test]
+    fn a_filling_queue_sheds_low_priority_first_and_keeps_high_priority() {
+        fn token(offset: i64) -> Arc<Frame> {
+            let header = Some(Header {
+                thread_id: "t".into(),
+                sequence: 1,
+                ..Default::default()
+            });
+            let body = Message::TokenChunk(crate::proto::TokenChunk {
+                header,
+                ..Default::default()
+            });
+            let v = encode_record(
+                &DashStreamMessage {
+                    message: Some(body),
+                },
+                None,
+            );
+            let d = decode(Some(&v), &DecodeLimits::default()).unwrap();
+            Arc::new(Frame::new(
+                Cursor {
+                    partition: 0,
+                    offset,
+                },
+                None,
+                &v,
+                d,
+                None,
+            ))
+        }
+        let hub = Hub::new(
+            test_limits(10),
+            RingLimits {
+                max_per_partition: 100,
+                max_bytes_per_partition: 1 << 20,
+            },
+        );
+        let mut sub = hub.subscribe(Filter::default());
+        for o in 0..8 {
+            hub.publish(&token(o));
+        }
+        // Low priority stops at half the queue (5 of 10).
+        assert_eq!(sub.rx.len(), 5);
+        for o in 8..12 {
+            hub.publish(&frame("t", "x", true, o));
+        }
+        // Errors (high) use the rest of the room.
+        assert_eq!(sub.rx.len(), 9, "4 more high-priority frames queued");
+        assert_eq!(
+            sub.state.take_lost(),
+            vec![(0, 5, 7)],
+            "exact range of the shed token chunks"
+        );
+        let mut offsets = vec![];
+        while let Ok(Outbound::Data(f, _)) = sub.rx.try_recv() {
+            offsets.push(f.cursor.offset);
+        }
+        assert_eq!(offsets, vec![0, 1, 2, 3, 4, 8, 9, 10, 11], "order kept");
+    }
+
+    #[test]
+    fn priorities_parse_over_the_defaults() {
+        let t = PriorityTable::parse("event=low,token_chunk=high").unwrap();
+        assert_eq!(t.by_kind[MessageKind::Event as usize], Priority::Low);
+        assert_eq!(t.by_kind[MessageKind::TokenChunk as usize], Priority::High);
+        assert_eq!(t.by_kind[MessageKind::Error as usize], Priority::High);
+        assert!(PriorityTable::parse("event=urgent").is_err());
+        assert!(PriorityTable::parse("nope=low").is_err());
     }
 }

@@ -55,6 +55,7 @@ pub struct Status {
     halted: RwLock<Vec<HaltedThread>>,
     namespace: OnceLock<String>,
     redis: OnceLock<Option<std::sync::Arc<crate::replay_redis::RedisTier>>>,
+    admission: OnceLock<std::sync::Arc<crate::admission::Admission>>,
 }
 
 impl Default for Status {
@@ -77,6 +78,7 @@ impl Status {
             halted: RwLock::new(Vec::new()),
             namespace: OnceLock::new(),
             redis: OnceLock::new(),
+            admission: OnceLock::new(),
         }
     }
 
@@ -113,6 +115,10 @@ impl Status {
     pub fn set_namespace(&self, ns: String) {
         let _ = self.namespace.set(ns);
     }
+    pub fn set_admission(&self, a: std::sync::Arc<crate::admission::Admission>) {
+        let _ = self.admission.set(a);
+    }
+
     pub fn set_redis(&self, r: Option<std::sync::Arc<crate::replay_redis::RedisTier>>) {
         let _ = self.redis.set(r);
     }
@@ -138,6 +144,12 @@ impl Status {
             Some("consumer not started")
         } else if self.kafka() == KafkaState::Disconnected {
             Some("kafka brokers unreachable")
+        } else if self
+            .admission
+            .get()
+            .is_some_and(|a| a.breaker_state() == crate::backpressure::BreakerState::Open)
+        {
+            Some("circuit breaker open: backpressure critical, new clients refused (1013)")
         } else if self.assigned_partitions() == 0 {
             Some("no partitions assigned to this consumer yet")
         } else {
@@ -160,6 +172,12 @@ impl Status {
                 "records that fail are not reaching the DLQ topic"
             };
             ("degraded", Some(format!("DLQ writes failing: {effect}")))
+        } else if self
+            .admission
+            .get()
+            .is_some_and(|a| a.breaker_state() == crate::backpressure::BreakerState::Open)
+        {
+            ("degraded", Some("circuit breaker open: new WebSocket clients are refused with 1013 until the backpressure level recovers".to_string()))
         } else if !halted.is_empty() {
             ("degraded", Some(format!("{} thread(s) halted by GAP_POLICY=halt; resume with POST /admin/threads/<id>/resume", halted.len())))
         } else {
@@ -179,6 +197,14 @@ impl Status {
             "last_record_unix_ms": (last > 0).then_some(last),
             "halted_threads": halted,
             "replay_redis": self.redis_state(),
+            "backpressure": self.admission.get().map(|a| {
+                let level = a.level();
+                serde_json::json!({
+                    "level": level,
+                    "category": crate::backpressure::category_name(crate::backpressure::category(level)),
+                    "circuit_breaker": a.breaker_state().as_str(),
+                })
+            }),
         });
         if let Some(a) = alert {
             doc["alert"] = a.into();

@@ -7,8 +7,11 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::ws::WebSocketUpgrade;
+use crate::admission::{Admission, Refusal};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocketUpgrade};
+use axum::extract::ConnectInfo;
 use axum::extract::{Path, Query, State};
+use axum::http::HeaderValue;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -38,6 +41,7 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     pub admin_tx: mpsc::Sender<AdminCommand>,
     pub admin: AdminAuth,
+    pub admission: Arc<Admission>,
     pub max_incoming_bytes: usize,
     pub max_filter_values: usize,
     pub group_id: String,
@@ -103,7 +107,12 @@ fn error(status: StatusCode, code: &str, message: &str) -> Response {
 
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route("/", get(index))
+        .route("/", get(crate::web::index))
+        .route("/app.js", get(crate::web::app_js))
+        .route("/style.css", get(crate::web::style_css))
+        .route("/client.js", get(crate::web::client_js))
+        .route("/client.classic.js", get(crate::web::client_classic_js))
+        .route("/api", get(index))
         .route("/ws", get(ws))
         .route("/health", get(health))
         .route(
@@ -114,6 +123,7 @@ pub fn router(state: AppState) -> Router {
         .route("/version", get(version))
         .route("/metrics", get(metrics))
         .route("/admin/threads/halted", get(halted))
+        .route("/admin/circuit-breaker/reset", post(reset_breaker))
         .route("/admin/threads/{thread_id}/resume", post(resume))
         .with_state(state)
 }
@@ -140,6 +150,8 @@ struct WsParams {
 
 async fn ws(
     State(app): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     params: Result<Query<WsParams>, axum::extract::rejection::QueryRejection>,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
@@ -175,7 +187,7 @@ async fn ws(
         (Some("earliest"), _) => Some(ResumeFrom::Earliest),
         (Some("latest"), _) => Some(ResumeFrom::Latest),
         (Some("cursor") | None, Some(raw)) => {
-            match resume::parse_offsets_param(raw, app.sessions.max_resume_partitions) {
+            match resume::parse_offsets_param(raw, app.sessions.settings.max_resume_partitions) {
                 Ok(m) => Some(ResumeFrom::Cursor(m)),
                 Err(e) => {
                     return error(
@@ -218,14 +230,65 @@ async fn ws(
             "server is shutting down",
         );
     }
+    let ip = app.admission.client_ip(peer, &headers);
+    let permit = match app.admission.admit(ip) {
+        Ok(p) => p,
+        Err(Refusal::CircuitOpen) => {
+            // Overloaded: complete the handshake only to say "try again later" (1013).
+            return upgrade.on_upgrade(|mut socket| async move {
+                let frame = CloseFrame {
+                    code: session::CLOSE_TRY_AGAIN_LATER,
+                    reason: Utf8Bytes::from_static("try again later: server overloaded"),
+                };
+                let _ = tokio::time::timeout(
+                    std::time::Duration::from_secs(1),
+                    socket.send(Message::Close(Some(frame))),
+                )
+                .await;
+            });
+        }
+        Err(Refusal::GlobalLimit) => {
+            let mut r = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too_many_connections",
+                "the server has reached WEBSOCKET_MAX_CONNECTIONS",
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            return r;
+        }
+        Err(Refusal::PerIpLimit) => {
+            let mut r = error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_connections_from_ip",
+                &format!("{ip} has reached WEBSOCKET_MAX_CONNECTIONS_PER_IP"),
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            return r;
+        }
+    };
     let sessions = app.sessions.clone();
     let tracker = app.tracker.clone();
+    // The permit moves into the session future: released when the session
+    // ends, or when the upgrade never completes and the future is dropped.
     upgrade
         .max_message_size(app.max_incoming_bytes)
         .max_frame_size(app.max_incoming_bytes)
         .on_upgrade(move |socket| {
-            tracker.track_future(session::run(socket, sessions, format, filter, resume))
+            tracker.track_future(async move {
+                let _permit = permit;
+                session::run(socket, sessions, format, filter, resume).await
+            })
         })
+}
+
+async fn reset_breaker(State(app): State<AppState>, headers: HeaderMap) -> Response {
+    if let Err(r) = app.admin.check(&headers) {
+        return *r;
+    }
+    let before = app.admission.reset_breaker();
+    Json(json!({"circuit_breaker": "CLOSED", "was": before.as_str()})).into_response()
 }
 
 async fn health(State(app): State<AppState>) -> Response {

@@ -1,6 +1,8 @@
 //! kafka-ws-bridge: streams DashStream v1 telemetry from Kafka to WebSocket
 //! dashboards. See docs/ARCHITECTURE.md for the map of stages.
 
+pub mod admission;
+pub mod backpressure;
 pub mod config;
 pub mod consume;
 pub mod decode;
@@ -24,6 +26,7 @@ pub mod shutdown;
 pub mod synth;
 pub mod tail;
 pub mod telemetry;
+pub mod web;
 
 /// Generated DashStream v1 types (prost) with proto3-JSON serde impls (pbjson).
 pub mod proto {

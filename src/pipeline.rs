@@ -411,7 +411,11 @@ mod tests {
 
     fn pipeline(policy: GapPolicy) -> (Pipeline, Arc<Hub>) {
         let hub = Hub::new(
-            1000,
+            crate::fanout::QueueLimits {
+                frames: 1000,
+                bytes: 1 << 30,
+                priorities: Default::default(),
+            },
             crate::replay::RingLimits {
                 max_per_partition: 1000,
                 max_bytes_per_partition: 1 << 24,
@@ -444,7 +448,7 @@ mod tests {
     fn drain(rx: &mut tokio::sync::mpsc::Receiver<Outbound>) -> Vec<i64> {
         let mut v = vec![];
         while let Ok(o) = rx.try_recv() {
-            if let Outbound::Data(f) = o {
+            if let Outbound::Data(f, _) = o {
                 v.push(f.cursor.offset);
             }
         }

@@ -13,6 +13,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admission::{self, Admission};
+use crate::backpressure::Utilisation;
 use crate::config::BridgeConfig;
 use crate::consume;
 use crate::dlq::{DlqHealth, DlqSink};
@@ -22,7 +24,7 @@ use crate::http::{self, AdminAuth, AppState};
 use crate::pipeline::{Pipeline, PipelineConfig};
 use crate::replay_redis::{RedisTier, RedisTierConfig};
 use crate::resume::{KafkaTier, ReplayContext, Watermarks};
-use crate::session::SessionContext;
+use crate::session::{SessionContext, SessionSettings};
 use crate::telemetry;
 use tokio::sync::Semaphore;
 
@@ -45,7 +47,9 @@ pub async fn run(cfg: BridgeConfig, shutdown: CancellationToken) -> anyhow::Resu
         DlqSink::new(&cfg.dlq, dlq_health)
             .context("creating the DLQ producer (check KAFKA_DLQ_BROKERS and KAFKA_PROPERTIES)")?,
     );
-    let hub = Hub::new(cfg.client_queue_frames, cfg.replay.memory);
+    let hub = Hub::new(cfg.queue.clone(), cfg.replay.memory);
+    let admission = Admission::new(cfg.admission.clone());
+    status.set_admission(admission.clone());
     let watermarks: Watermarks = Default::default();
 
     let (consumer, rebalance_rx) = consume::create_consumer(
@@ -114,6 +118,7 @@ pub async fn run(cfg: BridgeConfig, shutdown: CancellationToken) -> anyhow::Resu
         page: cfg.replay.page,
         limits: cfg.limits,
     };
+    crate::session::set_write_timeout(cfg.write_timeout);
     let tracker = TaskTracker::new();
     let sessions = Arc::new(SessionContext::new(
         hub.clone(),
@@ -121,9 +126,42 @@ pub async fn run(cfg: BridgeConfig, shutdown: CancellationToken) -> anyhow::Resu
         shutdown.clone(),
         cfg.topic.clone(),
         namespace,
-        cfg.replay.resume_grace,
-        1024,
+        SessionSettings {
+            resume_grace: cfg.replay.resume_grace,
+            max_resume_partitions: 1024,
+            slow_client_disconnect: cfg.slow_client_disconnect,
+            queue_frames: cfg.queue.frames,
+        },
     ));
+    {
+        let (hub, dlq, redis) = (hub.clone(), dlq.clone(), redis.clone());
+        let (max_conn, dlq_max, redis_cap) = (
+            cfg.admission.max_connections,
+            cfg.dlq.max_in_flight,
+            cfg.replay.redis_queue,
+        );
+        admission::spawn_monitor(
+            admission.clone(),
+            move || {
+                let (used, cap) = hub.queue_fill();
+                let dlq_u = dlq.in_flight() as f64 / dlq_max as f64;
+                let redis_u = redis
+                    .as_ref()
+                    .map_or(0.0, |r| r.queue_len() as f64 / redis_cap as f64);
+                Utilisation {
+                    connections: hub.connected() as f64 / max_conn as f64,
+                    client_queues: if cap == 0 {
+                        0.0
+                    } else {
+                        used as f64 / cap as f64
+                    },
+                    pipeline_queues: dlq_u.max(redis_u),
+                    memory: 0.0,
+                }
+            },
+            shutdown.clone(),
+        );
+    }
     let (admin_tx, admin_rx) = mpsc::channel(16);
     let state = AppState {
         status: status.clone(),
@@ -132,13 +170,23 @@ pub async fn run(cfg: BridgeConfig, shutdown: CancellationToken) -> anyhow::Resu
         metrics,
         admin_tx,
         admin: AdminAuth::new(cfg.admin_token.clone(), local),
+        admission: admission.clone(),
         max_incoming_bytes: cfg.max_incoming_bytes,
         max_filter_values: cfg.max_filter_values,
         group_id: cfg.group_id.clone(),
     };
     let app = http::router(state);
     let http_shutdown = shutdown.clone();
+    let send_buffer = cfg.send_buffer;
     let server = tokio::spawn(async move {
+        use axum::serve::ListenerExt;
+        let listener = listener.tap_io(move |tcp| {
+            // Loopback and LAN peers get small writes out at once.
+            let _ = tcp.set_nodelay(true);
+            if let Some(bytes) = send_buffer {
+                let _ = socket2::SockRef::from(&*tcp).set_send_buffer_size(bytes);
+            }
+        });
         axum::serve(
             listener,
             app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
@@ -192,7 +240,9 @@ pub async fn run(cfg: BridgeConfig, shutdown: CancellationToken) -> anyhow::Resu
         );
     }
     let _ = tokio::time::timeout(Duration::from_millis(300), server).await;
-    tracing::info!("stopped");
+    let took = stop_started.elapsed();
+    metrics::histogram!(telemetry::SHUTDOWN_DURATION).record(took.as_secs_f64());
+    tracing::info!(shutdown_ms = took.as_millis() as u64, "stopped");
     Ok(())
 }
 

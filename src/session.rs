@@ -31,9 +31,23 @@ use crate::telemetry;
 pub const CLOSE_GOING_AWAY: u16 = 1001;
 /// Close code for a client that cannot keep up with writes (policy violation).
 pub const CLOSE_SLOW_CLIENT: u16 = 1008;
+/// Close code for a new client refused while the circuit breaker is open.
+pub const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
 /// Close code for a client message over the size limit.
 pub const CLOSE_MESSAGE_TOO_BIG: u16 = 1009;
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Per-session limits.
+#[derive(Clone, Copy, Debug)]
+pub struct SessionSettings {
+    /// How long a client without `?resume=` may take to send its first message.
+    pub resume_grace: Duration,
+    /// Most partitions in one resume request.
+    pub max_resume_partitions: usize,
+    /// A client losing frames for longer than this is disconnected (1008).
+    pub slow_client_disconnect: Duration,
+    /// Frames per client queue.
+    pub queue_frames: usize,
+}
 
 /// What every session shares.
 pub struct SessionContext {
@@ -42,12 +56,12 @@ pub struct SessionContext {
     pub shutdown: CancellationToken,
     pub topic: String,
     pub namespace: String,
-    /// How long a client without `?resume=` may take to send its first message.
-    pub resume_grace: Duration,
-    /// Most partitions in one resume request.
-    pub max_resume_partitions: usize,
+    pub settings: SessionSettings,
     e2e_latency: Histogram,
+    queue_age: Histogram,
+    age_sample: std::sync::atomic::AtomicU64,
     frames_sent: Counter,
+    slow_disconnects: Counter,
 }
 
 impl SessionContext {
@@ -57,8 +71,7 @@ impl SessionContext {
         shutdown: CancellationToken,
         topic: String,
         namespace: String,
-        resume_grace: Duration,
-        max_resume_partitions: usize,
+        settings: SessionSettings,
     ) -> Self {
         Self {
             hub,
@@ -66,12 +79,21 @@ impl SessionContext {
             shutdown,
             topic,
             namespace,
-            resume_grace,
-            max_resume_partitions,
+            settings,
             e2e_latency: metrics::histogram!(telemetry::E2E_LATENCY_MS),
+            queue_age: metrics::histogram!(telemetry::CLIENT_QUEUE_AGE),
+            age_sample: std::sync::atomic::AtomicU64::new(0),
             frames_sent: metrics::counter!(telemetry::FRAMES_SENT),
+            slow_disconnects: metrics::counter!(telemetry::SLOW_CLIENT_DISCONNECTS),
         }
     }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// Messages a client may send. Unknown types get an `error` frame.
@@ -95,7 +117,7 @@ where
     S: futures_util::Sink<Message> + Unpin,
 {
     let msg = tokio::select! {
-        _ = tokio::time::sleep(ctx.resume_grace) => return Intent::Live,
+        _ = tokio::time::sleep(ctx.settings.resume_grace) => return Intent::Live,
         _ = ctx.shutdown.cancelled() => return Intent::Live,
         m = rx.next() => m,
     };
@@ -103,7 +125,10 @@ where
         Some(Ok(Message::Text(t))) => {
             if let Ok(v) = serde_json::from_str::<serde_json::Value>(&t) {
                 if v["type"] == "resume" {
-                    return match resume::parse_resume_message(&v, ctx.max_resume_partitions) {
+                    return match resume::parse_resume_message(
+                        &v,
+                        ctx.settings.max_resume_partitions,
+                    ) {
                         Ok(from) => Intent::Resume(from),
                         Err(e) => {
                             metrics::counter!(telemetry::CLIENT_PROTOCOL_ERRORS, "reason" => "invalid_resume").increment(1);
@@ -196,12 +221,39 @@ pub async fn run(
             _ = ctx.shutdown.cancelled() => break Some((CLOSE_GOING_AWAY, "server shutting down")),
             out = sub.rx.recv() => {
                 let Some(out) = out else { break None };
-                let lagged = sub.lagged.swap(0, Ordering::Relaxed);
-                if lagged > 0 && send(&mut tx, Message::Text(control::lagged(lagged).into())).await.is_err() {
-                    break Some((CLOSE_SLOW_CLIENT, "client too slow"));
+                // Tell the client exactly what it lost while it was behind.
+                let lagged = sub.state.lagged.swap(0, Ordering::Relaxed);
+                if lagged > 0 {
+                    let mut notices = vec![control::lagged(lagged)];
+                    notices.extend(sub.state.take_lost().into_iter().map(|(p, a, b)| control::gap(p, a, b, "slow_client")));
+                    let mut failed = false;
+                    for n in notices {
+                        if send(&mut tx, Message::Text(n.into())).await.is_err() {
+                            failed = true;
+                            break;
+                        }
+                    }
+                    if failed {
+                        break Some((CLOSE_SLOW_CLIENT, "client too slow"));
+                    }
+                }
+                let since = sub.state.lagging_since_ms.load(Ordering::Relaxed);
+                if since > 0 {
+                    if sub.rx.len() * 2 < ctx.settings.queue_frames {
+                        // Caught up to below half its queue: no longer lagging.
+                        sub.state.lagging_since_ms.store(0, Ordering::Relaxed);
+                    } else if now_ms() - since > ctx.settings.slow_client_disconnect.as_millis() as i64 {
+                        ctx.slow_disconnects.increment(1);
+                        break Some((CLOSE_SLOW_CLIENT, "slow client: stayed behind too long"));
+                    }
                 }
                 let (msg, frame) = match out {
-                    Outbound::Data(f) => {
+                    Outbound::Data(f, queued_at) => {
+                        sub.state.queued_bytes.fetch_sub(f.binary().len(), Ordering::Relaxed);
+                        ctx.age_sample.fetch_add(1, Ordering::Relaxed);
+                        if ctx.age_sample.load(Ordering::Relaxed) % 16 == 0 {
+                            ctx.queue_age.record(queued_at.elapsed().as_secs_f64());
+                        }
                         if !sent.admit(&f) {
                             continue;
                         }
@@ -274,13 +326,30 @@ fn close_for_read_error(e: axum::Error) -> Option<(u16, &'static str)> {
     }
 }
 
+static WRITE_TIMEOUT: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+
+/// Sets the per-write bound for every session (once, at start-up).
+pub fn set_write_timeout(d: Duration) {
+    let _ = WRITE_TIMEOUT.set(d);
+}
+
 pub(crate) async fn send<S>(tx: &mut S, msg: Message) -> Result<(), ()>
 where
     S: SinkExt<Message> + Unpin,
 {
-    match tokio::time::timeout(WRITE_TIMEOUT, tx.send(msg)).await {
+    match tokio::time::timeout(
+        *WRITE_TIMEOUT.get_or_init(|| Duration::from_secs(10)),
+        tx.send(msg),
+    )
+    .await
+    {
         Ok(Ok(())) => Ok(()),
-        _ => Err(()),
+        Ok(Err(_)) => Err(()),
+        Err(_) => {
+            // The client stopped reading: its session ends (close 1008).
+            metrics::counter!(telemetry::SLOW_CLIENT_DISCONNECTS).increment(1);
+            Err(())
+        }
     }
 }
 

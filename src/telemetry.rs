@@ -47,6 +47,20 @@ pub const REPLAY_MEMORY_ENTRIES: &str = "replay_buffer_memory_entries";
 pub const REPLAY_MEMORY_BYTES: &str = "replay_buffer_memory_bytes";
 pub const REPLAY_REQUESTS: &str = "replay_requests_total";
 pub const REPLAY_DURATION: &str = "replay_duration_seconds";
+pub const MAX_CONNECTIONS: &str = "websocket_max_connections";
+pub const MAX_CONNECTIONS_PER_IP: &str = "websocket_max_connections_per_ip";
+pub const CONNECTIONS_REJECTED: &str = "websocket_connections_rejected_total";
+pub const BACKPRESSURE_LEVEL: &str = "websocket_backpressure_level";
+pub const BACKPRESSURE_CATEGORY: &str = "websocket_backpressure_category";
+pub const BREAKER_STATE: &str = "websocket_circuit_breaker_state";
+pub const BREAKER_TRANSITIONS: &str = "websocket_circuit_breaker_transitions_total";
+pub const CLIENT_QUEUE_MAX_FRAMES: &str = "websocket_client_queue_max_frames";
+pub const CLIENT_QUEUE_MAX_BYTES: &str = "websocket_client_queue_max_bytes";
+pub const CLIENT_QUEUE_AGE: &str = "websocket_client_queue_age_seconds";
+pub const SLOW_CLIENT_DISCONNECTS: &str = "websocket_slow_client_disconnects_total";
+pub const KAFKA_CONNECTED: &str = "websocket_kafka_connected";
+pub const CONSUMER_PAUSED: &str = "websocket_consumer_paused";
+pub const SHUTDOWN_DURATION: &str = "app_shutdown_duration_seconds";
 pub const BUILD_INFO: &str = "websocket_build_info";
 
 /// Reasons for `websocket_dlq_send_failures_total{reason}`.
@@ -76,6 +90,13 @@ pub const E2E_BUCKETS_MS: &[f64] = &[
     1000.0, 2500.0, 5000.0, 10000.0, 30000.0, 60000.0,
 ];
 
+/// Queue age buckets in seconds.
+pub const QUEUE_AGE_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+/// Shutdown duration buckets in seconds.
+pub const SHUTDOWN_BUCKETS: &[f64] = &[0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 10.0, 30.0];
+
 /// Replay duration buckets in seconds.
 pub const REPLAY_DURATION_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
@@ -94,6 +115,8 @@ pub fn install_recorder() -> anyhow::Result<PrometheusHandle> {
             Matcher::Full(REPLAY_DURATION.into()),
             REPLAY_DURATION_BUCKETS,
         )?
+        .set_buckets_for_metric(Matcher::Full(CLIENT_QUEUE_AGE.into()), QUEUE_AGE_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(SHUTDOWN_DURATION.into()), SHUTDOWN_BUCKETS)?
         .build_recorder();
     let handle = recorder.handle();
     metrics::set_global_recorder(recorder)
@@ -193,6 +216,61 @@ fn describe_all() {
         "Records held back from clients because their thread is halted."
     );
     describe_gauge!(BUILD_INFO, "Always 1; labels carry the version.");
+    describe_gauge!(
+        CLIENT_QUEUE_MAX_FRAMES,
+        "Configured WEBSOCKET_CLIENT_QUEUE_FRAMES."
+    );
+    describe_gauge!(
+        CLIENT_QUEUE_MAX_BYTES,
+        "Configured WEBSOCKET_CLIENT_QUEUE_BYTES."
+    );
+    describe_histogram!(
+        CLIENT_QUEUE_AGE,
+        Unit::Seconds,
+        "Time a frame waited in a client's queue (sampled, 1 in 16)."
+    );
+    describe_counter!(
+        SLOW_CLIENT_DISCONNECTS,
+        "Clients disconnected (close 1008) for staying behind."
+    );
+    describe_gauge!(
+        KAFKA_CONNECTED,
+        "1 while at least one broker is up (librdkafka statistics), else 0."
+    );
+    describe_gauge!(
+        CONSUMER_PAUSED,
+        "1 while consumption is paused (DLQ_FAIL_CLOSED waiting for the DLQ), else 0."
+    );
+    describe_gauge!(MAX_CONNECTIONS, "Configured WEBSOCKET_MAX_CONNECTIONS.");
+    describe_gauge!(
+        MAX_CONNECTIONS_PER_IP,
+        "Configured WEBSOCKET_MAX_CONNECTIONS_PER_IP."
+    );
+    describe_counter!(
+        CONNECTIONS_REJECTED,
+        "WebSocket connections refused, by reason (circuit_open | global_limit | per_ip_limit)."
+    );
+    describe_gauge!(
+        BACKPRESSURE_LEVEL,
+        "Weighted backpressure level, 0-1 (see backpressure.rs for the weights)."
+    );
+    describe_gauge!(
+        BACKPRESSURE_CATEGORY,
+        "0 NORMAL (<0.70), 1 ELEVATED (<0.85), 2 HIGH (<0.95), 3 CRITICAL."
+    );
+    describe_gauge!(
+        BREAKER_STATE,
+        "Circuit breaker state: 0 CLOSED, 1 HALF_OPEN, 2 OPEN."
+    );
+    describe_counter!(
+        BREAKER_TRANSITIONS,
+        "Circuit breaker state changes, by from and to."
+    );
+    describe_histogram!(
+        SHUTDOWN_DURATION,
+        Unit::Seconds,
+        "Time from the shutdown signal to the end of the graceful shutdown."
+    );
     describe_counter!(
         REPLAY_MEMORY_HITS,
         "Records replayed to resuming clients from the memory ring."
@@ -306,6 +384,9 @@ impl PipelineMetrics {
         metrics::gauge!(REPLAY_REDIS_QUEUE).set(0.0);
         metrics::counter!(DROPPED_MESSAGES, "reason" => DROP_CLIENT_QUEUE_FULL).increment(0);
         metrics::counter!(CLIENT_LAG_MESSAGES).increment(0);
+        metrics::counter!(SLOW_CLIENT_DISCONNECTS).increment(0);
+        metrics::gauge!(KAFKA_CONNECTED).set(0.0);
+        metrics::gauge!(CONSUMER_PAUSED).set(0.0);
         metrics::counter!(CONNECTIONS_OPENED).increment(0);
         metrics::counter!(FRAMES_SENT).increment(0);
         metrics::gauge!(CONNECTED_CLIENTS).set(0.0);

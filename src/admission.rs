@@ -1,0 +1,382 @@
+//! Admission of new WebSocket clients: global and per-IP connection slots,
+//! the client address (with `X-Forwarded-For` honoured only from trusted
+//! proxies), and the circuit breaker (see [`crate::backpressure`]).
+//!
+//! A slot is a [`ConnectionPermit`] guard, taken before the upgrade and moved
+//! into the session: it is released on every path (refused request, failed or
+//! aborted upgrade, error, panic, normal close), so slots cannot leak.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::http::HeaderMap;
+use parking_lot::Mutex;
+use tokio_util::sync::CancellationToken;
+
+use crate::backpressure::{self, Breaker, BreakerConfig, BreakerState, Utilisation, Weights};
+use crate::telemetry;
+
+/// An IP network (`10.0.0.0/8`, `::1/128`, or a bare address).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IpNet {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl IpNet {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (a, p) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = a
+            .trim()
+            .parse()
+            .map_err(|_| format!("'{s}' is not an IP address or network"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match p {
+            None => max,
+            Some(p) => p
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("'{s}': bad prefix length"))?,
+        };
+        Ok(Self { addr, prefix })
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let bits = |a: IpAddr| -> (u128, u8) {
+            match a {
+                IpAddr::V4(v) => (u128::from(u32::from(v)), 32),
+                IpAddr::V6(v) => (u128::from(v), 128),
+            }
+        };
+        let ip = match (self.addr, ip) {
+            (IpAddr::V4(_), IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => return false,
+            },
+            (IpAddr::V6(_), IpAddr::V4(_)) => return false,
+            _ => ip,
+        };
+        let (a, width) = bits(self.addr);
+        let (b, _) = bits(ip);
+        if self.prefix == 0 {
+            return true;
+        }
+        let shift = width - self.prefix;
+        (a >> shift) == (b >> shift)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct AdmissionConfig {
+    pub max_connections: usize,
+    pub max_per_ip: usize,
+    pub trusted_proxies: Vec<IpNet>,
+    pub weights: Weights,
+    pub breaker: BreakerConfig,
+    pub memory_limit: Option<u64>,
+}
+
+/// Why a connection was refused (`websocket_connections_rejected_total{reason}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    CircuitOpen,
+    GlobalLimit,
+    PerIpLimit,
+}
+
+impl Refusal {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Refusal::CircuitOpen => "circuit_open",
+            Refusal::GlobalLimit => "global_limit",
+            Refusal::PerIpLimit => "per_ip_limit",
+        }
+    }
+}
+
+pub struct Admission {
+    cfg: AdmissionConfig,
+    total: AtomicUsize,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    breaker: Mutex<Breaker>,
+    level_bits: AtomicU64,
+}
+
+/// One admitted connection's slots; dropping it frees them.
+pub struct ConnectionPermit {
+    adm: Arc<Admission>,
+    ip: IpAddr,
+}
+
+impl Drop for ConnectionPermit {
+    fn drop(&mut self) {
+        self.adm.total.fetch_sub(1, Ordering::AcqRel);
+        let mut m = self.adm.per_ip.lock();
+        if let Some(n) = m.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.ip);
+            }
+        }
+    }
+}
+
+impl Admission {
+    pub fn new(cfg: AdmissionConfig) -> Arc<Self> {
+        metrics::gauge!(telemetry::MAX_CONNECTIONS).set(cfg.max_connections as f64);
+        metrics::gauge!(telemetry::MAX_CONNECTIONS_PER_IP).set(cfg.max_per_ip as f64);
+        for r in [
+            Refusal::CircuitOpen,
+            Refusal::GlobalLimit,
+            Refusal::PerIpLimit,
+        ] {
+            metrics::counter!(telemetry::CONNECTIONS_REJECTED, "reason" => r.reason()).increment(0);
+        }
+        metrics::gauge!(telemetry::BREAKER_STATE).set(0.0);
+        metrics::gauge!(telemetry::BACKPRESSURE_LEVEL).set(0.0);
+        metrics::gauge!(telemetry::BACKPRESSURE_CATEGORY).set(0.0);
+        let breaker = Mutex::new(Breaker::new(cfg.breaker, Instant::now()));
+        Arc::new(Self {
+            cfg,
+            total: AtomicUsize::new(0),
+            per_ip: Mutex::new(HashMap::new()),
+            breaker,
+            level_bits: AtomicU64::new(0),
+        })
+    }
+
+    pub fn max_connections(&self) -> usize {
+        self.cfg.max_connections
+    }
+
+    /// The client's address: the peer, or for a trusted proxy the nearest
+    /// untrusted address in `X-Forwarded-For`.
+    pub fn client_ip(&self, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
+        let peer_ip = peer.ip();
+        let trusted = |ip: IpAddr| self.cfg.trusted_proxies.iter().any(|n| n.contains(ip));
+        if !trusted(peer_ip) {
+            return peer_ip;
+        }
+        let mut chain: Vec<IpAddr> = Vec::new();
+        for v in headers.get_all("x-forwarded-for") {
+            let Ok(s) = v.to_str() else { return peer_ip };
+            for part in s.split(',') {
+                match part.trim().parse::<IpAddr>() {
+                    Ok(ip) => chain.push(ip),
+                    Err(_) => return peer_ip,
+                }
+            }
+        }
+        chain
+            .iter()
+            .rev()
+            .copied()
+            .find(|ip| !trusted(*ip))
+            .or(chain.first().copied())
+            .unwrap_or(peer_ip)
+    }
+
+    /// Takes a slot for `ip`, or says why not.
+    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<ConnectionPermit, Refusal> {
+        if !self.breaker.lock().admit(Instant::now()) {
+            return Err(self.refuse(Refusal::CircuitOpen));
+        }
+        let total = self.total.fetch_add(1, Ordering::AcqRel);
+        if total >= self.cfg.max_connections {
+            self.total.fetch_sub(1, Ordering::AcqRel);
+            return Err(self.refuse(Refusal::GlobalLimit));
+        }
+        let mut m = self.per_ip.lock();
+        let n = m.entry(ip).or_insert(0);
+        if *n >= self.cfg.max_per_ip {
+            drop(m);
+            self.total.fetch_sub(1, Ordering::AcqRel);
+            return Err(self.refuse(Refusal::PerIpLimit));
+        }
+        *n += 1;
+        Ok(ConnectionPermit {
+            adm: self.clone(),
+            ip,
+        })
+    }
+
+    fn refuse(&self, r: Refusal) -> Refusal {
+        metrics::counter!(telemetry::CONNECTIONS_REJECTED, "reason" => r.reason()).increment(1);
+        r
+    }
+
+    pub fn level(&self) -> f64 {
+        f64::from_bits(self.level_bits.load(Ordering::Relaxed))
+    }
+
+    pub fn breaker_state(&self) -> BreakerState {
+        self.breaker.lock().state()
+    }
+
+    /// Operator reset of the breaker.
+    pub fn reset_breaker(&self) -> BreakerState {
+        let mut b = self.breaker.lock();
+        let before = b.state();
+        if let Some((from, to)) = b.reset(Instant::now()) {
+            record_transition(from, to, "operator reset");
+        }
+        before
+    }
+
+    /// Feeds a new utilisation sample: level, category, breaker.
+    pub fn observe(&self, u: &Utilisation) {
+        let level = backpressure::level(&self.cfg.weights, u);
+        self.level_bits.store(level.to_bits(), Ordering::Relaxed);
+        metrics::gauge!(telemetry::BACKPRESSURE_LEVEL).set(level);
+        metrics::gauge!(telemetry::BACKPRESSURE_CATEGORY)
+            .set(f64::from(backpressure::category(level)));
+        let mut b = self.breaker.lock();
+        if let Some((from, to)) = b.observe(level, Instant::now()) {
+            record_transition(from, to, &format!("backpressure level {level:.3}"));
+        }
+        metrics::gauge!(telemetry::BREAKER_STATE).set(b.state().gauge());
+    }
+
+    pub fn memory_utilisation(&self) -> f64 {
+        match (self.cfg.memory_limit, backpressure::rss_bytes()) {
+            (Some(limit), Some(rss)) if limit > 0 => rss as f64 / limit as f64,
+            _ => 0.0,
+        }
+    }
+}
+
+fn record_transition(from: BreakerState, to: BreakerState, why: &str) {
+    metrics::counter!(telemetry::BREAKER_TRANSITIONS, "from" => from.as_str(), "to" => to.as_str())
+        .increment(1);
+    metrics::gauge!(telemetry::BREAKER_STATE).set(to.gauge());
+    if to == BreakerState::Open {
+        tracing::warn!(
+            from = from.as_str(),
+            to = to.as_str(),
+            why,
+            "circuit breaker opened: new WebSocket clients get 1013 until it closes"
+        );
+    } else {
+        tracing::info!(
+            from = from.as_str(),
+            to = to.as_str(),
+            why,
+            "circuit breaker state changed"
+        );
+    }
+}
+
+/// Samples utilisation every 500 ms until shutdown.
+pub fn spawn_monitor(
+    adm: Arc<Admission>,
+    sample: impl Fn() -> Utilisation + Send + 'static,
+    shutdown: CancellationToken,
+) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {
+                    let mut u = sample();
+                    u.memory = adm.memory_utilisation();
+                    adm.observe(&u);
+                }
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn adm(max: usize, per_ip: usize, trusted: &[&str]) -> Arc<Admission> {
+        Admission::new(AdmissionConfig {
+            max_connections: max,
+            max_per_ip: per_ip,
+            trusted_proxies: trusted.iter().map(|t| IpNet::parse(t).unwrap()).collect(),
+            weights: Weights::default(),
+            breaker: BreakerConfig {
+                critical: 0.95,
+                recovery: 0.7,
+                open_for: Duration::from_secs(60),
+                half_open_probes: 1,
+            },
+            memory_limit: None,
+        })
+    }
+
+    #[test]
+    fn per_ip_and_global_limits_with_slots_released_on_drop() {
+        let a = adm(3, 2, &[]);
+        let ip1: IpAddr = "10.0.0.1".parse().unwrap();
+        let ip2: IpAddr = "10.0.0.2".parse().unwrap();
+        let p1 = a.admit(ip1).unwrap();
+        let _p2 = a.admit(ip1).unwrap();
+        assert_eq!(a.admit(ip1).err(), Some(Refusal::PerIpLimit));
+        let _p3 = a.admit(ip2).unwrap();
+        assert_eq!(a.admit(ip2).err(), Some(Refusal::GlobalLimit));
+        drop(p1);
+        assert!(a.admit(ip1).is_ok(), "slot released");
+    }
+
+    #[test]
+    fn forwarded_for_is_honoured_only_from_trusted_proxies() {
+        let a = adm(10, 10, &["10.1.0.0/16"]);
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", "203.0.113.9, 10.1.2.3".parse().unwrap());
+        let proxy: SocketAddr = "10.1.0.5:4000".parse().unwrap();
+        let stranger: SocketAddr = "198.51.100.7:4000".parse().unwrap();
+        assert_eq!(
+            a.client_ip(proxy, &h),
+            "203.0.113.9".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            a.client_ip(stranger, &h),
+            stranger.ip(),
+            "spoofed header ignored"
+        );
+        h.insert("x-forwarded-for", "not-an-ip".parse().unwrap());
+        assert_eq!(a.client_ip(proxy, &h), proxy.ip());
+    }
+
+    #[test]
+    fn networks_match_v4_v6_and_mapped() {
+        let n = IpNet::parse("127.0.0.0/8").unwrap();
+        assert!(n.contains("127.9.9.9".parse().unwrap()));
+        assert!(n.contains("::ffff:127.0.0.1".parse().unwrap()));
+        assert!(!n.contains("128.0.0.1".parse().unwrap()));
+        assert!(IpNet::parse("::1")
+            .unwrap()
+            .contains("::1".parse().unwrap()));
+        assert!(IpNet::parse("10.0.0.0/33").is_err());
+        assert!(IpNet::parse("nope").is_err());
+    }
+
+    #[test]
+    fn an_open_breaker_refuses_and_reset_closes_it() {
+        let a = adm(10, 10, &[]);
+        a.observe(&Utilisation {
+            connections: 1.0,
+            client_queues: 1.0,
+            pipeline_queues: 1.0,
+            memory: 1.0,
+        });
+        assert_eq!(a.breaker_state(), BreakerState::Open);
+        assert_eq!(
+            a.admit("10.0.0.1".parse().unwrap()).err(),
+            Some(Refusal::CircuitOpen)
+        );
+        assert_eq!(a.reset_breaker(), BreakerState::Open);
+        assert!(a.admit("10.0.0.1".parse().unwrap()).is_ok());
+    }
+}
