@@ -6,7 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-bash scripts/install-deps.sh
+# --with-browser: Debian Chromium and npm playwright-core for the live page's browser test.
+bash scripts/install-deps.sh --with-browser
+export KWB_CHROMIUM="${KWB_CHROMIUM:-/usr/bin/chromium}"
 
 state_dir="$(mktemp -d -t kwb-test-XXXXXX)"
 cleanup() {
