@@ -7,6 +7,8 @@
 #   * Debian packages: the C build prerequisites of librdkafka (gcc, make, pkg-config, zlib1g-dev,
 #     libssl-dev), redis-server (redis-server, redis-cli), prometheus (promtool),
 #     prometheus-alertmanager (amtool), jq, curl; with --with-browser also chromium and chromium-driver.
+#   * with --with-browser: the npm packages of package.json (playwright-core, for tests/browser.rs) with
+#     `npm ci` into ./node_modules; no browser is downloaded (tests drive the Debian chromium).
 # Only missing pieces are installed; a second run does nothing but verify. Needs root (or sudo) for apt.
 #
 # Usage: scripts/install-deps.sh [--with-browser]
@@ -131,9 +133,14 @@ need_cmd_pkg prometheus promtool
 need_cmd_pkg prometheus-alertmanager amtool
 need_cmd_pkg jq jq
 need_cmd_pkg curl curl
+# Validates docker-compose.yml in scripts/check-ops.sh (no Docker engine is needed for that).
+need_cmd_pkg docker-compose docker-compose
 if [ "$WITH_BROWSER" -eq 1 ]; then
     need_cmd_pkg chromium chromium
     need_cmd_pkg chromium-driver chromedriver
+    # Node.js and npm come with the machine; Debian's are a fallback (playwright-core wants node >= 20).
+    need_cmd_pkg nodejs node
+    need_cmd_pkg npm npm
 fi
 
 # python3 with a working venv module (Debian splits venv/ensurepip into python3-venv).
@@ -211,6 +218,26 @@ else
 fi
 
 # ---------------------------------------------------------------------------------------------------
+# 2b. With --with-browser: playwright-core from package-lock.json (npm ci), never a browser download
+# ---------------------------------------------------------------------------------------------------
+REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PW_PKG="$REPO_DIR/node_modules/playwright-core/package.json"
+if [ "$WITH_BROWSER" -eq 1 ]; then
+    locked="$(node -e 'console.log(require(process.argv[1]).packages["node_modules/playwright-core"].version)' \
+        "$REPO_DIR/package-lock.json" 2>/dev/null || true)"
+    have="$(node -e 'console.log(require(process.argv[1]).version)' "$PW_PKG" 2>/dev/null || true)"
+    if [ -n "$have" ] && [ "$have" = "$locked" ]; then
+        log "playwright-core: already installed ($have)"
+    else
+        t0="$(now)"
+        log "npm ci (playwright-core ${locked:-?}; PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1)"
+        (cd "$REPO_DIR" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund) ||
+            die "npm ci failed in $REPO_DIR"
+        log "npm packages installed in $(elapsed "$t0")"
+    fi
+fi
+
+# ---------------------------------------------------------------------------------------------------
 # 3. Verify every tool really runs, then report
 # ---------------------------------------------------------------------------------------------------
 failures=()
@@ -241,6 +268,8 @@ check python "$VENV_PY" -c 'import sys, websockets; print("python", sys.version.
 if [ "$WITH_BROWSER" -eq 1 ]; then
     check chromium chromium --version
     check chromedriver chromedriver --version
+    check node node --version
+    check playwright-core node -e 'console.log("playwright-core", require(process.argv[1]).version)' "$PW_PKG"
 fi
 
 if [ "${#failures[@]}" -gt 0 ]; then

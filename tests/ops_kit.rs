@@ -1,0 +1,984 @@
+//! The operations kit against the real service: `scripts/check-ops.sh` passes (promtool, amtool, compose,
+//! dashboard, runbooks); every metric the alert rules, recording rules and the Grafana dashboard query is
+//! really exported by a bridge driven through bad records, gaps, a DLQ outage and a halt; and a real
+//! Prometheus (the Debian `prometheus` binary) scraping a real bridge with the project's rules raises
+//! HighDecodeErrorRate, WebSocketDlqBroken and SequenceGapsDetected — and nothing while the topic is idle.
+//!
+//! promtool and prometheus are required (scripts/install-deps.sh installs them): without them these tests
+//! fail, they never skip.
+
+mod common;
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use kafka_ws_bridge::synth::{Generator, SynthConfig};
+
+const ALERT_RULES: &str = "rules/kafka-ws-bridge.alerts.yml";
+const RECORDING_RULES: &str = "rules/kafka-ws-bridge.recording.yml";
+const DASHBOARD: &str = "deploy/grafana/dashboards/kafka-ws-bridge.json";
+
+/// Series Prometheus makes itself; the bridge does not export them.
+const PROMETHEUS_MADE: &[&str] = &["up", "ALERTS", "ALERTS_FOR_STATE"];
+/// Target labels Prometheus attaches at scrape time.
+const TARGET_LABELS: &[&str] = &["job", "instance"];
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn read_repo_file(rel: &str) -> String {
+    std::fs::read_to_string(repo().join(rel)).unwrap_or_else(|e| panic!("reading {rel}: {e}"))
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Rule files: the YAML subset the project's rule files are written in (Cargo.toml has no YAML crate).
+// `- alert:`/`- record:` start a rule; `expr:` is a plain or quoted scalar, or a `|`/`>` block scalar.
+// The parse is cross-checked against the number of rules in the file and, in the Prometheus test,
+// against the rules the real Prometheus loaded.
+// ---------------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Kind {
+    Alert,
+    Record,
+}
+
+#[derive(Debug, Clone)]
+struct Rule {
+    kind: Kind,
+    name: String,
+    expr: String,
+    severity: Option<String>,
+}
+
+fn indent_of(line: &str) -> usize {
+    line.len() - line.trim_start().len()
+}
+
+fn unquote(v: &str) -> String {
+    let v = v.trim();
+    if v.len() >= 2 && v.starts_with('\'') && v.ends_with('\'') {
+        v[1..v.len() - 1].replace("''", "'")
+    } else if v.len() >= 2 && v.starts_with('"') && v.ends_with('"') {
+        v[1..v.len() - 1]
+            .replace("\\\"", "\"")
+            .replace("\\\\", "\\")
+    } else {
+        v.to_string()
+    }
+}
+
+fn parse_rules(text: &str) -> Vec<Rule> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut rules: Vec<Rule> = Vec::new();
+    let mut i = 0;
+    while i < lines.len() {
+        let line = lines[i];
+        let t = line.trim_start();
+        i += 1;
+        if t.starts_with('#') {
+            continue;
+        }
+        for (prefix, kind) in [("- alert:", Kind::Alert), ("- record:", Kind::Record)] {
+            if let Some(name) = t.strip_prefix(prefix) {
+                rules.push(Rule {
+                    kind,
+                    name: unquote(name),
+                    expr: String::new(),
+                    severity: None,
+                });
+            }
+        }
+        let Some(rule) = rules.last_mut() else {
+            continue;
+        };
+        if let Some(v) = t.strip_prefix("severity:") {
+            rule.severity = Some(unquote(v));
+        }
+        if let Some(v) = t.strip_prefix("expr:") {
+            let v = v.trim();
+            if v.starts_with('|') || v.starts_with('>') {
+                let key_indent = indent_of(line);
+                let mut block = Vec::new();
+                while i < lines.len()
+                    && (lines[i].trim().is_empty() || indent_of(lines[i]) > key_indent)
+                {
+                    block.push(lines[i].trim());
+                    i += 1;
+                }
+                rule.expr = block.join("\n").trim().to_string();
+            } else {
+                rule.expr = unquote(v);
+            }
+        }
+    }
+    rules
+}
+
+fn project_rules() -> Vec<Rule> {
+    let mut rules = Vec::new();
+    for file in [ALERT_RULES, RECORDING_RULES] {
+        let text = read_repo_file(file);
+        let parsed = parse_rules(&text);
+        let declared = text
+            .lines()
+            .filter(|l| {
+                let t = l.trim_start();
+                t.starts_with("- alert:") || t.starts_with("- record:")
+            })
+            .count();
+        assert_eq!(parsed.len(), declared, "{file}: rules parsed vs declared");
+        for r in &parsed {
+            assert!(!r.expr.is_empty(), "{file}: rule {} has no expr", r.name);
+            if r.kind == Kind::Alert {
+                assert!(
+                    r.severity.is_some(),
+                    "{file}: alert {} has no severity",
+                    r.name
+                );
+            }
+        }
+        rules.extend(parsed);
+    }
+    assert!(
+        rules.iter().filter(|r| r.kind == Kind::Alert).count() >= 15,
+        "expected the seed alerts in {ALERT_RULES}"
+    );
+    rules
+}
+
+// ---------------------------------------------------------------------------------------------------
+// PromQL: the vector selectors of an expression (metric name + label matchers). Functions, aggregation
+// operators, keywords, grouping label lists, range/offset durations, numbers and strings are skipped.
+// ---------------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Matcher {
+    label: String,
+    op: String,
+    value: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Selector {
+    metric: String,
+    matchers: Vec<Matcher>,
+}
+
+const AGGREGATIONS: &[&str] = &[
+    "sum",
+    "min",
+    "max",
+    "avg",
+    "group",
+    "stddev",
+    "stdvar",
+    "count",
+    "count_values",
+    "bottomk",
+    "topk",
+    "quantile",
+    "limitk",
+    "limit_ratio",
+];
+const GROUPING: &[&str] = &[
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+];
+const KEYWORDS: &[&str] = &[
+    "and", "or", "unless", "bool", "offset", "atan2", "inf", "nan",
+];
+
+fn is_ident_start(c: u8) -> bool {
+    c.is_ascii_alphabetic() || c == b'_' || c == b':'
+}
+
+fn is_ident_char(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || c == b'_' || c == b':'
+}
+
+/// Index just past the string literal starting at `i` (quote char at `b[i]`).
+fn skip_string(b: &[u8], mut i: usize) -> usize {
+    let q = b[i];
+    i += 1;
+    while i < b.len() && b[i] != q {
+        if b[i] == b'\\' && q != b'`' {
+            i += 1;
+        }
+        i += 1;
+    }
+    i + 1
+}
+
+/// Index just past the bracket group opened at `b[i]` (strings inside are skipped).
+fn skip_group(b: &[u8], mut i: usize, open: u8, close: u8) -> usize {
+    let mut depth = 0;
+    while i < b.len() {
+        match b[i] {
+            b'"' | b'\'' | b'`' => {
+                i = skip_string(b, i);
+                continue;
+            }
+            c if c == open => depth += 1,
+            c if c == close => {
+                depth -= 1;
+                if depth == 0 {
+                    return i + 1;
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    i
+}
+
+fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    while i < b.len() && b[i].is_ascii_whitespace() {
+        i += 1;
+    }
+    i
+}
+
+fn parse_matchers(inner: &str) -> Vec<Matcher> {
+    let b = inner.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    loop {
+        i = skip_ws(b, i);
+        while i < b.len() && (b[i] == b',' || b[i].is_ascii_whitespace()) {
+            i += 1;
+        }
+        if i >= b.len() {
+            return out;
+        }
+        let start = i;
+        while i < b.len() && is_ident_char(b[i]) {
+            i += 1;
+        }
+        let label = inner[start..i].to_string();
+        i = skip_ws(b, i);
+        let op_start = i;
+        while i < b.len() && matches!(b[i], b'=' | b'!' | b'~') {
+            i += 1;
+        }
+        let op = inner[op_start..i].to_string();
+        i = skip_ws(b, i);
+        assert!(
+            i < b.len() && matches!(b[i], b'"' | b'\'' | b'`'),
+            "label matcher without a quoted value in {{{inner}}}"
+        );
+        let end = skip_string(b, i);
+        let value = inner[i + 1..end - 1]
+            .replace("\\\"", "\"")
+            .replace("\\\\", "\\");
+        out.push(Matcher { label, op, value });
+        i = end;
+    }
+}
+
+fn selectors(expr: &str) -> Vec<Selector> {
+    let b = expr.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        if c == b'#' {
+            while i < b.len() && b[i] != b'\n' {
+                i += 1;
+            }
+        } else if matches!(c, b'"' | b'\'' | b'`') {
+            i = skip_string(b, i);
+        } else if c == b'[' {
+            i = skip_group(b, i, b'[', b']');
+        } else if c == b'{' {
+            // A selector without a metric name: nothing to look up.
+            i = skip_group(b, i, b'{', b'}');
+        } else if c.is_ascii_digit() || (c == b'.' && b.get(i + 1).is_some_and(u8::is_ascii_digit))
+        {
+            i += 1;
+            while i < b.len()
+                && (b[i].is_ascii_alphanumeric()
+                    || b[i] == b'.'
+                    || (matches!(b[i], b'+' | b'-') && matches!(b[i - 1], b'e' | b'E')))
+            {
+                i += 1;
+            }
+        } else if is_ident_start(c) {
+            let start = i;
+            while i < b.len() && is_ident_char(b[i]) {
+                i += 1;
+            }
+            let ident = &expr[start..i];
+            let next = skip_ws(b, i);
+            let lower = ident.to_ascii_lowercase();
+            if GROUPING.contains(&lower.as_str()) {
+                if b.get(next) == Some(&b'(') {
+                    i = skip_group(b, next, b'(', b')');
+                }
+            } else if KEYWORDS.contains(&lower.as_str())
+                || AGGREGATIONS.contains(&lower.as_str())
+                || b.get(next) == Some(&b'(')
+            {
+                // keyword, aggregation operator or function call
+            } else {
+                let mut matchers = Vec::new();
+                if b.get(next) == Some(&b'{') {
+                    let end = skip_group(b, next, b'{', b'}');
+                    matchers = parse_matchers(&expr[next + 1..end - 1]);
+                    i = end;
+                }
+                out.push(Selector {
+                    metric: ident.to_string(),
+                    matchers,
+                });
+            }
+        } else {
+            i += 1;
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Prometheus text format: metric name -> label sets of its series.
+// ---------------------------------------------------------------------------------------------------
+
+fn parse_labels(s: &str) -> HashMap<String, String> {
+    parse_matchers(s)
+        .into_iter()
+        .map(|m| (m.label, m.value))
+        .collect()
+}
+
+fn parse_scrape(body: &str) -> HashMap<String, Vec<HashMap<String, String>>> {
+    let mut out: HashMap<String, Vec<HashMap<String, String>>> = HashMap::new();
+    for line in body.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (series, _value) = line.rsplit_once(' ').expect("sample line has a value");
+        let (name, labels) = match series.split_once('{') {
+            Some((n, rest)) => (n, parse_labels(rest.trim_end_matches('}'))),
+            None => (series, HashMap::new()),
+        };
+        out.entry(name.to_string()).or_default().push(labels);
+    }
+    out
+}
+
+/// Every selector of every expression must name an exported metric, and every `=`/`=~` label matcher must
+/// match an exported series. Returns the problems found.
+fn dead_references(
+    exprs: &[(String, String)],
+    recorded: &BTreeSet<String>,
+    scrape: &HashMap<String, Vec<HashMap<String, String>>>,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (owner, expr) in exprs {
+        let sels = selectors(expr);
+        assert!(!sels.is_empty(), "{owner}: no metric found in `{expr}`");
+        for sel in sels {
+            if PROMETHEUS_MADE.contains(&sel.metric.as_str()) || recorded.contains(&sel.metric) {
+                continue;
+            }
+            let Some(series) = scrape.get(&sel.metric) else {
+                problems.push(format!("{owner}: metric `{}` is not exported", sel.metric));
+                continue;
+            };
+            for m in &sel.matchers {
+                if TARGET_LABELS.contains(&m.label.as_str()) {
+                    continue;
+                }
+                let wanted: Vec<String> = match m.op.as_str() {
+                    "=" => vec![m.value.clone()],
+                    "=~" => {
+                        assert!(
+                            !m.value.contains(|c: char| "[](){}.*+?^$\\".contains(c)),
+                            "{owner}: only literal alternations (a|b) are checked, got {:?}",
+                            m.value
+                        );
+                        m.value.split('|').map(str::to_string).collect()
+                    }
+                    _ => continue,
+                };
+                for w in wanted {
+                    if !series.iter().any(|labels| labels.get(&m.label) == Some(&w)) {
+                        problems.push(format!(
+                            "{owner}: no series {}{{{}=\"{w}\"}} is exported",
+                            sel.metric, m.label
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    problems
+}
+
+fn dashboard_exprs() -> Vec<(String, String)> {
+    fn walk(v: &serde_json::Value, title: &str, out: &mut Vec<(String, String)>) {
+        match v {
+            serde_json::Value::Object(map) => {
+                let title = map
+                    .get("title")
+                    .and_then(|t| t.as_str())
+                    .unwrap_or(title)
+                    .to_string();
+                if let Some(e) = map.get("expr").and_then(|e| e.as_str()) {
+                    out.push((format!("dashboard panel '{title}'"), e.to_string()));
+                }
+                for child in map.values() {
+                    walk(child, &title, out);
+                }
+            }
+            serde_json::Value::Array(items) => {
+                for child in items {
+                    walk(child, title, out);
+                }
+            }
+            _ => {}
+        }
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&read_repo_file(DASHBOARD)).expect("dashboard is JSON");
+    let mut out = Vec::new();
+    walk(&json, "", &mut out);
+    assert!(out.len() >= 10, "dashboard queries found: {}", out.len());
+    out
+}
+
+#[test]
+fn promql_selector_extraction_understands_the_rule_syntax() {
+    let s = selectors(
+        r#"histogram_quantile(0.99, sum by (le) (rate(websocket_e2e_latency_ms_bucket[5m]))) > 500
+           and on(instance) sum without (reason) (increase(a_total{reason=~"x|y", job="j"}[10m] offset 1h)) / clamp_min(b, 1e-9)
+           or up{job="kafka-ws-bridge"} == bool 0 unless kafka_ws_bridge:x:rate5m"#,
+    );
+    let names: Vec<&str> = s.iter().map(|x| x.metric.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "websocket_e2e_latency_ms_bucket",
+            "a_total",
+            "b",
+            "up",
+            "kafka_ws_bridge:x:rate5m"
+        ]
+    );
+    assert_eq!(
+        s[1].matchers,
+        vec![
+            Matcher {
+                label: "reason".into(),
+                op: "=~".into(),
+                value: "x|y".into()
+            },
+            Matcher {
+                label: "job".into(),
+                op: "=".into(),
+                value: "j".into()
+            }
+        ]
+    );
+    // The dead-reference check flags a missing metric and a missing label value, and nothing else.
+    let scrape = parse_scrape(
+        "# TYPE a_total counter\na_total{reason=\"x\"} 1\nb 0\nhist_bucket{le=\"+Inf\"} 3\n",
+    );
+    let recorded = BTreeSet::from(["r:x:sum".to_string()]);
+    let exprs = vec![(
+        "alert T".to_string(),
+        r#"sum(rate(a_total{reason=~"x|y", job="j"}[5m])) / clamp_min(b, 1) + r:x:sum
+           + histogram_quantile(0.9, rate(hist_bucket[5m])) + missing_total + up{job="x"}"#
+            .to_string(),
+    )];
+    let problems = dead_references(&exprs, &recorded, &scrape);
+    assert_eq!(
+        problems,
+        vec![
+            "alert T: no series a_total{reason=\"y\"} is exported".to_string(),
+            "alert T: metric `missing_total` is not exported".to_string(),
+        ]
+    );
+
+    let rules = parse_rules(
+        "groups:\n  - name: g\n    rules:\n      - alert: A\n        expr: |\n          sum(x)\n            > 1\n        for: 1m\n        labels:\n          severity: high\n      - record: r:x:sum\n        expr: 'sum(y{a=\"b\"})'\n",
+    );
+    assert_eq!(rules.len(), 2);
+    assert_eq!(rules[0].expr, "sum(x)\n> 1");
+    assert_eq!(rules[0].severity.as_deref(), Some("high"));
+    assert_eq!(rules[1].expr, "sum(y{a=\"b\"})");
+}
+
+// ---------------------------------------------------------------------------------------------------
+// (a) scripts/check-ops.sh
+// ---------------------------------------------------------------------------------------------------
+
+#[test]
+fn check_ops_script_passes() {
+    let out = Command::new("bash")
+        .arg("scripts/check-ops.sh")
+        .current_dir(repo())
+        .output()
+        .expect("running bash scripts/check-ops.sh");
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "scripts/check-ops.sh failed:\n{text}");
+    assert!(text.contains("[check-ops] all checks passed"), "{text}");
+}
+
+// ---------------------------------------------------------------------------------------------------
+// (b) no dead metrics
+// ---------------------------------------------------------------------------------------------------
+
+/// Good records over 8 threads with injected gaps, duplicates, reorders and garbage.
+fn traffic(n: usize) -> Vec<(Option<String>, Vec<u8>)> {
+    Generator::new(SynthConfig {
+        threads: 8,
+        gap_every: 7,
+        duplicate_every: 11,
+        reorder_every: 13,
+        garbage_every: 9,
+        ..Default::default()
+    })
+    .take(n)
+    .map(|r| (Some(r.key), r.value))
+    .collect()
+}
+
+fn value(m: &HashMap<String, f64>, key: &str) -> f64 {
+    m.get(key).copied().unwrap_or(0.0)
+}
+
+fn sum_of(m: &HashMap<String, f64>, name: &str) -> f64 {
+    m.iter()
+        .filter(|(k, _)| *k == name || k.starts_with(&format!("{name}{{")))
+        .map(|(_, v)| v)
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_metric_the_rules_and_dashboard_query_is_exported() {
+    let rules = project_rules();
+    let recorded: BTreeSet<String> = rules
+        .iter()
+        .filter(|r| r.kind == Kind::Record)
+        .map(|r| r.name.clone())
+        .collect();
+
+    // A bridge in trouble: garbage and sequence faults, a DLQ cluster that is not there (fail-open sends
+    // time out after 1 s), GAP_POLICY=halt, and a client receiving frames (e2e latency is measured then).
+    let topic = unique("opskit-metrics");
+    create_topic(&topic, 2).await;
+    let closed = format!("127.0.0.1:{}", free_port());
+    let bridge = Bridge::start(
+        &topic,
+        &[
+            ("KAFKA_DLQ_BROKERS", closed.as_str()),
+            ("DLQ_SEND_TIMEOUT_SECS", "1"),
+            ("GAP_POLICY", "halt"),
+            ("KAFKA_STATS_INTERVAL_MS", "200"),
+        ],
+    )
+    .await;
+    let (mut ws, _) = connect(&bridge.ws_url("?format=json")).await;
+    let recs = traffic(400);
+    produce(&producer(), &topic, &recs).await;
+    let _ = collect(&mut ws, 50, Duration::from_secs(5)).await;
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let m = loop {
+        let m = bridge.metrics().await;
+        let ready = value(&m, "dashstream_sequence_gaps_total") > 0.0
+            && sum_of(&m, "websocket_decode_errors_total") > 0.0
+            && sum_of(&m, "websocket_dlq_send_failures_total") > 0.0
+            && value(&m, "dashstream_halted_threads") > 0.0
+            && value(&m, "websocket_e2e_latency_ms_count") > 0.0
+            && m.keys()
+                .any(|k| k.starts_with("websocket_kafka_consumer_lag{"));
+        if ready {
+            break m;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "scenario did not produce gaps, decode errors, DLQ failures, a halt, latency and lag within 30 s: {m:?}\nlog:\n{}",
+            bridge.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(m.contains_key("websocket_connected_clients"));
+
+    let (code, body) = http(bridge.port, "GET", "/metrics").await.expect("scrape");
+    assert_eq!(code, 200);
+    write_artifact("ops-kit-scrape.txt", &body);
+    let scrape = parse_scrape(&body);
+
+    let mut exprs: Vec<(String, String)> = rules
+        .iter()
+        .map(|r| {
+            let what = match r.kind {
+                Kind::Alert => "alert",
+                Kind::Record => "recording rule",
+            };
+            (format!("{what} {}", r.name), r.expr.clone())
+        })
+        .collect();
+    exprs.extend(dashboard_exprs());
+    let problems = dead_references(&exprs, &recorded, &scrape);
+    assert!(
+        problems.is_empty(),
+        "rules/dashboard reference series the bridge does not export (scrape saved as ops-kit-scrape.txt):\n  {}",
+        problems.join("\n  ")
+    );
+
+    // Every recording rule the dashboard and alerts use is defined.
+    for (owner, expr) in &exprs {
+        for sel in selectors(expr) {
+            if sel.metric.starts_with("kafka_ws_bridge:") {
+                assert!(
+                    recorded.contains(&sel.metric),
+                    "{owner} uses {}, which no recording rule defines",
+                    sel.metric
+                );
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// (c) a real Prometheus evaluates the project's rules against a real bridge
+// ---------------------------------------------------------------------------------------------------
+
+/// The rules wait minutes (`for: 2m`) over 5-minute windows; a test cannot. The test copy of the rules
+/// shortens every `for:` to FOR_IN_TEST and every range of minutes or hours (`[5m]`, `[10m]`, `[1h]`) to
+/// RANGE_IN_TEST. Expressions, thresholds, labels and annotations stay as they are.
+const FOR_IN_TEST: &str = "2s";
+const RANGE_IN_TEST: &str = "[20s]";
+
+fn shorten_ranges(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut rest = line;
+    while let Some(i) = rest.find('[') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        let Some(j) = after.find(']') else {
+            out.push_str(&rest[i..]);
+            rest = "";
+            break;
+        };
+        let inner = &after[..j];
+        let is_duration = inner.len() >= 2
+            && inner[..inner.len() - 1].bytes().all(|c| c.is_ascii_digit())
+            && (inner.ends_with('m') || inner.ends_with('h'));
+        if is_duration {
+            out.push_str(RANGE_IN_TEST);
+        } else {
+            out.push('[');
+            out.push_str(inner);
+            out.push(']');
+        }
+        rest = &after[j + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+fn shorten_rules(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        let t = line.trim_start();
+        if t.starts_with("for:") {
+            out.push_str(&line[..line.len() - t.len()]);
+            out.push_str("for: ");
+            out.push_str(FOR_IN_TEST);
+        } else {
+            out.push_str(&shorten_ranges(line));
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// A `prometheus` process, killed when dropped.
+struct Prometheus {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+}
+
+impl Prometheus {
+    fn start(dir: &Path, bridge_port: u16) -> Prometheus {
+        let rules_dir = dir.join("rules");
+        std::fs::create_dir_all(&rules_dir).expect("rules dir");
+        for file in [ALERT_RULES, RECORDING_RULES] {
+            let short = shorten_rules(&read_repo_file(file));
+            assert!(
+                !short.contains("[5m]") && short.contains(RANGE_IN_TEST),
+                "rule transform did not apply to {file}"
+            );
+            let name = Path::new(file).file_name().expect("file name");
+            std::fs::write(rules_dir.join(name), short).expect("write test rules");
+        }
+        let config = format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+             rule_files:\n  - {rules}/*.yml\n\
+             scrape_configs:\n  - job_name: kafka-ws-bridge\n    static_configs:\n      - targets: ['127.0.0.1:{bridge_port}']\n",
+            rules = rules_dir.display()
+        );
+        let config_path = dir.join("prometheus.yml");
+        std::fs::write(&config_path, config).expect("write prometheus.yml");
+        let port = free_port();
+        let log = dir.join("prometheus.log");
+        let out = std::fs::File::create(&log).expect("prometheus log");
+        let err = out.try_clone().expect("prometheus log");
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config_path.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--log.level=warn")
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start `prometheus` ({e}): install it with `bash scripts/install-deps.sh`")
+            });
+        Prometheus { child, port, log }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    async fn get(&mut self, path: &str) -> serde_json::Value {
+        if let Ok(Some(st)) = self.child.try_wait() {
+            panic!("prometheus exited ({st}); log:\n{}", self.log_text());
+        }
+        let (code, body) = http(self.port, "GET", path)
+            .await
+            .unwrap_or_else(|e| panic!("GET {path} on prometheus: {e}"));
+        assert_eq!(code, 200, "GET {path}: {body}");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
+    }
+
+    async fn wait_ready(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                panic!("prometheus exited ({st}); log:\n{}", self.log_text());
+            }
+            if let Ok((200, _)) = http(self.port, "GET", "/-/ready").await {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "prometheus not ready after {timeout:?}; log:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Alerts currently pending or firing: alertname -> (state, labels, annotations).
+    async fn active_alerts(&mut self) -> HashMap<String, serde_json::Value> {
+        let v = self.get("/api/v1/alerts").await;
+        v["data"]["alerts"]
+            .as_array()
+            .expect("alerts array")
+            .iter()
+            .map(|a| {
+                (
+                    a["labels"]["alertname"]
+                        .as_str()
+                        .expect("alertname")
+                        .to_string(),
+                    a.clone(),
+                )
+            })
+            .collect()
+    }
+
+    async fn query(&mut self, q: &str) -> serde_json::Value {
+        let enc: String = q
+            .bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect();
+        self.get(&format!("/api/v1/query?query={enc}")).await
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn real_prometheus_raises_the_decode_dlq_and_gap_alerts_and_nothing_while_idle() {
+    let rules = project_rules();
+    let topic = unique("opskit-prom");
+    create_topic(&topic, 1).await;
+    let closed = format!("127.0.0.1:{}", free_port());
+    let bridge = Bridge::start(
+        &topic,
+        &[
+            ("KAFKA_DLQ_BROKERS", closed.as_str()),
+            ("DLQ_SEND_TIMEOUT_SECS", "1"),
+        ],
+    )
+    .await;
+
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(unique("ops-kit-prometheus"));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let mut prom = Prometheus::start(&dir, bridge.port);
+    prom.wait_ready(Duration::from_secs(20)).await;
+
+    // The real Prometheus loaded exactly the rules this test parsed, without errors.
+    let loaded = prom.get("/api/v1/rules").await;
+    let mut names: BTreeSet<String> = BTreeSet::new();
+    for g in loaded["data"]["groups"].as_array().expect("rule groups") {
+        for r in g["rules"].as_array().expect("rules") {
+            names.insert(r["name"].as_str().expect("rule name").to_string());
+        }
+    }
+    let parsed: BTreeSet<String> = rules.iter().map(|r| r.name.clone()).collect();
+    assert_eq!(names, parsed, "rules loaded by prometheus vs parsed here");
+
+    // Idle topic: the bridge is scraped (up == 1) and evaluated for a while; nothing may be active.
+    let idle_until = Instant::now() + Duration::from_secs(8);
+    let mut scraped = false;
+    while Instant::now() < idle_until {
+        let up = prom.query("up{job=\"kafka-ws-bridge\"}").await;
+        scraped |= up["data"]["result"][0]["value"][1] == "1";
+        let active = prom.active_alerts().await;
+        assert!(
+            active.is_empty(),
+            "alerts active on an idle topic: {active:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        scraped,
+        "prometheus never scraped the bridge; log:\n{}",
+        prom.log_text()
+    );
+
+    // Trouble: 10% garbage, a gap every 7 records (a garbage record carries no gap: keep the periods
+    // apart), DLQ down. Produced continuously until the end.
+    let stop = Arc::new(AtomicBool::new(false));
+    let feeder = {
+        let stop = stop.clone();
+        let topic = topic.clone();
+        tokio::spawn(async move {
+            let p = producer();
+            let mut g = Generator::new(SynthConfig {
+                threads: 10,
+                gap_every: 7,
+                garbage_every: 10,
+                ..Default::default()
+            });
+            while !stop.load(Ordering::Relaxed) {
+                let batch: Vec<_> = g
+                    .by_ref()
+                    .take(40)
+                    .map(|r| (Some(r.key), r.value))
+                    .collect();
+                produce(&p, &topic, &batch).await;
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        })
+    };
+
+    let wanted = [
+        "HighDecodeErrorRate",
+        "WebSocketDlqBroken",
+        "SequenceGapsDetected",
+    ];
+    let t0 = Instant::now();
+    let deadline = t0 + Duration::from_secs(90);
+    let active = loop {
+        let active = prom.active_alerts().await;
+        if wanted.iter().all(|w| active.contains_key(*w)) {
+            break active;
+        }
+        if Instant::now() > deadline {
+            stop.store(true, Ordering::Relaxed);
+            panic!(
+                "within 90 s only these alerts became active: {:?}\nbridge metrics: {:?}\nprometheus log:\n{}",
+                active.keys().collect::<Vec<_>>(),
+                bridge.metrics().await,
+                prom.log_text()
+            );
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    stop.store(true, Ordering::Relaxed);
+    let _ = feeder.await;
+    eprintln!(
+        "alerts active after {:?}: {:?}",
+        t0.elapsed(),
+        active
+            .iter()
+            .map(|(k, v)| (k.as_str(), v["state"].as_str().unwrap_or("")))
+            .collect::<Vec<_>>()
+    );
+
+    for w in wanted {
+        let a = &active[w];
+        let state = a["state"].as_str().expect("state");
+        assert!(state == "pending" || state == "firing", "{w}: {a}");
+        let rule = rules.iter().find(|r| r.name == w).expect("rule");
+        assert_eq!(
+            a["labels"]["severity"].as_str(),
+            rule.severity.as_deref(),
+            "{w}: {a}"
+        );
+        assert_eq!(a["labels"]["service"], "kafka-ws-bridge", "{w}: {a}");
+        assert!(
+            a["annotations"]["runbook_url"]
+                .as_str()
+                .is_some_and(|u| u.ends_with(&format!("/runbooks/{w}.md"))),
+            "{w}: {a}"
+        );
+        for k in ["summary", "description"] {
+            let text = a["annotations"][k].as_str().unwrap_or("");
+            assert!(
+                !text.is_empty() && !text.contains("{{") && !text.contains("<no value>"),
+                "{w}: {k} not rendered: {a}"
+            );
+        }
+    }
+    assert!(
+        active["WebSocketDlqBroken"]["labels"]["reason"]
+            .as_str()
+            .is_some_and(|r| r == "timeout" || r == "kafka_error"),
+        "{}",
+        active["WebSocketDlqBroken"]
+    );
+    assert!(
+        !active.contains_key("ServiceDown"),
+        "ServiceDown while the bridge answers: {active:#?}"
+    );
+    drop(prom);
+    let _ = std::fs::remove_dir_all(&dir);
+}
