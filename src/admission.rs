@@ -140,6 +140,7 @@ impl Admission {
         ] {
             metrics::counter!(telemetry::CONNECTIONS_REJECTED, "reason" => r.reason()).increment(0);
         }
+        metrics::counter!(telemetry::CONNECTIONS_REJECTED, "reason" => "unauthorized").increment(0);
         metrics::gauge!(telemetry::BREAKER_STATE).set(0.0);
         metrics::gauge!(telemetry::BACKPRESSURE_LEVEL).set(0.0);
         metrics::gauge!(telemetry::BACKPRESSURE_CATEGORY).set(0.0);

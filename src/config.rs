@@ -387,6 +387,29 @@ pub struct ServeArgs {
     /// what a stalled client holds in the kernel; its backlog then shows in its queue.
     #[arg(long, env = "WEBSOCKET_SEND_BUFFER_BYTES")]
     pub websocket_send_buffer_bytes: Option<usize>,
+    /// Static tokens accepted for /ws (comma-separated); unset with no HMAC secret: no token needed.
+    #[arg(
+        long,
+        env = "WEBSOCKET_AUTH_TOKENS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub websocket_auth_tokens: Vec<String>,
+    /// Secret for HMAC-SHA256-signed /ws tokens with tenant/thread claims.
+    #[arg(long, env = "WEBSOCKET_AUTH_HMAC_SECRET", hide_env_values = true)]
+    pub websocket_auth_hmac_secret: Option<String>,
+    /// Origins allowed to open /ws from a browser (comma-separated); unset: any.
+    #[arg(long, env = "WEBSOCKET_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub websocket_allowed_origins: Vec<String>,
+    /// Default per-tenant rate limit, records per second (unset: no limit).
+    #[arg(long, env = "TENANT_RATE_LIMIT")]
+    pub tenant_rate_limit: Option<f64>,
+    /// Default per-tenant burst (default: the rate).
+    #[arg(long, env = "TENANT_RATE_BURST")]
+    pub tenant_rate_burst: Option<f64>,
+    /// Per-tenant overrides: `acme=100:200,beta=5:10` (tenant=rate:burst).
+    #[arg(long, env = "TENANT_RATE_LIMITS", default_value = "")]
+    pub tenant_rate_limits: String,
     /// Memory the process may use, for the backpressure level (default: the cgroup limit, if any).
     #[arg(long, env = "MEMORY_LIMIT_BYTES")]
     pub memory_limit_bytes: Option<u64>,
@@ -448,6 +471,9 @@ pub struct BridgeConfig {
     pub slow_client_disconnect: Duration,
     pub write_timeout: Duration,
     pub send_buffer: Option<usize>,
+    pub auth: crate::auth::AuthConfig,
+    pub tenant_default_rate: Option<crate::ratelimit::Rate>,
+    pub tenant_rate_overrides: std::collections::BTreeMap<String, crate::ratelimit::Rate>,
 }
 
 fn validate_topic(setting: &'static str, topic: &str) -> Result<(), ConfigError> {
@@ -667,6 +693,40 @@ impl ServeArgs {
                 "need 0 < recovery < critical ≤ 1",
             ));
         }
+        if self
+            .websocket_auth_tokens
+            .iter()
+            .any(|t| !t.trim().is_empty() && t.trim().len() < 16)
+        {
+            return Err(ConfigError::new(
+                "WEBSOCKET_AUTH_TOKENS",
+                "each token must be at least 16 characters",
+            ));
+        }
+        if self
+            .websocket_auth_hmac_secret
+            .as_ref()
+            .is_some_and(|s| s.len() < 32)
+        {
+            return Err(ConfigError::new(
+                "WEBSOCKET_AUTH_HMAC_SECRET",
+                "must be at least 32 characters",
+            ));
+        }
+        let tenant_default_rate = match self.tenant_rate_limit {
+            None => None,
+            Some(r) => {
+                let rate = crate::ratelimit::Rate {
+                    messages_per_second: r,
+                    burst: self.tenant_rate_burst.unwrap_or(r),
+                };
+                rate.validate()
+                    .map_err(|e| ConfigError::new("TENANT_RATE_LIMIT / TENANT_RATE_BURST", e))?;
+                Some(rate)
+            }
+        };
+        let tenant_rate_overrides = crate::ratelimit::parse_overrides(&self.tenant_rate_limits)
+            .map_err(|e| ConfigError::new("TENANT_RATE_LIMITS", e))?;
         props.push(("group.id".into(), self.kafka_group_id.clone()));
         props.push((
             "auto.offset.reset".into(),
@@ -737,6 +797,26 @@ impl ServeArgs {
             slow_client_disconnect: Duration::from_secs(self.websocket_slow_client_disconnect_secs),
             write_timeout: Duration::from_secs(self.websocket_write_timeout_secs.max(1)),
             send_buffer: self.websocket_send_buffer_bytes,
+            tenant_default_rate,
+            tenant_rate_overrides,
+            auth: crate::auth::AuthConfig {
+                static_tokens: self
+                    .websocket_auth_tokens
+                    .iter()
+                    .map(|t| t.trim().to_string())
+                    .filter(|t| !t.is_empty())
+                    .collect(),
+                hmac_secret: self
+                    .websocket_auth_hmac_secret
+                    .clone()
+                    .map(String::into_bytes),
+                allowed_origins: self
+                    .websocket_allowed_origins
+                    .iter()
+                    .map(|o| o.trim().to_string())
+                    .filter(|o| !o.is_empty())
+                    .collect(),
+            },
             replay: ReplayConfig {
                 redis_url: self.redis_url.clone(),
                 redis_ttl_secs: self.replay_redis_ttl_secs,

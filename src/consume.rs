@@ -159,6 +159,14 @@ pub fn create_consumer(
 
 /// Operator commands executed by the consumer task (which owns the pipeline).
 pub enum AdminCommand {
+    RateLimits {
+        reply: oneshot::Sender<serde_json::Value>,
+    },
+    SetRateLimit {
+        tenant: String,
+        rate: Option<crate::ratelimit::Rate>,
+        reply: oneshot::Sender<serde_json::Value>,
+    },
     ResumeThread {
         thread: String,
         reply: oneshot::Sender<Result<usize, ResumeError>>,
@@ -212,6 +220,14 @@ pub async fn run(r: Runner) -> Instant {
                 break Instant::now();
             }
             Some(cmd) = admin_rx.recv() => match cmd {
+                AdminCommand::RateLimits { reply } => {
+                    let _ = reply.send(pipeline.rate_limits_mut().describe());
+                }
+                AdminCommand::SetRateLimit { tenant, rate, reply } => {
+                    pipeline.rate_limits_mut().set(&tenant, rate);
+                    tracing::info!(tenant_id = %tenant, ?rate, "tenant rate limit changed by operator");
+                    let _ = reply.send(pipeline.rate_limits_mut().describe());
+                }
                 AdminCommand::ResumeThread { thread, reply } => {
                     let r = pipeline.resume_thread(&thread);
                     store_all(&consumer, &topic, &pipeline, &mut stored);
@@ -280,10 +296,20 @@ pub async fn run(r: Runner) -> Instant {
                             message: error.to_string(),
                             original: decode::original_info(view.value, pipeline.limits()),
                         }),
-                        Outcome::Held { thread } => Some(Failure {
+                        Outcome::RateLimited { tenant } => Some(Failure {
+                            error_type: "rate_limited",
+                            stage: "rate_limit",
+                            message: format!("tenant '{tenant}' is over its rate limit"),
+                            original: decode::original_info(view.value, pipeline.limits()),
+                        }),
+                        Outcome::Held { thread, buffered } => Some(Failure {
                             error_type: "thread_halted",
                             stage: "sequence",
-                            message: format!("thread '{thread}' is halted by GAP_POLICY=halt; the record is held for release and copied here"),
+                            message: if buffered {
+                                format!("thread '{thread}' is halted by GAP_POLICY=halt; the record is held for release and copied here")
+                            } else {
+                                format!("thread '{thread}' is halted and its buffer (HALT_MAX_HELD_MESSAGES) is full: this copy is the only one; it will not be released")
+                            },
                             original: decode::original_info(view.value, pipeline.limits()),
                         }),
                     };
@@ -327,6 +353,12 @@ pub async fn run(r: Runner) -> Instant {
     // In-flight DLQ sends get part of the budget first; fail-closed records
     // still unacknowledged keep their offsets uncommitted.
     dlq.shutdown(stop_budget / 3).await;
+    // Acknowledgements that arrived during the flush still release their offsets.
+    while let Ok(ev) = fc_rx.try_recv() {
+        if let FailClosedEvent::Acked { partition, offset } = ev {
+            pipeline.offsets_mut().release(partition, offset);
+        }
+    }
     store_all(&consumer, &topic, &pipeline, &mut stored);
     let c = consumer.clone();
     let commit = tokio::task::spawn_blocking(move || c.commit_consumer_state(CommitMode::Sync));

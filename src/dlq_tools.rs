@@ -38,6 +38,9 @@ pub struct Selection {
     /// DLQ topic (default: `${KAFKA_TOPIC}-dlq`).
     #[arg(long, env = "KAFKA_DLQ_TOPIC")]
     pub dlq_topic: Option<String>,
+    /// Brokers of the DLQ topic's cluster, when it is not the main one (KAFKA_BROKERS).
+    #[arg(long, env = "KAFKA_DLQ_BROKERS")]
+    pub dlq_brokers: Option<String>,
     /// Only these error types (repeatable).
     #[arg(long = "error-type")]
     pub error_types: Vec<String>,
@@ -209,7 +212,11 @@ impl Selection {
 pub fn read(sel: &Selection, mut f: impl FnMut(Entry)) -> anyhow::Result<(u64, u64)> {
     let topic = sel.dlq_topic();
     let mut cfg = ClientConfig::new();
-    for (k, v) in sel.kafka.client_properties()? {
+    let mut kafka = sel.kafka.clone();
+    if let Some(b) = &sel.dlq_brokers {
+        kafka.kafka_brokers = b.clone();
+    }
+    for (k, v) in kafka.client_properties()? {
         cfg.set(k, v);
     }
     cfg.set(

@@ -8,6 +8,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::admission::{Admission, Refusal};
+use crate::auth::{self, AuthConfig};
+use crate::telemetry;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocketUpgrade};
 use axum::extract::ConnectInfo;
 use axum::extract::{Path, Query, State};
@@ -42,6 +44,7 @@ pub struct AppState {
     pub admin_tx: mpsc::Sender<AdminCommand>,
     pub admin: AdminAuth,
     pub admission: Arc<Admission>,
+    pub auth: Arc<AuthConfig>,
     pub max_incoming_bytes: usize,
     pub max_filter_values: usize,
     pub group_id: String,
@@ -124,6 +127,11 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/admin/threads/halted", get(halted))
         .route("/admin/circuit-breaker/reset", post(reset_breaker))
+        .route("/admin/tenants/rate-limits", get(rate_limits))
+        .route(
+            "/admin/tenants/{tenant}/rate-limit",
+            axum::routing::put(set_rate_limit).delete(clear_rate_limit),
+        )
         .route("/admin/threads/{thread_id}/resume", post(resume))
         .with_state(state)
 }
@@ -146,6 +154,8 @@ struct WsParams {
     resume: Option<String>,
     /// With `resume=cursor`: `0:12,1:40` (partition:last applied offset).
     last_offsets: Option<String>,
+    /// Access token for browsers (others may use `Authorization: Bearer`).
+    token: Option<String>,
 }
 
 async fn ws(
@@ -182,6 +192,30 @@ async fn ws(
         Ok(f) => f,
         Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_filter", &e.to_string()),
     };
+    let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let mut filter = filter;
+    let checked = app
+        .auth
+        .check_origin(origin)
+        .and_then(|()| app.auth.verify(bearer.or(params.token.as_deref())))
+        .and_then(|claims| auth::enforce(&claims, &mut filter));
+    if let Err(e) = checked {
+        metrics::counter!(telemetry::CONNECTIONS_REJECTED, "reason" => "unauthorized").increment(1);
+        let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::FORBIDDEN);
+        return error(
+            status,
+            if e.status() == 401 {
+                "unauthorized"
+            } else {
+                "forbidden"
+            },
+            &e.to_string(),
+        );
+    }
     let resume = match (params.resume.as_deref(), params.last_offsets.as_deref()) {
         (None, None) => None,
         (Some("earliest"), _) => Some(ResumeFrom::Earliest),
@@ -281,6 +315,105 @@ async fn ws(
                 session::run(socket, sessions, format, filter, resume).await
             })
         })
+}
+
+async fn rate_limits(State(app): State<AppState>, headers: HeaderMap) -> Response {
+    if let Err(r) = app.admin.check(&headers) {
+        return *r;
+    }
+    let (reply, rx) = oneshot::channel();
+    if app
+        .admin_tx
+        .send(AdminCommand::RateLimits { reply })
+        .await
+        .is_err()
+    {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "consumer_stopped",
+            "the consumer is not running",
+        );
+    }
+    match rx.await {
+        Ok(v) => Json(v).into_response(),
+        Err(_) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "consumer_stopped",
+            "the consumer stopped before answering",
+        ),
+    }
+}
+
+async fn set_rate_limit(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(tenant): Path<String>,
+    body: Result<Json<crate::ratelimit::Rate>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    if let Err(r) = app.admin.check(&headers) {
+        return *r;
+    }
+    let Ok(Json(rate)) = body else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            "expected JSON {\"messages_per_second\": N, \"burst\": N}",
+        );
+    };
+    if let Err(e) = rate.validate() {
+        return error(StatusCode::BAD_REQUEST, "invalid_rate", &e);
+    }
+    change_rate_limit(&app, tenant, Some(rate)).await
+}
+
+async fn clear_rate_limit(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(tenant): Path<String>,
+) -> Response {
+    if let Err(r) = app.admin.check(&headers) {
+        return *r;
+    }
+    change_rate_limit(&app, tenant, None).await
+}
+
+async fn change_rate_limit(
+    app: &AppState,
+    tenant: String,
+    rate: Option<crate::ratelimit::Rate>,
+) -> Response {
+    if tenant.is_empty() || tenant.len() > 256 {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_tenant",
+            "tenant id must be 1-256 bytes",
+        );
+    }
+    let (reply, rx) = oneshot::channel();
+    if app
+        .admin_tx
+        .send(AdminCommand::SetRateLimit {
+            tenant,
+            rate,
+            reply,
+        })
+        .await
+        .is_err()
+    {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "consumer_stopped",
+            "the consumer is not running",
+        );
+    }
+    match rx.await {
+        Ok(v) => Json(v).into_response(),
+        Err(_) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "consumer_stopped",
+            "the consumer stopped before answering",
+        ),
+    }
 }
 
 async fn reset_breaker(State(app): State<AppState>, headers: HeaderMap) -> Response {

@@ -2,6 +2,7 @@
 //! dashboards. See docs/ARCHITECTURE.md for the map of stages.
 
 pub mod admission;
+pub mod auth;
 pub mod backpressure;
 pub mod config;
 pub mod consume;
@@ -15,6 +16,7 @@ pub mod http;
 pub mod offsets;
 pub mod pipeline;
 pub mod produce;
+pub mod ratelimit;
 pub mod replay;
 pub mod replay_kafka;
 pub mod replay_redis;

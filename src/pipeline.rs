@@ -15,6 +15,7 @@ use crate::fanout::Hub;
 use crate::frame::{control, Cursor, Frame};
 use crate::health::{HaltedThread, Status};
 use crate::offsets::OffsetBook;
+use crate::ratelimit::TenantRateLimiter;
 use crate::replay_redis::RedisTier;
 use crate::sequence::{GapPolicy, SequenceValidator, ValidatorConfig, Verdict};
 use crate::telemetry::{self, PipelineMetrics};
@@ -33,9 +34,21 @@ pub struct RecordView<'a> {
 /// What happened to a record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    Delivered { clients: usize },
-    Held { thread: String },
-    Rejected { error: decode::DecodeError },
+    Delivered {
+        clients: usize,
+    },
+    /// For a halted thread; `buffered: false` when its buffer was full.
+    Held {
+        thread: String,
+        buffered: bool,
+    },
+    Rejected {
+        error: decode::DecodeError,
+    },
+    /// Over its tenant's rate limit: not delivered (sent to the DLQ).
+    RateLimited {
+        tenant: String,
+    },
 }
 
 pub struct PipelineConfig {
@@ -58,6 +71,7 @@ pub enum ResumeError {
 
 pub struct Pipeline {
     cfg: PipelineConfig,
+    rate_limits: TenantRateLimiter,
     redis: Option<Arc<RedisTier>>,
     validator: SequenceValidator,
     halts: HashMap<Box<str>, Halt>,
@@ -71,6 +85,7 @@ pub struct Pipeline {
 impl Pipeline {
     pub fn new(cfg: PipelineConfig, hub: Arc<Hub>, status: Arc<Status>) -> Self {
         Self {
+            rate_limits: TenantRateLimiter::new(None, Default::default()),
             redis: None,
             validator: SequenceValidator::new(cfg.sequence),
             cfg,
@@ -81,6 +96,15 @@ impl Pipeline {
             m: PipelineMetrics::new(),
             log_throttle: LogThrottle::default(),
         }
+    }
+
+    pub fn with_rate_limits(mut self, limits: TenantRateLimiter) -> Self {
+        self.rate_limits = limits;
+        self
+    }
+
+    pub fn rate_limits_mut(&mut self) -> &mut TenantRateLimiter {
+        &mut self.rate_limits
     }
 
     /// Also write every delivered record (and a tombstone for every skipped
@@ -241,9 +265,14 @@ impl Pipeline {
         ));
         if let Some(thread) = self.halted_thread_of(&frame) {
             self.skip(frame.cursor.partition, frame.cursor.offset);
-            self.hold(thread.clone(), frame);
+            let buffered = self.hold(thread.clone(), frame);
             self.publish_halts();
-            return Outcome::Held { thread };
+            return Outcome::Held { thread, buffered };
+        }
+        if self.rate_limits.enabled() && !self.rate_limits.allow(frame.decoded.tenant_id(), now) {
+            let tenant = frame.decoded.tenant_id().to_string();
+            self.skip(frame.cursor.partition, frame.cursor.offset);
+            return Outcome::RateLimited { tenant };
         }
         let clients = self.deliver(&frame);
         Outcome::Delivered { clients }
@@ -264,21 +293,22 @@ impl Pipeline {
             .map(|h| h.thread_id.clone())
     }
 
-    fn hold(&mut self, thread: String, frame: Arc<Frame>) {
+    /// Holds `frame` for its halted thread; false when the thread's buffer is
+    /// full (the record is then only in the DLQ copy, never released).
+    fn hold(&mut self, thread: String, frame: Arc<Frame>) -> bool {
         let Some(h) = self.halts.get_mut(thread.as_str()) else {
-            return;
+            return false;
         };
         if h.held.len() >= self.cfg.halt_max_held {
-            // Not buffered, but its offset stays uncommitted below the held
-            // records only while older records are held; counted either way.
             h.info.dropped_messages += 1;
             self.m.halt_buffer_full.increment(1);
-            return;
+            return false;
         }
         self.offsets
             .hold(frame.cursor.partition, frame.cursor.offset);
         h.held.push_back(frame);
         h.info.held_messages = h.held.len();
+        true
     }
 
     /// Operator action: releases a halted thread's held records to clients,
@@ -295,7 +325,9 @@ impl Pipeline {
                 .release(frame.cursor.partition, frame.cursor.offset);
             // A batch may also involve another still-halted thread.
             match self.halted_thread_of(&frame) {
-                Some(other) => self.hold(other, frame),
+                Some(other) => {
+                    self.hold(other, frame);
+                }
                 None => release.push(frame),
             }
         }
@@ -467,7 +499,7 @@ mod tests {
             .enumerate()
             .map(|(i, b)| p.handle(view(i as i64, b), now))
             .collect();
-        assert!(matches!(outcomes[3], Outcome::Held { ref thread } if thread == "a"));
+        assert!(matches!(outcomes[3], Outcome::Held { ref thread, .. } if thread == "a"));
         assert!(
             matches!(outcomes[4], Outcome::Delivered { .. }),
             "other threads keep flowing"

@@ -22,6 +22,7 @@ use crate::fanout::Hub;
 use crate::health::Status;
 use crate::http::{self, AdminAuth, AppState};
 use crate::pipeline::{Pipeline, PipelineConfig};
+use crate::ratelimit::TenantRateLimiter;
 use crate::replay_redis::{RedisTier, RedisTierConfig};
 use crate::resume::{KafkaTier, ReplayContext, Watermarks};
 use crate::session::{SessionContext, SessionSettings};
@@ -171,6 +172,7 @@ pub async fn run(cfg: BridgeConfig, shutdown: CancellationToken) -> anyhow::Resu
         admin_tx,
         admin: AdminAuth::new(cfg.admin_token.clone(), local),
         admission: admission.clone(),
+        auth: Arc::new(cfg.auth.clone()),
         max_incoming_bytes: cfg.max_incoming_bytes,
         max_filter_values: cfg.max_filter_values,
         group_id: cfg.group_id.clone(),
@@ -205,7 +207,11 @@ pub async fn run(cfg: BridgeConfig, shutdown: CancellationToken) -> anyhow::Resu
         hub.clone(),
         status.clone(),
     )
-    .with_redis(redis);
+    .with_redis(redis)
+    .with_rate_limits(TenantRateLimiter::new(
+        cfg.tenant_default_rate,
+        cfg.tenant_rate_overrides.clone(),
+    ));
     tracing::info!(
         startup_ms = started.elapsed().as_millis() as u64,
         "consumer starting"

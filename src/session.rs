@@ -414,4 +414,43 @@ mod tests {
         truncate_on_char_boundary(&mut s, 3);
         assert_eq!(s, "");
     }
+
+    proptest::proptest! {
+        /// Any client text, including multi-byte characters and huge or
+        /// malformed JSON, gets a JSON reply and never a panic.
+        #[test]
+        fn any_client_text_gets_a_json_reply(text in "(?s).{0,2000}") {
+            let reply: serde_json::Value = serde_json::from_str(&handle_client_text(&text)).expect("reply is JSON");
+            proptest::prop_assert!(reply["type"] == "pong" || reply["type"] == "error");
+            if reply["type"] == "error" {
+                proptest::prop_assert!(reply["message"].as_str().is_some_and(|m| m.len() <= 200));
+            }
+        }
+
+        /// Handshake inputs (query values, resume messages) never panic and
+        /// either parse or give a reason.
+        #[test]
+        fn handshake_inputs_never_panic(a in "(?s).{0,600}", b in "(?s).{0,600}", c in "(?s).{0,600}") {
+            let _ = crate::fanout::Filter::parse(Some(&a), Some(&b), Some(&c), 256);
+            if let Err(e) = crate::resume::parse_offsets_param(&a, 1024) {
+                proptest::prop_assert!(!e.is_empty());
+            }
+            let _ = crate::admission::IpNet::parse(&b);
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&c) {
+                let _ = crate::resume::parse_resume_message(&v, 1024);
+            }
+        }
+
+        /// Resume messages built from arbitrary partition/offset values.
+        #[test]
+        fn resume_messages_validate_every_entry(p in proptest::collection::vec(("[-0-9a-z]{0,12}", proptest::num::i64::ANY), 0..40)) {
+            let obj: serde_json::Map<String, serde_json::Value> = p.into_iter().map(|(k, v)| (k, serde_json::Value::from(v))).collect();
+            let v = serde_json::json!({"type": "resume", "from": "cursor", "lastOffsets": obj});
+            match crate::resume::parse_resume_message(&v, 1024) {
+                Ok(crate::replay::ResumeFrom::Cursor(m)) => proptest::prop_assert!(m.iter().all(|(p, o)| *p >= 0 && *o >= -1)),
+                Ok(_) => proptest::prop_assert!(false, "cursor expected"),
+                Err(e) => proptest::prop_assert!(!e.is_empty()),
+            }
+        }
+    }
 }

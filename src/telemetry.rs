@@ -60,13 +60,14 @@ pub const CLIENT_QUEUE_AGE: &str = "websocket_client_queue_age_seconds";
 pub const SLOW_CLIENT_DISCONNECTS: &str = "websocket_slow_client_disconnects_total";
 pub const KAFKA_CONNECTED: &str = "websocket_kafka_connected";
 pub const CONSUMER_PAUSED: &str = "websocket_consumer_paused";
+pub const RATE_LIMIT_EXCEEDED: &str = "dashstream_rate_limit_exceeded_total";
 pub const SHUTDOWN_DURATION: &str = "app_shutdown_duration_seconds";
 pub const BUILD_INFO: &str = "websocket_build_info";
 
 /// Reasons for `websocket_dlq_send_failures_total{reason}`.
 pub const DLQ_FAILURE_REASONS: &[&str] = &["timeout", "kafka_error", "backpressure", "shutdown"];
 /// error_type values of DLQ records that are not decode errors.
-pub const DLQ_EXTRA_ERROR_TYPES: &[&str] = &["thread_halted"];
+pub const DLQ_EXTRA_ERROR_TYPES: &[&str] = &["thread_halted", "rate_limited"];
 
 /// Decode error kinds, as exported in `websocket_decode_errors_total{error_type}`.
 pub const DECODE_ERROR_TYPES: &[&str] = &[
@@ -241,6 +242,7 @@ fn describe_all() {
         CONSUMER_PAUSED,
         "1 while consumption is paused (DLQ_FAIL_CLOSED waiting for the DLQ), else 0."
     );
+    describe_counter!(RATE_LIMIT_EXCEEDED, "Records over their tenant's rate limit (sent to the DLQ as rate_limited), by tenant_id (at most 100 named, the rest 'other').");
     describe_gauge!(MAX_CONNECTIONS, "Configured WEBSOCKET_MAX_CONNECTIONS.");
     describe_gauge!(
         MAX_CONNECTIONS_PER_IP,

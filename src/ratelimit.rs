@@ -1,0 +1,217 @@
+//! Per-tenant rate limits: a token bucket per `tenant_id` (messages per
+//! second and burst), with a default and per-tenant overrides that operators
+//! can change at run time. Records over quota are not broadcast; they go to
+//! the DLQ as `rate_limited`, so nothing is lost silently.
+//!
+//! Memory is bounded: at most `MAX_TENANTS` buckets (least recently seen
+//! evicted, which only refills it), and `dashstream_rate_limit_exceeded_total`
+//! labels at most `MAX_TENANT_LABELS` tenants by name, the rest as `other`.
+
+use std::collections::{BTreeMap, HashSet};
+use std::num::NonZeroUsize;
+use std::time::Instant;
+
+use lru::LruCache;
+
+use crate::telemetry;
+
+pub const MAX_TENANTS: usize = 100_000;
+pub const MAX_TENANT_LABELS: usize = 100;
+
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Rate {
+    pub messages_per_second: f64,
+    pub burst: f64,
+}
+
+impl Rate {
+    pub fn validate(&self) -> Result<(), String> {
+        let ok = |x: f64| x.is_finite() && x > 0.0 && x <= 10_000_000.0;
+        if !ok(self.messages_per_second) || !ok(self.burst) {
+            return Err(
+                "messages_per_second and burst must be numbers above 0 (at most 1e7)".into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Parses `acme=100:200,beta=5:10` (tenant=rate:burst).
+pub fn parse_overrides(s: &str) -> Result<BTreeMap<String, Rate>, String> {
+    let mut m = BTreeMap::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (t, r) = part
+            .split_once('=')
+            .ok_or_else(|| format!("'{part}' is not tenant=rate:burst"))?;
+        let (rate, burst) = r.split_once(':').unwrap_or((r, r));
+        let rate = Rate {
+            messages_per_second: rate
+                .trim()
+                .parse()
+                .map_err(|_| format!("'{part}': rate is not a number"))?,
+            burst: burst
+                .trim()
+                .parse()
+                .map_err(|_| format!("'{part}': burst is not a number"))?,
+        };
+        rate.validate().map_err(|e| format!("'{part}': {e}"))?;
+        m.insert(t.trim().to_string(), rate);
+    }
+    Ok(m)
+}
+
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+pub struct TenantRateLimiter {
+    default: Option<Rate>,
+    overrides: BTreeMap<String, Rate>,
+    buckets: LruCache<Box<str>, Bucket>,
+    labelled: HashSet<Box<str>>,
+}
+
+impl TenantRateLimiter {
+    pub fn new(default: Option<Rate>, overrides: BTreeMap<String, Rate>) -> Self {
+        let cap = NonZeroUsize::new(MAX_TENANTS).unwrap_or(NonZeroUsize::MIN);
+        Self {
+            default,
+            overrides,
+            buckets: LruCache::new(cap),
+            labelled: HashSet::new(),
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.default.is_some() || !self.overrides.is_empty()
+    }
+
+    fn rate_of(&self, tenant: &str) -> Option<Rate> {
+        self.overrides.get(tenant).copied().or(self.default)
+    }
+
+    /// True if a record of `tenant` may be delivered now (takes a token).
+    pub fn allow(&mut self, tenant: &str, now: Instant) -> bool {
+        let Some(rate) = self.rate_of(tenant) else {
+            return true;
+        };
+        let b = match self.buckets.get_mut(tenant) {
+            Some(b) => b,
+            None => {
+                self.buckets.put(
+                    tenant.into(),
+                    Bucket {
+                        tokens: rate.burst,
+                        at: now,
+                    },
+                );
+                match self.buckets.get_mut(tenant) {
+                    Some(b) => b,
+                    None => return true,
+                }
+            }
+        };
+        let elapsed = now.saturating_duration_since(b.at).as_secs_f64();
+        b.tokens = (b.tokens + elapsed * rate.messages_per_second).min(rate.burst);
+        b.at = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            return true;
+        }
+        let label = if self.labelled.contains(tenant) {
+            tenant.to_string()
+        } else if self.labelled.len() < MAX_TENANT_LABELS {
+            self.labelled.insert(tenant.into());
+            tenant.to_string()
+        } else {
+            "other".to_string()
+        };
+        metrics::counter!(telemetry::RATE_LIMIT_EXCEEDED, "tenant_id" => label).increment(1);
+        false
+    }
+
+    /// Sets (Some) or removes (None) a tenant's override.
+    pub fn set(&mut self, tenant: &str, rate: Option<Rate>) {
+        match rate {
+            Some(r) => {
+                self.overrides.insert(tenant.to_string(), r);
+            }
+            None => {
+                self.overrides.remove(tenant);
+            }
+        }
+        // A changed limit starts from a full bucket.
+        self.buckets.pop(tenant);
+    }
+
+    pub fn describe(&self) -> serde_json::Value {
+        serde_json::json!({"default": self.default, "overrides": self.overrides})
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn bucket_allows_burst_then_rate() {
+        let t0 = Instant::now();
+        let mut l = TenantRateLimiter::new(
+            Some(Rate {
+                messages_per_second: 10.0,
+                burst: 5.0,
+            }),
+            BTreeMap::new(),
+        );
+        assert_eq!((0..8).filter(|_| l.allow("a", t0)).count(), 5, "burst");
+        assert!(
+            l.allow("a", t0 + Duration::from_millis(100)),
+            "one token after 100 ms at 10/s"
+        );
+        assert!(!l.allow("a", t0 + Duration::from_millis(100)));
+        assert_eq!(
+            (0..8).filter(|_| l.allow("b", t0)).count(),
+            5,
+            "tenants are independent"
+        );
+    }
+
+    #[test]
+    fn overrides_apply_and_can_change_at_run_time() {
+        let t0 = Instant::now();
+        let o = parse_overrides("noisy=1:1").unwrap();
+        let mut l = TenantRateLimiter::new(None, o);
+        assert!(
+            l.allow("quiet", t0) && l.allow("quiet", t0),
+            "no default: unlimited"
+        );
+        assert!(l.allow("noisy", t0));
+        assert!(!l.allow("noisy", t0));
+        l.set(
+            "noisy",
+            Some(Rate {
+                messages_per_second: 100.0,
+                burst: 100.0,
+            }),
+        );
+        assert!(l.allow("noisy", t0));
+        l.set("noisy", None);
+        assert!(l.allow("noisy", t0) && l.allow("noisy", t0));
+    }
+
+    #[test]
+    fn overrides_are_validated() {
+        assert!(parse_overrides("a=0:1").is_err());
+        assert!(parse_overrides("a=x").is_err());
+        assert!(parse_overrides("nope").is_err());
+        assert_eq!(
+            parse_overrides("a=5").unwrap()["a"],
+            Rate {
+                messages_per_second: 5.0,
+                burst: 5.0
+            }
+        );
+    }
+}
