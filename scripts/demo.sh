@@ -152,7 +152,12 @@ BROKERS="$(
     printf '%s' "$KWB_TEST_BROKERS"
 )"
 [ -n "$BROKERS" ] || die "no KWB_TEST_BROKERS in $STATE_DIR/env"
-log "broker at $BROKERS"
+REDIS_URL="$(
+    # shellcheck disable=SC1091
+    . "$STATE_DIR/env"
+    printf '%s' "$KWB_TEST_REDIS_URL"
+)"
+log "broker at $BROKERS, redis at $REDIS_URL"
 
 # 3. Build.
 log "building (cargo build --release --bin kafka-ws-bridge)"
@@ -168,7 +173,7 @@ scripts/create-topic.sh "$DLQ_TOPIC" 1 "$BROKERS"
 : >"$BRIDGE_LOG"
 log "starting the bridge on 127.0.0.1:$PORT (log: $BRIDGE_LOG)"
 KAFKA_BROKERS="$BROKERS" KAFKA_TOPIC="$TOPIC" WEBSOCKET_HOST=127.0.0.1 WEBSOCKET_PORT="$PORT" \
-    KAFKA_PROPERTIES="session.timeout.ms=6000" \
+    KAFKA_PROPERTIES="session.timeout.ms=6000" REDIS_URL="$REDIS_URL" \
     setsid "$BIN" serve >>"$BRIDGE_LOG" 2>&1 </dev/null &
 BRIDGE_PID=$!
 

@@ -234,7 +234,11 @@ impl Admission {
 
     /// Feeds a new utilisation sample: level, category, breaker.
     pub fn observe(&self, u: &Utilisation) {
-        let level = backpressure::level(&self.cfg.weights, u);
+        let level = if self.cfg.memory_limit.is_some() {
+            backpressure::level(&self.cfg.weights, u)
+        } else {
+            backpressure::level_without_memory(&self.cfg.weights, u)
+        };
         self.level_bits.store(level.to_bits(), Ordering::Relaxed);
         metrics::gauge!(telemetry::BACKPRESSURE_LEVEL).set(level);
         metrics::gauge!(telemetry::BACKPRESSURE_CATEGORY)

@@ -12,9 +12,11 @@
 //! | pipeline queues | max(DLQ sends in flight / limit, Redis writer queue / capacity) | 0.25 |
 //! | memory | resident set size / `MEMORY_LIMIT_BYTES` (0 when no limit is known) | 0.20 |
 //!
-//! The weights follow the seed's collaboration backpressure formula
-//! (connections 30 %, channels 25 %, queues 25 %, memory 20 %) and are
-//! configurable (`BACKPRESSURE_WEIGHTS`). An idle topic has no utilisation,
+//! The weights follow the collaboration backpressure formula operators
+//! already use (connections 30 %, channels 25 %, queues 25 %, memory 20 %)
+//! and are configurable (`BACKPRESSURE_WEIGHTS`). When no memory limit is
+//! known the memory weight is spread over the other components, so the
+//! level can still reach 1. An idle topic has no utilisation,
 //! so it never looks degraded. Categories: NORMAL < 0.70 ≤ ELEVATED < 0.85 ≤
 //! HIGH < 0.95 ≤ CRITICAL.
 //!
@@ -97,6 +99,22 @@ pub fn level(w: &Weights, u: &Utilisation) -> f64 {
         + w.pipeline_queues * c(u.pipeline_queues)
         + w.memory * c(u.memory))
     .clamp(0.0, 1.0)
+}
+
+/// Like [`level`], for when memory cannot be measured: the memory weight is
+/// spread over the other components in proportion to theirs.
+pub fn level_without_memory(w: &Weights, u: &Utilisation) -> f64 {
+    let rest = w.connections + w.client_queues + w.pipeline_queues;
+    if rest <= 0.0 {
+        return 0.0;
+    }
+    let scaled = Weights {
+        connections: w.connections / rest,
+        client_queues: w.client_queues / rest,
+        pipeline_queues: w.pipeline_queues / rest,
+        memory: 0.0,
+    };
+    level(&scaled, &Utilisation { memory: 0.0, ..*u })
 }
 
 /// 0 NORMAL, 1 ELEVATED, 2 HIGH, 3 CRITICAL.
@@ -312,6 +330,26 @@ mod tests {
                 category(0.95)
             ],
             [0, 1, 2, 3]
+        );
+    }
+
+    #[test]
+    fn without_a_memory_limit_the_other_components_can_still_reach_critical() {
+        let w = Weights::default();
+        let full = Utilisation {
+            connections: 1.0,
+            client_queues: 1.0,
+            pipeline_queues: 1.0,
+            memory: 0.0,
+        };
+        assert!((level_without_memory(&w, &full) - 1.0).abs() < 1e-9);
+        let conn = Utilisation {
+            connections: 1.0,
+            ..Default::default()
+        };
+        assert!(
+            (level_without_memory(&w, &conn) - 0.375).abs() < 1e-9,
+            "0.30 / 0.80"
         );
     }
 

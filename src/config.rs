@@ -620,7 +620,7 @@ impl ServeArgs {
             {
                 return Err(ConfigError::new(
                     "REDIS_URL",
-                    "must start with redis://, rediss:// or unix://",
+                    "must start with redis://, rediss://, redis+unix:// or unix://",
                 ));
             }
         }
@@ -668,6 +668,14 @@ impl ServeArgs {
             self.websocket_slow_client_disconnect_secs,
         )?;
         positive("BREAKER_OPEN_SECS", self.breaker_open_secs)?;
+        positive(
+            "BREAKER_HALF_OPEN_PROBES",
+            u64::from(self.breaker_half_open_probes),
+        )?;
+        positive(
+            "WEBSOCKET_WRITE_TIMEOUT_SECS",
+            self.websocket_write_timeout_secs,
+        )?;
         let trusted_proxies = self
             .websocket_trusted_proxy_ips
             .iter()

@@ -139,7 +139,11 @@ pub fn router(state: AppState) -> Router {
 async fn index() -> impl IntoResponse {
     Json(json!({
         "service": "kafka-ws-bridge",
-        "endpoints": ["/ws", "/health", "/health/live", "/health/ready", "/version", "/metrics", "/admin/threads/halted"],
+        "endpoints": [
+            "/", "/client.js", "/client.classic.js", "/api", "/ws", "/health", "/health/live", "/health/ready",
+            "/version", "/metrics", "/admin/threads/halted", "/admin/threads/{thread_id}/resume",
+            "/admin/circuit-breaker/reset", "/admin/tenants/rate-limits", "/admin/tenants/{tenant}/rate-limit"
+        ],
         "protocol": "see docs/PROTOCOL.md",
     }))
 }

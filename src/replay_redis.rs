@@ -256,6 +256,11 @@ async fn writer(tier: Arc<RedisTier>, mut rx: mpsc::Receiver<Write>) {
                     .arg(format!("{}:{}", w.partition, w.offset))
                     .ignore();
                 pipe.cmd("EXPIRE").arg(&key).arg(tier.cfg.ttl_secs).ignore();
+                pipe.cmd("ZREMRANGEBYRANK")
+                    .arg(&key)
+                    .arg(0)
+                    .arg(-(tier.cfg.max_per_partition as i64) - 1)
+                    .ignore();
             }
             per_partition.insert(w.partition, ());
         }
@@ -271,6 +276,10 @@ async fn writer(tier: Arc<RedisTier>, mut rx: mpsc::Receiver<Write>) {
             pipe.cmd("SADD")
                 .arg(format!("{prefix}:partitions"))
                 .arg(*p)
+                .ignore();
+            pipe.cmd("EXPIRE")
+                .arg(format!("{prefix}:partitions"))
+                .arg(tier.cfg.ttl_secs)
                 .ignore();
         }
         let result = tokio::time::timeout(tier.cfg.op_timeout, async {

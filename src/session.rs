@@ -152,6 +152,16 @@ where
             }
         }
         Some(Ok(Message::Close(_))) | None | Some(Err(_)) => Intent::Gone,
+        Some(Ok(Message::Binary(_))) => {
+            metrics::counter!(telemetry::CLIENT_PROTOCOL_ERRORS, "reason" => "binary_from_client")
+                .increment(1);
+            let e = control::error("unsupported", "clients send JSON text messages only");
+            if send(tx, Message::Text(e.into())).await.is_err() {
+                Intent::Gone
+            } else {
+                Intent::Live
+            }
+        }
         Some(Ok(_)) => Intent::Live,
     }
 }
@@ -191,10 +201,23 @@ pub async fn run(
         (Intent::Resume(from), early) => {
             drop(early);
             let started = std::time::Instant::now();
-            let Ok(r) = resume::replay(&ctx.replay, &mut tx, format, filter, from, &mut sent).await
-            else {
-                return;
+            let replayed = tokio::select! {
+                r = resume::replay(&ctx.replay, &mut tx, format, filter, from, &mut sent) => r,
+                _ = ctx.shutdown.cancelled() => Err(()),
             };
+            if ctx.shutdown.is_cancelled() {
+                let frame = CloseFrame {
+                    code: CLOSE_GOING_AWAY,
+                    reason: Utf8Bytes::from_static("server shutting down"),
+                };
+                let _ = tokio::time::timeout(
+                    Duration::from_millis(500),
+                    tx.send(Message::Close(Some(frame))),
+                )
+                .await;
+                return;
+            }
+            let Ok(r) = replayed else { return };
             let reason = if r.stale {
                 Some("cursor_stale")
             } else if r.gaps > 0 {
@@ -357,7 +380,10 @@ where
 pub fn handle_client_text(text: &str) -> String {
     match serde_json::from_str::<ClientMessage>(text) {
         Ok(ClientMessage::Ping) => control::pong(),
-        Err(_) if text.contains("\"resume\"") => {
+        Err(_)
+            if serde_json::from_str::<serde_json::Value>(text)
+                .is_ok_and(|v| v["type"] == "resume") =>
+        {
             metrics::counter!(telemetry::CLIENT_PROTOCOL_ERRORS, "reason" => "late_resume")
                 .increment(1);
             control::error("late_resume", "resume must be the first message (or ?resume= on the URL); live delivery has started")

@@ -81,7 +81,7 @@ pub const DECODE_ERROR_TYPES: &[&str] = &[
 ];
 
 /// Reasons for `websocket_dropped_messages_total{reason}`.
-/// A client's queue was full (the seed's name for a lagging receiver).
+/// A client's queue was full (the name operators' alerts use: a lagging receiver).
 pub const DROP_CLIENT_QUEUE_FULL: &str = "lagged_receiver";
 pub const DROP_HALT_BUFFER_FULL: &str = "halt_buffer_full";
 
