@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # check-ops.sh — validates the operations kit: alert and recording rules (promtool check + unit tests),
-# Prometheus and Alertmanager configs (promtool / amtool, incl. severity routing), docker-compose.yml, the
+# Prometheus and Alertmanager configs (promtool / amtool, incl. severity routing and the alert names of the
+# inhibit rules), docker-compose.yml, the
 # Grafana dashboard JSON and provisioning, and the alert <-> runbook mapping. Every check runs; the script
 # prints each failure and exits 1 if there was any.
 #
@@ -158,6 +159,20 @@ check_routing() {
     return "$ok"
 }
 step "alertmanager routes critical -> pager, others -> chat" check_routing
+
+check_inhibit_names() {
+    # Every alert name an inhibit rule matches (alertname = "X" or alertname =~ "X|Y") must be an alert of the
+    # rules: a renamed alert would otherwise silently stop being inhibited (or inhibiting).
+    local ok=0 n name
+    n=0
+    for name in $(sed -n 's/^[[:space:]]*-[[:space:]]*alertname[[:space:]]*=~\{0,1\}[[:space:]]*"\([^"]*\)".*/\1/p' "$AM_CONFIG" | tr '|' '\n'); do
+        n=$((n + 1))
+        alert_names | grep -qx "$name" || { echo "$AM_CONFIG inhibits on '$name', which no alert rule defines"; ok=1; }
+    done
+    [ "$ok" -eq 0 ] && echo "$n alert names in inhibit rules, all defined"
+    return "$ok"
+}
+step "alertmanager inhibit rules name existing alerts" check_inhibit_names
 
 # --------------------------------------------------------------------------------------------------
 # 3. docker-compose.yml

@@ -321,7 +321,7 @@ pub fn inspect(args: &InspectArgs) -> anyhow::Result<()> {
             let mut doc = e.doc;
             doc["dlq_partition"] = e.dlq_partition.into();
             doc["dlq_offset"] = e.dlq_offset.into();
-            println!("{doc}");
+            out(&doc.to_string());
             return;
         }
         let d = &e.doc;
@@ -348,29 +348,44 @@ pub fn inspect(args: &InspectArgs) -> anyhow::Result<()> {
     s.selected = selected;
     match args.format {
         InspectFormat::Jsonl => {}
-        InspectFormat::Json => println!("{}", serde_json::to_string_pretty(&s)?),
+        InspectFormat::Json => out(&serde_json::to_string_pretty(&s)?),
         InspectFormat::Summary => print_summary(&s),
     }
     Ok(())
 }
 
+/// Prints a line; exits quietly when stdout is closed (e.g. `| head`).
+fn out(line: &str) {
+    use std::io::Write;
+    let mut o = std::io::stdout().lock();
+    if writeln!(o, "{line}").is_err() {
+        std::process::exit(0);
+    }
+}
+
+macro_rules! out {
+    ($($t:tt)*) => { out(&format!($($t)*)) };
+}
+
 fn print_summary(s: &Summary) {
-    println!(
+    out!(
         "DLQ records read: {}, selected: {} (original payload kept for {})",
-        s.read, s.selected, s.payload_kept
+        s.read,
+        s.selected,
+        s.payload_kept
     );
     if let (Some(a), Some(b)) = (s.first_dlq_timestamp_ms, s.last_dlq_timestamp_ms) {
-        println!("written between {a} and {b} (Unix ms)");
+        out!("written between {a} and {b} (Unix ms)");
     }
     let table = |title: &str, m: &BTreeMap<String, u64>| {
-        println!("\n{title}:");
+        out!("\n{title}:");
         let mut v: Vec<_> = m.iter().collect();
         v.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
         for (k, n) in v.iter().take(20) {
-            println!("  {n:>8}  {k}");
+            out!("  {n:>8}  {k}");
         }
         if v.len() > 20 {
-            println!("  ... {} more", v.len() - 20);
+            out!("  ... {} more", v.len() - 20);
         }
     };
     table("by error_type", &s.by_error_type);
@@ -453,7 +468,7 @@ pub async fn redrive(args: &RedriveArgs) -> anyhow::Result<()> {
             "dlq_partition": e.dlq_partition, "dlq_offset": e.dlq_offset, "to_topic": target,
             "source": e.doc["source"], "error_type": e.doc["error_type"], "attempt": attempt, "dry_run": args.dry_run,
         });
-        println!("{line}");
+        out(&line.to_string());
         let Some(p) = &producer else { continue };
         let due = started + interval.mul_f64(i as f64);
         if let Some(wait) = due.checked_duration_since(Instant::now()) {
@@ -495,7 +510,7 @@ pub async fn redrive(args: &RedriveArgs) -> anyhow::Result<()> {
         "would_redrive": if args.dry_run { todo.len() } else { 0 },
         "refused": refused, "dry_run": args.dry_run,
     });
-    println!("{summary}");
+    out(&summary.to_string());
     if failed > 0 {
         anyhow::bail!("{failed} record(s) could not be redriven");
     }

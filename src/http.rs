@@ -196,7 +196,12 @@ async fn ws(
         Ok(f) => f,
         Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_filter", &e.to_string()),
     };
-    let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
+    // An Origin that is not visible ASCII cannot be on the allowlist: refuse it rather than ignore it.
+    let origin = match headers.get(header::ORIGIN).map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(o)) => Some(o),
+        Some(Err(_)) => Some("(not ASCII)"),
+    };
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())

@@ -32,6 +32,9 @@ impl Rate {
                 "messages_per_second and burst must be numbers above 0 (at most 1e7)".into(),
             );
         }
+        if self.burst < 1.0 {
+            return Err("burst must be at least 1 (a record takes one token)".into());
+        }
         Ok(())
     }
 }
@@ -204,6 +207,11 @@ mod tests {
     #[test]
     fn overrides_are_validated() {
         assert!(parse_overrides("a=0:1").is_err());
+        assert!(
+            parse_overrides("a=0.5").is_err(),
+            "a burst below 1 would block the tenant for good"
+        );
+        assert!(parse_overrides("a=0.5:1").is_ok());
         assert!(parse_overrides("a=x").is_err());
         assert!(parse_overrides("nope").is_err());
         assert_eq!(

@@ -250,7 +250,7 @@ fn describe_all() {
     );
     describe_counter!(
         CONNECTIONS_REJECTED,
-        "WebSocket connections refused, by reason (circuit_open | global_limit | per_ip_limit)."
+        "WebSocket connections refused, by reason (circuit_open | global_limit | per_ip_limit | unauthorized)."
     );
     describe_gauge!(
         BACKPRESSURE_LEVEL,

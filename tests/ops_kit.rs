@@ -1,11 +1,15 @@
 //! The operations kit against the real service: `scripts/check-ops.sh` passes (promtool, amtool, compose,
 //! dashboard, runbooks); every metric the alert rules, recording rules and the Grafana dashboard query is
-//! really exported by a bridge driven through bad records, gaps, a DLQ outage and a halt; and a real
-//! Prometheus (the Debian `prometheus` binary) scraping a real bridge with the project's rules raises
-//! HighDecodeErrorRate, WebSocketDlqBroken and SequenceGapsDetected — and nothing while the topic is idle.
+//! really exported by a bridge driven through bad records, gaps, a DLQ outage, a halt, the Redis replay
+//! tier with a resuming client, and an overload that opens the circuit breaker and refuses a client; and a
+//! real Prometheus (the Debian `prometheus` binary) scraping a real bridge with the project's rules raises
+//! HighDecodeErrorRate, WebSocketDlqBroken, SequenceGapsDetected and, with two clients in two connection
+//! slots, BackpressureCritical, CircuitBreakerOpen, ConnectionsRejected and ConnectionLimitNearlyReached —
+//! and nothing while the topic is idle.
 //!
-//! promtool and prometheus are required (scripts/install-deps.sh installs them): without them these tests
-//! fail, they never skip.
+//! promtool and prometheus are required (scripts/install-deps.sh installs them), and the broker and Redis of
+//! `scripts/services.sh` (`KWB_TEST_BROKERS`, `KWB_TEST_REDIS_URL`): without them these tests fail, they
+//! never skip.
 
 mod common;
 
@@ -17,6 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
+use futures_util::StreamExt;
 use kafka_ws_bridge::synth::{Generator, SynthConfig};
 
 const ALERT_RULES: &str = "rules/kafka-ws-bridge.alerts.yml";
@@ -148,7 +153,7 @@ fn project_rules() -> Vec<Rule> {
     }
     assert!(
         rules.iter().filter(|r| r.kind == Kind::Alert).count() >= 15,
-        "expected the seed alerts in {ALERT_RULES}"
+        "expected the runbook alerts in {ALERT_RULES}"
     );
     rules
 }
@@ -571,6 +576,66 @@ fn sum_of(m: &HashMap<String, f64>, name: &str) -> f64 {
         .sum()
 }
 
+/// A backpressure level made of connections only: with WEBSOCKET_MAX_CONNECTIONS=2, two clients are a level
+/// of 1.0, past BREAKER_CRITICAL (0.95), and the circuit breaker opens within one 500 ms sample.
+const OVERLOAD_WEIGHTS: &str = "connections=1,client_queues=0,pipeline_queues=0,memory=0";
+
+async fn wait_for_breaker(bridge: &Bridge, state: f64, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let m = bridge.metrics().await;
+        if value(&m, "websocket_circuit_breaker_state") == state {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "circuit breaker not in state {state} after {timeout:?}: {m:?}\nlog:\n{}",
+            bridge.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// What a new WebSocket client got.
+#[derive(Debug, PartialEq, Eq)]
+enum Refused {
+    /// Upgraded, then closed with 1013 (circuit breaker open).
+    TryAgainLater,
+    /// Refused before the upgrade with this HTTP status (503 global limit, 429 per-IP limit).
+    Http(u16),
+    /// Admitted (it got the hello frame).
+    No,
+}
+
+async fn knock(url: &str) -> Refused {
+    use tokio_tungstenite::tungstenite::{Error, Message};
+    match tokio_tungstenite::connect_async(url).await {
+        Err(Error::Http(r)) => Refused::Http(r.status().as_u16()),
+        Err(e) => panic!("connect {url}: {e}"),
+        Ok((mut ws, _)) => match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+            Ok(Some(Ok(Message::Close(Some(c))))) if u16::from(c.code) == 1013 => {
+                Refused::TryAgainLater
+            }
+            Ok(Some(Ok(Message::Text(_)))) => Refused::No,
+            other => panic!("{url}: expected a hello or close 1013, got {other:?}"),
+        },
+    }
+}
+
+/// Reads a client's frames until `stop`, so that it never falls behind (and is never cut off as slow).
+/// Returns whether it was still connected at the end.
+fn drain(mut ws: Ws, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<bool> {
+    tokio::spawn(async move {
+        while !stop.load(Ordering::Relaxed) {
+            match tokio::time::timeout(Duration::from_millis(200), ws.next()).await {
+                Ok(Some(Ok(_))) | Err(_) => {}
+                Ok(None) | Ok(Some(Err(_))) => return false,
+            }
+        }
+        true
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_metric_the_rules_and_dashboard_query_is_exported() {
     let rules = project_rules();
@@ -581,7 +646,20 @@ async fn every_metric_the_rules_and_dashboard_query_is_exported() {
         .collect();
 
     // A bridge in trouble: garbage and sequence faults, a DLQ cluster that is not there (fail-open sends
-    // time out after 1 s), GAP_POLICY=halt, and a client receiving frames (e2e latency is measured then).
+    // time out after 1 s), GAP_POLICY=halt, a client receiving frames (e2e latency and client queue age are
+    // measured then), the Redis replay tier with a small memory ring, a client resuming from `earliest`
+    // (replay requests, hits and the replay duration histogram), and an overload: 2 connection slots, a
+    // backpressure level made of connections only, so the second client takes the level to 1.0 and opens
+    // the circuit breaker (transitions to OPEN), and a third client is refused (circuit_open).
+    //
+    // Histograms are exported only once they hold a sample: the two the rules and the dashboard use
+    // (websocket_client_queue_age_seconds, replay_duration_seconds) are recorded by this scenario.
+    // app_shutdown_duration_seconds is recorded only as the process exits, after its HTTP server stopped, so
+    // no scrape can see it: nothing may reference it (runbooks/README.md, SlowShutdownTime), and if anything
+    // did, this test would report it as not exported.
+    let redis = std::env::var("KWB_TEST_REDIS_URL").expect(
+        "KWB_TEST_REDIS_URL is not set: run with scripts/test.sh (or source the env of scripts/services.sh up)",
+    );
     let topic = unique("opskit-metrics");
     create_topic(&topic, 2).await;
     let closed = format!("127.0.0.1:{}", free_port());
@@ -592,6 +670,13 @@ async fn every_metric_the_rules_and_dashboard_query_is_exported() {
             ("DLQ_SEND_TIMEOUT_SECS", "1"),
             ("GAP_POLICY", "halt"),
             ("KAFKA_STATS_INTERVAL_MS", "200"),
+            ("REDIS_URL", redis.as_str()),
+            ("REPLAY_MEMORY_MAX_PER_PARTITION", "20"),
+            ("WEBSOCKET_MAX_CONNECTIONS", "2"),
+            ("BACKPRESSURE_WEIGHTS", OVERLOAD_WEIGHTS),
+            ("BREAKER_OPEN_SECS", "1"),
+            // tenant-0 gets a tiny quota: its surplus is rate-limited (dashstream_rate_limit_exceeded_total).
+            ("TENANT_RATE_LIMITS", "tenant-0=1:5"),
         ],
     )
     .await;
@@ -599,6 +684,15 @@ async fn every_metric_the_rules_and_dashboard_query_is_exported() {
     let recs = traffic(400);
     produce(&producer(), &topic, &recs).await;
     let _ = collect(&mut ws, 50, Duration::from_secs(5)).await;
+    // The second client: a resume from the beginning, and the second of two slots.
+    let (mut resumed, _) = connect(&bridge.ws_url("?format=json&resume=earliest")).await;
+    let _ = collect(&mut resumed, 400, Duration::from_millis(1500)).await;
+    wait_for_breaker(&bridge, 2.0, Duration::from_secs(10)).await;
+    assert_eq!(
+        knock(&bridge.ws_url("?format=json")).await,
+        Refused::TryAgainLater,
+        "a third client is refused while the breaker is open"
+    );
 
     let deadline = Instant::now() + Duration::from_secs(30);
     let m = loop {
@@ -609,13 +703,33 @@ async fn every_metric_the_rules_and_dashboard_query_is_exported() {
             && value(&m, "dashstream_halted_threads") > 0.0
             && value(&m, "websocket_e2e_latency_ms_count") > 0.0
             && m.keys()
-                .any(|k| k.starts_with("websocket_kafka_consumer_lag{"));
+                .any(|k| k.starts_with("websocket_kafka_consumer_lag{"))
+            && value(&m, "websocket_kafka_connected") == 1.0
+            && value(&m, "websocket_client_queue_age_seconds_count") > 0.0
+            && value(&m, "replay_duration_seconds_count") > 0.0
+            && value(&m, "replay_requests_total{from=\"earliest\"}") > 0.0
+            && value(&m, "replay_buffer_memory_hits_total")
+                + value(&m, "replay_buffer_redis_hits_total")
+                + value(&m, "replay_buffer_kafka_hits_total")
+                > 0.0
+            && value(&m, "replay_buffer_redis_writes_total") > 0.0
+            && value(&m, "websocket_backpressure_level") >= 0.95
+            && value(&m, "websocket_circuit_breaker_state") == 2.0
+            && value(
+                &m,
+                "websocket_circuit_breaker_transitions_total{from=\"CLOSED\",to=\"OPEN\"}",
+            ) > 0.0
+            && value(
+                &m,
+                "websocket_connections_rejected_total{reason=\"circuit_open\"}",
+            ) > 0.0;
         if ready {
             break m;
         }
         assert!(
             Instant::now() < deadline,
-            "scenario did not produce gaps, decode errors, DLQ failures, a halt, latency and lag within 30 s: {m:?}\nlog:\n{}",
+            "scenario did not produce gaps, decode errors, DLQ failures, a halt, latency, lag, queue age, a replay \
+             with hits and Redis writes, and an open breaker with a refusal within 30 s: {m:?}\nlog:\n{}",
             bridge.log_text()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -834,7 +948,7 @@ impl Drop for Prometheus {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn real_prometheus_raises_the_decode_dlq_and_gap_alerts_and_nothing_while_idle() {
+async fn real_prometheus_raises_the_record_dlq_gap_and_overload_alerts_and_nothing_while_idle() {
     let rules = project_rules();
     let topic = unique("opskit-prom");
     create_topic(&topic, 1).await;
@@ -844,9 +958,23 @@ async fn real_prometheus_raises_the_decode_dlq_and_gap_alerts_and_nothing_while_
         &[
             ("KAFKA_DLQ_BROKERS", closed.as_str()),
             ("DLQ_SEND_TIMEOUT_SECS", "1"),
+            ("WEBSOCKET_MAX_CONNECTIONS", "2"),
+            ("BACKPRESSURE_WEIGHTS", OVERLOAD_WEIGHTS),
+            ("BREAKER_OPEN_SECS", "1"),
         ],
     )
     .await;
+    // websocket_kafka_connected starts at 0 and turns 1 at the first librdkafka statistics; ready does not
+    // wait for them. The idle phase below is about a settled bridge, so wait for them here.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while value(&bridge.metrics().await, "websocket_kafka_connected") != 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "websocket_kafka_connected never became 1; log:\n{}",
+            bridge.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(unique("ops-kit-prometheus"));
     std::fs::create_dir_all(&dir).expect("temp dir");
@@ -909,10 +1037,36 @@ async fn real_prometheus_raises_the_decode_dlq_and_gap_alerts_and_nothing_while_
         })
     };
 
+    // Overload: two clients fill the two slots (level 1.0: CRITICAL, the breaker opens and stays open while
+    // they stay), and a third knocks every 500 ms and is refused with 1013 (circuit_open).
+    let mut clients = Vec::new();
+    for _ in 0..2 {
+        let (ws, _) = connect(&bridge.ws_url("?format=json")).await;
+        clients.push(drain(ws, stop.clone()));
+    }
+    wait_for_breaker(&bridge, 2.0, Duration::from_secs(10)).await;
+    let knocker = {
+        let stop = stop.clone();
+        let url = bridge.ws_url("?format=json");
+        tokio::spawn(async move {
+            let mut refused = 0;
+            while !stop.load(Ordering::Relaxed) {
+                assert_eq!(knock(&url).await, Refused::TryAgainLater);
+                refused += 1;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            refused
+        })
+    };
+
     let wanted = [
         "HighDecodeErrorRate",
         "WebSocketDlqBroken",
         "SequenceGapsDetected",
+        "BackpressureCritical",
+        "CircuitBreakerOpen",
+        "ConnectionsRejected",
+        "ConnectionLimitNearlyReached",
     ];
     let t0 = Instant::now();
     let deadline = t0 + Duration::from_secs(90);
@@ -934,6 +1088,14 @@ async fn real_prometheus_raises_the_decode_dlq_and_gap_alerts_and_nothing_while_
     };
     stop.store(true, Ordering::Relaxed);
     let _ = feeder.await;
+    let refused = knocker.await.expect("knocker");
+    assert!(refused > 0, "no connection was refused");
+    for c in clients {
+        assert!(
+            c.await.expect("client"),
+            "a client lost its connection during the overload (existing clients keep their stream)"
+        );
+    }
     eprintln!(
         "alerts active after {:?}: {:?}",
         t0.elapsed(),
@@ -975,10 +1137,29 @@ async fn real_prometheus_raises_the_decode_dlq_and_gap_alerts_and_nothing_while_
         "{}",
         active["WebSocketDlqBroken"]
     );
-    assert!(
-        !active.contains_key("ServiceDown"),
-        "ServiceDown while the bridge answers: {active:#?}"
+    assert_eq!(
+        active["ConnectionsRejected"]["labels"]["reason"], "circuit_open",
+        "{}",
+        active["ConnectionsRejected"]
     );
+    for w in ["BackpressureCritical", "CircuitBreakerOpen"] {
+        assert_eq!(
+            active[w]["labels"]["instance"],
+            format!("127.0.0.1:{}", bridge.port),
+            "{}",
+            active[w]
+        );
+    }
+    for quiet in [
+        "ServiceDown",
+        "KafkaBrokersDown",
+        "ConsumerPausedFailClosed",
+    ] {
+        assert!(
+            !active.contains_key(quiet),
+            "{quiet} while the bridge answers, is connected and fail-open: {active:#?}"
+        );
+    }
     drop(prom);
     let _ = std::fs::remove_dir_all(&dir);
 }

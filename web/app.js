@@ -90,7 +90,12 @@ function note(kind, text, level = 'warn') {
 
 // ---- client -----------------------------------------------------------------------------------------
 
+// With WebSocket tokens enabled, open the page as /?token=…: the token goes on the /ws URL
+// (browsers cannot set headers on a WebSocket) and the cursor key does not depend on it.
+const token = params.get('token');
 const client = new DashStreamClient({
+  url: token ? `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/ws?token=${encodeURIComponent(token)}` : undefined,
+  storageKey: token ? 'dashstream-live-page' : undefined,
   format: params.get('format') || 'json',
   threads: params.get('threads'),
   tenant: params.get('tenant'),

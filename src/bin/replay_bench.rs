@@ -1,0 +1,415 @@
+//! `kwb-replay-bench`: measures, in one run against a running broker and Redis
+//! (`KWB_TEST_BROKERS`, `KWB_TEST_REDIS_URL`, as `scripts/services.sh` sets):
+//!
+//! 1. replay: N pre-produced records replayed to one client (`resume=earliest`,
+//!    binary): time to `replay_complete`, records/s, and the bridge's peak RSS;
+//! 2. resume storm: a live reader's latency (producer timestamp → receive) at a
+//!    fixed rate, without and then with M clients resuming at once;
+//! 3. stalled client: R readers' latency at a fixed rate, without and then
+//!    with one client that never reads.
+//!
+//! It starts the release `kafka-ws-bridge` itself (path: next to this binary).
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use futures_util::StreamExt;
+use kafka_ws_bridge::decode::{decode, DecodeLimits};
+use kafka_ws_bridge::frame::parse_envelope;
+use kafka_ws_bridge::synth::{now_us, Generator, SynthConfig};
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use tokio_tungstenite::tungstenite::Message;
+
+#[derive(Parser)]
+struct Args {
+    #[arg(long, env = "KWB_TEST_BROKERS")]
+    brokers: String,
+    #[arg(long, env = "KWB_TEST_REDIS_URL")]
+    redis: String,
+    /// Records replayed to one client.
+    #[arg(long, default_value_t = 100_000)]
+    replay_records: usize,
+    /// Clients resuming at once in the storm.
+    #[arg(long, default_value_t = 200)]
+    storm_clients: usize,
+    /// How far back (records per partition) storm clients resume.
+    #[arg(long, default_value_t = 1000)]
+    storm_back: i64,
+    /// Live rate during the storm phase, records/s.
+    #[arg(long, default_value_t = 1000.0)]
+    storm_rate: f64,
+    /// Readers in the stalled-client phase.
+    #[arg(long, default_value_t = 50)]
+    readers: usize,
+    /// Rate in the stalled-client phase, records/s.
+    #[arg(long, default_value_t = 10_000.0)]
+    stall_rate: f64,
+    /// Seconds per measured phase.
+    #[arg(long, default_value_t = 8)]
+    secs: u64,
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+struct Bridge {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+async fn http_get(port: u16, path: &str) -> Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await?;
+    let text = String::from_utf8_lossy(&buf).to_string();
+    Ok(text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default())
+}
+
+async fn metric(port: u16, name: &str) -> f64 {
+    let body = http_get(port, "/metrics").await.unwrap_or_default();
+    body.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+fn start_bridge(a: &Args, topic: &str, extra: &[(&str, &str)]) -> Result<Bridge> {
+    let bin = std::env::current_exe()?.with_file_name("kafka-ws-bridge");
+    let port = free_port()?;
+    let log =
+        std::fs::File::create(std::env::temp_dir().join(format!("kwb-replay-bench-{port}.log")))?;
+    let mut cmd = Command::new(bin);
+    cmd.arg("serve")
+        .env("KAFKA_BROKERS", &a.brokers)
+        .env("KAFKA_TOPIC", topic)
+        .env("KAFKA_GROUP_ID", format!("bench-{topic}-{port}"))
+        .env("KAFKA_PROPERTIES", "session.timeout.ms=6000")
+        .env("WEBSOCKET_HOST", "127.0.0.1")
+        .env("WEBSOCKET_PORT", port.to_string())
+        .env("REDIS_URL", &a.redis)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::from(log.try_clone()?))
+        .stderr(Stdio::from(log));
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    Ok(Bridge {
+        child: cmd
+            .spawn()
+            .context("start kafka-ws-bridge (build it with --release)")?,
+        port,
+    })
+}
+
+async fn wait_ready(port: u16) -> Result<()> {
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(60) {
+        if http_get(port, "/health/ready")
+            .await
+            .is_ok_and(|b| b.contains("\"ready\":true"))
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("bridge not ready")
+}
+
+fn producer(brokers: &str) -> Result<ThreadedProducer<DefaultProducerContext>> {
+    Ok(ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "2")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()?)
+}
+
+fn create_topic(a: &Args, name: &str, partitions: i32) -> Result<()> {
+    let st = Command::new("bash")
+        .args([
+            "scripts/create-topic.sh",
+            name,
+            &partitions.to_string(),
+            &a.brokers,
+        ])
+        .stdout(Stdio::null())
+        .status()?;
+    if !st.success() {
+        bail!("create-topic {name} failed");
+    }
+    Ok(())
+}
+
+fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+async fn connect(port: u16, query: &str) -> Result<Ws> {
+    let (ws, _) =
+        tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/ws{query}")).await?;
+    Ok(ws)
+}
+
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+/// Reads binary data frames for `secs`, returning latencies in ms.
+async fn read_latencies(mut ws: Ws, secs: u64) -> Vec<f64> {
+    let limits = DecodeLimits::default();
+    let mut out = Vec::new();
+    let end = Instant::now() + Duration::from_secs(secs);
+    while let Ok(Some(Ok(m))) = tokio::time::timeout_at(end.into(), ws.next()).await {
+        if let Message::Binary(b) = m {
+            let now = now_us();
+            if let Ok(env) = parse_envelope(&b) {
+                if let Ok(d) = decode(Some(env.value), &limits) {
+                    if let Some(ts) = d.timestamp_us() {
+                        out.push((now - ts) as f64 / 1000.0);
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Produces at `rate` records/s for `secs` on a blocking thread.
+fn produce_at(
+    brokers: String,
+    topic: String,
+    rate: f64,
+    secs: u64,
+) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let Ok(p) = producer(&brokers) else { return 0 };
+        let mut g = Generator::new(SynthConfig {
+            threads: 16,
+            ..Default::default()
+        });
+        let start = Instant::now();
+        let mut n = 0u64;
+        while start.elapsed() < Duration::from_secs(secs) {
+            let due = start + Duration::from_secs_f64(n as f64 / rate);
+            if let Some(w) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(w);
+            }
+            let Some(r) = g.next() else { break };
+            while p
+                .send(BaseRecord::to(&topic).key(&r.key).payload(&r.value))
+                .is_err()
+            {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            n += 1;
+        }
+        let _ = p.flush(Duration::from_secs(10));
+        n
+    })
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let a = Args::parse();
+    let mut report = serde_json::Map::new();
+
+    // 1. One client replays N records.
+    let topic = format!("replay-bench-{}", std::process::id());
+    create_topic(&a, &topic, 3)?;
+    create_topic(&a, &format!("{topic}-dlq"), 1)?;
+    {
+        let p = producer(&a.brokers)?;
+        for r in Generator::new(SynthConfig {
+            threads: 30,
+            ..Default::default()
+        })
+        .take(a.replay_records)
+        {
+            while p
+                .send(BaseRecord::to(&topic).key(&r.key).payload(&r.value))
+                .is_err()
+            {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        p.flush(Duration::from_secs(60))?;
+    }
+    let bridge = start_bridge(&a, &topic, &[])?;
+    wait_ready(bridge.port).await?;
+    while metric(bridge.port, "replay_buffer_redis_writes_total").await < a.replay_records as f64 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let pid = bridge.child.id();
+    let rss_before = rss_kb(pid);
+    let mut ws = connect(bridge.port, "?resume=earliest").await?;
+    let t0 = Instant::now();
+    let (mut frames, mut peak) = (0u64, rss_before);
+    let mut last_sample = Instant::now();
+    let done = loop {
+        match tokio::time::timeout(Duration::from_secs(30), ws.next()).await {
+            Ok(Some(Ok(Message::Binary(_)))) => frames += 1,
+            Ok(Some(Ok(Message::Text(t)))) if t.as_str().contains("replay_complete") => {
+                break t.to_string()
+            }
+            Ok(Some(Ok(_))) => {}
+            _ => bail!("replay stalled after {frames} frames"),
+        }
+        if last_sample.elapsed() > Duration::from_millis(50) {
+            peak = peak.max(rss_kb(pid));
+            last_sample = Instant::now();
+        }
+    };
+    let secs = t0.elapsed().as_secs_f64();
+    let port = bridge.port;
+    report.insert("replay".into(), serde_json::json!({
+        "records": frames, "seconds": secs, "records_per_sec": frames as f64 / secs,
+        "bridge_rss_kb_before": rss_before, "bridge_rss_kb_peak": peak,
+        "memory_hits": metric(port, "replay_buffer_memory_hits_total").await, "redis_hits": metric(port, "replay_buffer_redis_hits_total").await,
+        "kafka_hits": metric(port, "replay_buffer_kafka_hits_total").await, "replay_complete": serde_json::from_str::<serde_json::Value>(&done)?,
+    }));
+    drop(ws);
+    eprintln!(
+        "replay: {frames} records in {secs:.2} s, peak RSS {peak} kB (before {rss_before} kB)"
+    );
+
+    // 2. Resume storm vs a live reader.
+    let heads: Vec<i64> = vec![(a.replay_records / 3) as i64; 3];
+    let phase = |label: &'static str, storm: bool| {
+        let a_brokers = a.brokers.clone();
+        let topic = topic.clone();
+        let port = bridge.port;
+        let (clients, back, rate, secs) = (a.storm_clients, a.storm_back, a.storm_rate, a.secs);
+        let heads = heads.clone();
+        async move {
+            let live = connect(port, "?resume=latest").await?;
+            let prod = produce_at(a_brokers, topic, rate, secs);
+            let reader = tokio::spawn(read_latencies(live, secs + 1));
+            let mut storm_tasks = vec![];
+            if storm {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let q = format!(
+                    "?resume=cursor&last_offsets={}",
+                    (0..3)
+                        .map(|p| format!("{p}:{}", (heads[p] - back).max(0)))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                );
+                for _ in 0..clients {
+                    let q = q.clone();
+                    storm_tasks.push(tokio::spawn(async move {
+                        let Ok(mut ws) = connect(port, &q).await else {
+                            return (0u64, false);
+                        };
+                        let mut n = 0u64;
+                        while let Ok(Some(Ok(m))) =
+                            tokio::time::timeout(Duration::from_secs(20), ws.next()).await
+                        {
+                            match m {
+                                Message::Binary(_) => n += 1,
+                                Message::Text(t) if t.as_str().contains("replay_complete") => {
+                                    return (n, true)
+                                }
+                                _ => {}
+                            }
+                        }
+                        (n, false)
+                    }));
+                }
+            }
+            let mut lat = reader.await?;
+            let sent = prod.join().unwrap_or(0);
+            let mut completed = 0;
+            let mut replayed = 0;
+            for t in storm_tasks {
+                let (n, ok) = t.await?;
+                replayed += n;
+                completed += usize::from(ok);
+            }
+            anyhow::Ok(serde_json::json!({
+                "phase": label, "live_records_sent": sent, "live_received": lat.len(),
+                "p50_ms": pct(&mut lat, 0.5), "p99_ms": pct(&mut lat, 0.99), "p999_ms": pct(&mut lat, 0.999),
+                "storm_clients_completed": completed, "storm_records_replayed": replayed,
+            }))
+        }
+    };
+    let quiet = phase("live only", false).await?;
+    eprintln!("storm baseline: {quiet}");
+    let stormy = phase("live + resume storm", true).await?;
+    eprintln!("storm: {stormy}");
+    report.insert("resume_storm".into(), serde_json::json!([quiet, stormy]));
+    drop(bridge);
+
+    // 3. Readers with and without one stalled client.
+    let topic2 = format!("stall-bench-{}", std::process::id());
+    create_topic(&a, &topic2, 3)?;
+    create_topic(&a, &format!("{topic2}-dlq"), 1)?;
+    let bridge = start_bridge(&a, &topic2, &[("WEBSOCKET_SEND_BUFFER_BYTES", "262144")])?;
+    wait_ready(bridge.port).await?;
+    let mut stall_phases = vec![];
+    for stalled in [false, true] {
+        let mut readers = vec![];
+        for _ in 0..a.readers {
+            readers.push(connect(bridge.port, "?resume=latest").await?);
+        }
+        let _stalled = if stalled {
+            Some(connect(bridge.port, "?resume=latest").await?)
+        } else {
+            None
+        };
+        let prod = produce_at(a.brokers.clone(), topic2.clone(), a.stall_rate, a.secs);
+        let tasks: Vec<_> = readers
+            .into_iter()
+            .map(|w| tokio::spawn(read_latencies(w, a.secs + 1)))
+            .collect();
+        let mut all = vec![];
+        for t in tasks {
+            all.extend(t.await?);
+        }
+        let sent = prod.join().unwrap_or(0);
+        let per_reader = all.len() as f64 / a.readers as f64;
+        let rss = rss_kb(bridge.child.id());
+        let v = serde_json::json!({
+            "stalled_client": stalled, "readers": a.readers, "records_sent": sent, "avg_received_per_reader": per_reader,
+            "p50_ms": pct(&mut all, 0.5), "p99_ms": pct(&mut all, 0.99), "bridge_rss_kb": rss,
+            "dropped_lagged_total": metric(bridge.port, "websocket_dropped_messages_total{reason=\"lagged_receiver\"}").await,
+        });
+        eprintln!("stall phase: {v}");
+        stall_phases.push(v);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    report.insert("stalled_client".into(), serde_json::json!(stall_phases));
+    println!("{}", serde_json::Value::Object(report));
+    Ok(())
+}
