@@ -20,6 +20,9 @@
 //!    records are produced at a fixed rate, each stamped with the producer's
 //!    wall clock (µs) in its DashStream header. Latency = client receive
 //!    time − that stamp (same machine, same clock): p50/p99/p99.9/max.
+//!    Beside it, as a baseline on the same records at the same time: a bare
+//!    librdkafka consumer's latency (same stamp → its poll), and the
+//!    producer's ack latency (send → delivery report).
 //!
 //! CPU seconds of the bridge, of this process (the clients) and, with
 //! `--broker-pid`, of the broker are read from /proc around each phase.
@@ -39,6 +42,7 @@ use futures_util::StreamExt;
 use kafka_ws_bridge::decode::{decode, DecodeLimits};
 use kafka_ws_bridge::frame::parse_envelope;
 use kafka_ws_bridge::synth::{Generator, SynthConfig};
+use kafka_ws_bridge::telemetry;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
@@ -46,7 +50,9 @@ use rdkafka::consumer::{BaseConsumer, Consumer, DefaultConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{DeliveryResult, Message as _};
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::topic_partition_list::TopicPartitionList;
 use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::Offset;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -78,14 +84,17 @@ struct Args {
     /// Length of the latency run, in seconds.
     #[arg(long, default_value_t = 10)]
     latency_secs: u64,
-    /// linger.ms of the latency run's producer (0: send each record at once).
-    #[arg(long, default_value_t = 0)]
+    /// linger.ms of the latency run's producer (librdkafka's default, 5; with 0,
+    /// Tansu's memory engine cannot ack 2,000 single-record requests/s).
+    #[arg(long, default_value_t = 5)]
     latency_linger_ms: u64,
     /// The bridge binary (default: `kafka-ws-bridge` next to this binary).
     #[arg(long)]
     bridge_bin: Option<PathBuf>,
-    /// WEBSOCKET_CLIENT_QUEUE_FRAMES of the bridge in ingest runs (large: no drops expected).
-    #[arg(long, default_value_t = 200_000)]
+    /// WEBSOCKET_CLIENT_QUEUE_FRAMES of the bridge in ingest runs; 0 = 2 × records + 1024,
+    /// so that a client holding every record stays below the bridge's 50 % shedding
+    /// threshold for low-priority kinds. WEBSOCKET_CLIENT_QUEUE_BYTES is set to 1 KiB per frame.
+    #[arg(long, default_value_t = 0)]
     queue_frames: usize,
     /// session.timeout.ms of every consumer group (the join takes about half of it on Tansu).
     #[arg(long, default_value_t = 6000)]
@@ -96,6 +105,9 @@ struct Args {
     /// Pid of the broker, to report its CPU time per phase.
     #[arg(long)]
     broker_pid: Option<u32>,
+    /// Write every latency sample (`source receive_unix_us latency_us`) to this file.
+    #[arg(long)]
+    latency_dump: Option<PathBuf>,
     /// Directory for the bridge logs (default: a new one under the temp dir).
     #[arg(long)]
     log_dir: Option<PathBuf>,
@@ -309,22 +321,31 @@ async fn wait_for_partitions(brokers: &str, topic: &str, want: i32) -> Result<()
     .await?
 }
 
-/// Counts delivery reports of a producer.
+/// Counts delivery reports of a producer and, when asked, keeps each
+/// record's ack latency (send → delivery report, µs).
 #[derive(Default)]
 struct DeliveryCounter {
     acked: AtomicU64,
     failed: AtomicU64,
     first_error: Mutex<Option<String>>,
+    keep_ack_latency: bool,
+    ack_latency_us: Mutex<Vec<i64>>,
 }
 
 impl ClientContext for DeliveryCounter {}
 
 impl ProducerContext for DeliveryCounter {
-    type DeliveryOpaque = ();
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+    /// The send time, µs since the epoch.
+    type DeliveryOpaque = usize;
+    fn delivery(&self, result: &DeliveryResult<'_>, sent_us: usize) {
         match result {
             Ok(_) => {
                 self.acked.fetch_add(1, Ordering::Relaxed);
+                if self.keep_ack_latency {
+                    if let Ok(mut v) = self.ack_latency_us.lock() {
+                        v.push(now_us() - sent_us as i64);
+                    }
+                }
             }
             Err((e, _)) => {
                 self.failed.fetch_add(1, Ordering::Relaxed);
@@ -336,12 +357,19 @@ impl ProducerContext for DeliveryCounter {
     }
 }
 
-fn producer(brokers: &str, linger_ms: u64) -> Result<ThreadedProducer<DeliveryCounter>> {
+fn producer(
+    brokers: &str,
+    linger_ms: u64,
+    keep_ack_latency: bool,
+) -> Result<ThreadedProducer<DeliveryCounter>> {
     Ok(ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("linger.ms", linger_ms.to_string())
         .set("message.timeout.ms", "60000")
-        .create_with_context(DeliveryCounter::default())?)
+        .create_with_context(DeliveryCounter {
+            keep_ack_latency,
+            ..Default::default()
+        })?)
 }
 
 /// Hands one record to the producer, waiting while its queue is full.
@@ -352,7 +380,12 @@ async fn send_record(
     value: &[u8],
 ) -> Result<()> {
     loop {
-        match p.send(BaseRecord::to(topic).key(key).payload(value)) {
+        let sent_us = now_us().max(0) as usize;
+        match p.send(
+            BaseRecord::with_opaque_to(topic, sent_us)
+                .key(key)
+                .payload(value),
+        ) {
             Ok(()) => return Ok(()),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                 tokio::time::sleep(Duration::from_millis(1)).await;
@@ -399,7 +432,7 @@ impl Produced {
 /// Produces the N records every ceiling and ingest run reads.
 async fn pre_produce(ctx: &Ctx, topic: &str) -> Result<Produced> {
     let n = ctx.args.records;
-    let p = producer(&ctx.args.brokers, 5)?;
+    let p = producer(&ctx.args.brokers, 5, false)?;
     let started = Instant::now();
     let mut value_bytes = 0u64;
     for rec in Generator::new(SynthConfig::default()).take(n as usize) {
@@ -442,32 +475,35 @@ async fn ceiling_run(ctx: &Ctx, topic: &str) -> Result<Ceiling> {
     consumer.subscribe(&[topic])?;
     let n = ctx.args.records;
     let stall = Duration::from_secs(ctx.args.stall_secs);
-    let probe = CpuProbe::start(ctx, None);
+    let (clk, broker) = (ctx.clk_tck, ctx.args.broker_pid);
     let counted = tokio::task::spawn_blocking(move || {
-        let r = count_records(&consumer, n, stall);
+        let r = count_records(&consumer, n, stall, || CpuProbe::start(clk, None, broker));
         // Leaving the group can take a while: never wait for it.
         std::thread::spawn(move || drop(consumer));
         r
     })
     .await??;
-    let (records, first_after, transfer) = counted;
+    let (records, first_after, transfer, cpu) = counted;
     Ok(Ceiling {
         records,
         first_after,
         transfer,
-        cpu: probe.finish(transfer),
+        cpu,
     })
 }
 
 /// Polls until `n` records arrived. Returns (records, time to the first one,
-/// time from the first to the nth).
+/// time from the first to the nth, CPU use from the first to the nth).
 fn count_records(
     consumer: &BaseConsumer<DefaultConsumerContext>,
     n: u64,
     stall: Duration,
-) -> Result<(u64, Duration, Duration)> {
+    probe: impl FnOnce() -> CpuProbe,
+) -> Result<(u64, Duration, Duration, CpuUse)> {
     let started = Instant::now();
     let mut first: Option<Instant> = None;
+    let mut probe = Some(probe);
+    let mut running: Option<CpuProbe> = None;
     let mut last_progress = Instant::now();
     let mut count = 0u64;
     let join_allowance = Duration::from_secs(60);
@@ -478,6 +514,9 @@ fn count_records(
                     bail!("record without value at {}:{}", m.partition(), m.offset());
                 }
                 count += 1;
+                if let Some(start) = probe.take() {
+                    running = Some(start());
+                }
                 let now = Instant::now();
                 first.get_or_insert(now);
                 last_progress = now;
@@ -491,7 +530,9 @@ fn count_records(
         }
     }
     let first = first.context("no record consumed")?;
-    Ok((count, first - started, first.elapsed()))
+    let transfer = first.elapsed();
+    let cpu = running.map(|p| p.finish()).unwrap_or_default();
+    Ok((count, first - started, transfer, cpu))
 }
 
 // ---------------------------------------------------------------------------
@@ -538,7 +579,8 @@ impl Bridge {
             .stdout(out.try_clone()?)
             .stderr(out);
         if let Some(q) = spec.queue_frames {
-            cmd.env("WEBSOCKET_CLIENT_QUEUE_FRAMES", q.to_string());
+            cmd.env("WEBSOCKET_CLIENT_QUEUE_FRAMES", q.to_string())
+                .env("WEBSOCKET_CLIENT_QUEUE_BYTES", (q * 1024).to_string());
         }
         if let Ok(v) = std::env::var("RUST_LOG") {
             cmd.env("RUST_LOG", v);
@@ -592,10 +634,15 @@ impl Bridge {
         })
     }
 
-    /// Sum of a counter's samples in `/metrics` whose labels contain `label`.
-    async fn metric(&self, name: &str, label: &str) -> Result<f64> {
+    /// Delivery counters from `/metrics`.
+    async fn counters(&self) -> Result<Counters> {
         let (_, body) = http_get(self.port, "/metrics").await?;
-        Ok(sum_metric(&body, name, label))
+        let client_label = format!("reason=\"{}\"", telemetry::DROP_CLIENT_QUEUE_FULL);
+        Ok(Counters {
+            dropped_client_queue: sum_metric(&body, telemetry::DROPPED_MESSAGES, &client_label),
+            dropped_all: sum_metric(&body, telemetry::DROPPED_MESSAGES, ""),
+            frames_sent: sum_metric(&body, telemetry::FRAMES_SENT, ""),
+        })
     }
 
     /// SIGTERM, up to 10 s for a clean exit, then SIGKILL.
@@ -628,6 +675,26 @@ impl Drop for Bridge {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+    }
+}
+
+/// Counters read from `/metrics` (None: not exported).
+#[derive(Clone, Copy, Default)]
+struct Counters {
+    /// `websocket_dropped_messages_total{reason=<client queue full>}`.
+    dropped_client_queue: Option<f64>,
+    /// `websocket_dropped_messages_total`, every reason.
+    dropped_all: Option<f64>,
+    frames_sent: Option<f64>,
+}
+
+impl Counters {
+    fn json(&self) -> Value {
+        json!({
+            "dropped_client_queue_full": self.dropped_client_queue,
+            "dropped_all_reasons": self.dropped_all,
+            "frames_sent": self.frames_sent,
+        })
     }
 }
 
@@ -697,8 +764,10 @@ fn dechunk(mut rest: &str) -> Result<String> {
     }
 }
 
-fn sum_metric(body: &str, name: &str, label: &str) -> f64 {
-    body.lines()
+/// Sum of a metric's samples whose labels contain `label`; None if it has none.
+fn sum_metric(body: &str, name: &str, label: &str) -> Option<f64> {
+    let values: Vec<f64> = body
+        .lines()
         .filter(|l| !l.starts_with('#'))
         .filter(|l| {
             l.strip_prefix(name)
@@ -706,7 +775,8 @@ fn sum_metric(body: &str, name: &str, label: &str) -> f64 {
         })
         .filter(|l| l.contains(label))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+        .collect();
+    (!values.is_empty()).then(|| values.iter().fold(0.0, |a, b| a + b))
 }
 
 // ---------------------------------------------------------------------------
@@ -732,59 +802,87 @@ fn cpu_ticks(pid: &str) -> Option<u64> {
     Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
 }
 
-/// CPU seconds used during a phase, and as a share of one core over `busy`.
+/// Busy ticks of the whole machine (all cores), from /proc/stat.
+fn system_busy_ticks() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let cpu = stat.lines().next()?.strip_prefix("cpu ")?;
+    let f: Vec<u64> = cpu
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal
+    Some(f.get(..8)?.iter().sum::<u64>() - f[3] - f[4])
+}
+
+/// CPU seconds used during a window, per process, and the rest of the
+/// machine ("other": anything else running, e.g. a build).
 #[derive(Clone, Copy, Default)]
 struct CpuUse {
     bridge: Option<f64>,
     bench: Option<f64>,
     broker: Option<f64>,
-    busy_secs: f64,
+    other: Option<f64>,
+    wall_secs: f64,
 }
 
 impl CpuUse {
+    /// Share of one core over the window (2 cores = 200 %).
     fn pct(&self, secs: Option<f64>) -> Option<f64> {
-        secs.map(|s| 100.0 * s / self.busy_secs.max(1e-9))
+        secs.map(|s| 100.0 * s / self.wall_secs.max(1e-9))
     }
     fn json(&self) -> Value {
         json!({
-            "bridge_cpu_s": self.bridge, "bench_cpu_s": self.bench, "broker_cpu_s": self.broker,
+            "window_s": self.wall_secs,
+            "bridge_cpu_s": self.bridge, "bench_cpu_s": self.bench,
+            "broker_cpu_s": self.broker, "other_cpu_s": self.other,
             "bridge_cpu_pct": self.pct(self.bridge), "bench_cpu_pct": self.pct(self.bench),
-            "broker_cpu_pct": self.pct(self.broker),
+            "broker_cpu_pct": self.pct(self.broker), "other_cpu_pct": self.pct(self.other),
         })
     }
 }
 
+/// Reads /proc at the start and the end of a measured window.
 struct CpuProbe {
     clk: f64,
     pids: [Option<String>; 3],
     start: [Option<u64>; 3],
+    system_start: Option<u64>,
+    started: Instant,
 }
 
 impl CpuProbe {
-    fn start(ctx: &Ctx, bridge_pid: Option<u32>) -> Self {
+    fn start(clk: f64, bridge_pid: Option<u32>, broker_pid: Option<u32>) -> Self {
         let pids = [
             bridge_pid.map(|p| p.to_string()),
             Some("self".to_string()),
-            ctx.args.broker_pid.map(|p| p.to_string()),
+            broker_pid.map(|p| p.to_string()),
         ];
         let start = pids.clone().map(|p| p.as_deref().and_then(cpu_ticks));
         Self {
-            clk: ctx.clk_tck,
+            clk,
             pids,
             start,
+            system_start: system_busy_ticks(),
+            started: Instant::now(),
         }
     }
 
-    fn finish(&self, busy: Duration) -> CpuUse {
+    fn finish(&self) -> CpuUse {
         let used = |i: usize| -> Option<f64> {
             let end = cpu_ticks(self.pids[i].as_deref()?)?;
             Some(end.saturating_sub(self.start[i]?) as f64 / self.clk)
         };
+        let (bridge, bench, broker) = (used(0), used(1), used(2));
+        let system = system_busy_ticks()
+            .zip(self.system_start)
+            .map(|(e, s)| e.saturating_sub(s) as f64 / self.clk);
+        let known = bridge.unwrap_or(0.0) + bench.unwrap_or(0.0) + broker.unwrap_or(0.0);
         CpuUse {
-            bridge: used(0),
-            bench: used(1),
-            broker: used(2),
-            busy_secs: busy.as_secs_f64(),
+            bridge,
+            bench,
+            broker,
+            other: system.map(|s| (s - known).max(0.0)),
+            wall_secs: self.started.elapsed().as_secs_f64(),
         }
     }
 }
@@ -918,7 +1016,7 @@ struct Ingest {
     frames_max: u64,
     complete_clients: usize,
     first_to_last_finish: Option<Duration>,
-    dropped_metric: f64,
+    counters: Counters,
     lagged_notices: u64,
     records_processed: u64,
     samples_ok: u64,
@@ -938,6 +1036,14 @@ impl Ingest {
 
 const MAX_ATTEMPTS: u32 = 3;
 
+fn ingest_queue_frames(a: &Args) -> usize {
+    if a.queue_frames > 0 {
+        a.queue_frames
+    } else {
+        2 * a.records as usize + 1024
+    }
+}
+
 /// One ingest measurement with `clients` clients; restarts (new group, slower
 /// join) if the consumer got its partitions before every client was connected.
 async fn ingest_run(ctx: &Ctx, topic: &str, clients: usize) -> Result<Ingest> {
@@ -947,7 +1053,7 @@ async fn ingest_run(ctx: &Ctx, topic: &str, clients: usize) -> Result<Ingest> {
             topic,
             group: &group,
             session_timeout_ms: ctx.args.session_timeout_ms * u64::from(attempt),
-            queue_frames: Some(ctx.args.queue_frames),
+            queue_frames: Some(ingest_queue_frames(&ctx.args)),
             log_name: format!("bridge-ingest-{clients}-{attempt}.log"),
         };
         let mut bridge = Bridge::spawn(ctx, &spec)?;
@@ -984,7 +1090,6 @@ async fn drive_ingest(ctx: &Ctx, bridge: &mut Bridge, conns: Vec<Ws>) -> Result<
     let n = ctx.args.records;
     let clients = conns.len();
     let stop = CancellationToken::new();
-    let probe = CpuProbe::start(ctx, Some(bridge.pid()));
     let mut seen = Vec::with_capacity(clients);
     let mut tasks = Vec::with_capacity(clients);
     for (i, ws) in conns.into_iter().enumerate() {
@@ -999,7 +1104,7 @@ async fn drive_ingest(ctx: &Ctx, bridge: &mut Bridge, conns: Vec<Ws>) -> Result<
             stop.clone(),
         )));
     }
-    wait_until_done(ctx, bridge, &seen, n).await;
+    let cpu = wait_until_done(ctx, bridge, &seen, n).await;
     // Let duplicates, if any, arrive before stopping.
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.cancel();
@@ -1008,14 +1113,20 @@ async fn drive_ingest(ctx: &Ctx, bridge: &mut Bridge, conns: Vec<Ws>) -> Result<
         tallies.push(t.await?);
     }
     let health = bridge.health().await?;
-    let dropped = bridge
-        .metric("websocket_dropped_messages_total", "client_queue_full")
-        .await?;
-    Ok(summarize(ctx, bridge, tallies, health, dropped, &probe))
+    let counters = bridge.counters().await?;
+    Ok(summarize(ctx, bridge, tallies, health, counters, cpu))
 }
 
-/// Returns when every client has `n` frames, progress stalls, or the bridge exits.
-async fn wait_until_done(ctx: &Ctx, bridge: &mut Bridge, seen: &[Arc<AtomicU64>], n: u64) {
+/// Returns when every client has `n` frames, progress stalls, or the bridge
+/// exits; with the CPU use from the first frames (±100 ms) to then.
+async fn wait_until_done(
+    ctx: &Ctx,
+    bridge: &mut Bridge,
+    seen: &[Arc<AtomicU64>],
+    n: u64,
+) -> CpuUse {
+    let mut probe: Option<CpuProbe> = None;
+    let finish = |p: &Option<CpuProbe>| p.as_ref().map(CpuProbe::finish).unwrap_or_default();
     let stall = Duration::from_secs(ctx.args.stall_secs);
     let join_allowance = Duration::from_millis(ctx.args.session_timeout_ms * MAX_ATTEMPTS as u64);
     let mut last_total = 0;
@@ -1025,13 +1136,20 @@ async fn wait_until_done(ctx: &Ctx, bridge: &mut Bridge, seen: &[Arc<AtomicU64>]
         tokio::time::sleep(Duration::from_millis(100)).await;
         let counts: Vec<u64> = seen.iter().map(|s| s.load(Ordering::Relaxed)).collect();
         if counts.iter().all(|&c| c >= n) {
-            return;
+            return finish(&probe);
         }
         let total: u64 = counts.iter().sum();
         if total != last_total {
             last_total = total;
             last_change = Instant::now();
             started = true;
+            if probe.is_none() {
+                probe = Some(CpuProbe::start(
+                    ctx.clk_tck,
+                    Some(bridge.pid()),
+                    ctx.args.broker_pid,
+                ));
+            }
         }
         let limit = if started {
             stall
@@ -1043,11 +1161,11 @@ async fn wait_until_done(ctx: &Ctx, bridge: &mut Bridge, seen: &[Arc<AtomicU64>]
                 "no progress for {:?}: stopping at {total} frames in all",
                 limit
             ));
-            return;
+            return finish(&probe);
         }
         if let Some(st) = bridge.exited() {
             progress(format!("bridge exited ({st}) during the run"));
-            return;
+            return finish(&probe);
         }
     }
 }
@@ -1057,8 +1175,8 @@ fn summarize(
     bridge: &Bridge,
     tallies: Vec<Tally>,
     health: Health,
-    dropped_metric: f64,
-    probe: &CpuProbe,
+    counters: Counters,
+    cpu: CpuUse,
 ) -> Ingest {
     let n = ctx.args.records;
     let clients = tallies.len();
@@ -1080,7 +1198,6 @@ fn summarize(
     let mut client_ends: Vec<String> = tallies.iter().map(|t| t.end.clone()).collect();
     client_ends.sort();
     client_ends.dedup();
-    let busy = transfer.unwrap_or_else(|| first.map_or(Duration::ZERO, |f| f.elapsed()));
     Ingest {
         clients,
         records: n,
@@ -1090,14 +1207,14 @@ fn summarize(
         frames_max: tallies.iter().map(|t| t.frames).max().unwrap_or(0),
         complete_clients,
         first_to_last_finish,
-        dropped_metric,
+        counters,
         lagged_notices: tallies.iter().map(|t| t.lagged_dropped).sum(),
         records_processed: health.records_processed,
         samples_ok,
         samples_bad,
         sample_error,
         client_ends,
-        cpu: probe.finish(busy),
+        cpu,
         log: bridge.log.clone(),
     }
 }
@@ -1106,6 +1223,36 @@ fn summarize(
 // Latency run
 // ---------------------------------------------------------------------------
 
+/// A latency distribution (µs, sorted).
+struct Dist(Vec<i64>);
+
+impl Dist {
+    fn new(mut v: Vec<i64>) -> Self {
+        v.sort_unstable();
+        Self(v)
+    }
+
+    /// Nearest-rank percentile, in ms.
+    fn pct_ms(&self, p: f64) -> Option<f64> {
+        let n = self.0.len();
+        let rank = ((p / 100.0) * n as f64).ceil() as usize;
+        let i = rank.clamp(1, n.max(1)) - 1;
+        self.0.get(i).map(|&us| us as f64 / 1000.0)
+    }
+
+    fn max_ms(&self) -> Option<f64> {
+        self.0.last().map(|&us| us as f64 / 1000.0)
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "count": self.0.len(),
+            "p50_ms": self.pct_ms(50.0), "p99_ms": self.pct_ms(99.0),
+            "p999_ms": self.pct_ms(99.9), "max_ms": self.max_ms(),
+        })
+    }
+}
+
 struct Latency {
     rate: f64,
     secs: u64,
@@ -1113,42 +1260,51 @@ struct Latency {
     produce_secs: f64,
     received: u64,
     decode_errors: u64,
-    dropped_metric: f64,
-    /// Sorted, µs.
-    samples: Vec<i64>,
+    counters: Counters,
+    /// Producer stamp → bridge client.
+    bridge: Dist,
+    /// Producer stamp → a bare librdkafka consumer (same topic, same time).
+    bare: Dist,
+    bare_received: u64,
+    /// Producer send → delivery report.
+    ack: Dist,
     log: PathBuf,
 }
 
-impl Latency {
-    /// Nearest-rank percentile, in ms.
-    fn pct_ms(&self, p: f64) -> Option<f64> {
-        if self.samples.is_empty() {
-            return None;
-        }
-        let rank = ((p / 100.0) * self.samples.len() as f64).ceil() as usize;
-        let i = rank.clamp(1, self.samples.len()) - 1;
-        Some(self.samples[i] as f64 / 1000.0)
-    }
-}
-
-/// Latencies (µs) of every binary data frame until `expected` or `stop`.
+/// What a latency reader saw: (receive time µs, latency µs) per record.
+#[derive(Default)]
 struct LatencyTally {
     frames: u64,
     decode_errors: u64,
-    samples: Vec<i64>,
+    samples: Vec<(i64, i64)>,
 }
 
-async fn collect_latencies(
+impl LatencyTally {
+    fn record(&mut self, value: Option<&[u8]>) {
+        let received_us = now_us();
+        self.frames += 1;
+        match value
+            .and_then(|v| decode(Some(v), &DecodeLimits::default()).ok())
+            .and_then(|d| d.timestamp_us())
+        {
+            Some(ts) => self.samples.push((received_us, received_us - ts)),
+            None => self.decode_errors += 1,
+        }
+    }
+
+    fn dist(&self) -> Dist {
+        Dist::new(self.samples.iter().map(|s| s.1).collect())
+    }
+}
+
+/// Bridge client: latency of every binary data frame until `expected` or `stop`.
+async fn bridge_latencies(
     mut ws: Ws,
     expected: u64,
     seen: Arc<AtomicU64>,
     stop: CancellationToken,
 ) -> LatencyTally {
-    let mut t = LatencyTally {
-        frames: 0,
-        decode_errors: 0,
-        samples: Vec::with_capacity(expected as usize),
-    };
+    let mut t = LatencyTally::default();
     while t.frames < expected {
         let msg = tokio::select! {
             biased;
@@ -1157,19 +1313,47 @@ async fn collect_latencies(
         };
         let Some(Ok(msg)) = msg else { break };
         let Message::Binary(b) = msg else { continue };
-        let received_us = now_us();
-        t.frames += 1;
+        t.record(parse_envelope(&b).ok().map(|env| env.value));
         seen.store(t.frames, Ordering::Relaxed);
-        let ts = parse_envelope(&b)
-            .ok()
-            .and_then(|env| decode(Some(env.value), &DecodeLimits::default()).ok())
-            .and_then(|d| d.timestamp_us());
-        match ts {
-            Some(ts) => t.samples.push(received_us - ts),
-            None => t.decode_errors += 1,
-        }
     }
     let _ = tokio::time::timeout(Duration::from_millis(200), ws.close(None)).await;
+    t
+}
+
+/// The baseline reader: a bare librdkafka consumer assigned every partition
+/// from the beginning (no group join), with the bridge's extra properties.
+fn bare_consumer(ctx: &Ctx, topic: &str) -> Result<BaseConsumer<DefaultConsumerContext>> {
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", &ctx.args.brokers)
+        .set("group.id", format!("{topic}-bare"))
+        .set("enable.auto.commit", "false");
+    for kv in ctx.args.bridge_kafka_properties.split(',') {
+        if let Some((k, v)) = kv.split_once('=') {
+            cfg.set(k.trim(), v.trim());
+        }
+    }
+    let consumer: BaseConsumer<DefaultConsumerContext> = cfg.create()?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..ctx.args.partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    Ok(consumer)
+}
+
+fn bare_latencies(
+    consumer: &BaseConsumer<DefaultConsumerContext>,
+    expected: u64,
+    stop: &CancellationToken,
+) -> LatencyTally {
+    let mut t = LatencyTally::default();
+    while t.frames < expected && !stop.is_cancelled() {
+        match consumer.poll(Duration::from_millis(50)) {
+            Some(Ok(m)) => t.record(m.payload()),
+            Some(Err(e)) => progress(format!("baseline consumer: {e}")),
+            None => {}
+        }
+    }
     t
 }
 
@@ -1186,43 +1370,70 @@ async fn latency_run(ctx: &Ctx, topic: &str) -> Result<Latency> {
     bridge.wait_http(Duration::from_secs(30)).await?;
     let ws = connect_client(bridge.port).await?;
     wait_ready(&mut bridge, Duration::from_secs(60)).await?;
-    // Let the fetcher reach the (empty) end of the partitions.
-    tokio::time::sleep(Duration::from_secs(1)).await;
 
     let expected = (ctx.args.latency_rate * ctx.args.latency_secs as f64).round() as u64;
+    let stop = CancellationToken::new();
+    let seen = Arc::new(AtomicU64::new(0));
+    let client = tokio::spawn(bridge_latencies(ws, expected, seen.clone(), stop.clone()));
+    let consumer = bare_consumer(ctx, topic)?;
+    let bare_stop = stop.clone();
+    let bare = tokio::task::spawn_blocking(move || {
+        let t = bare_latencies(&consumer, expected, &bare_stop);
+        std::thread::spawn(move || drop(consumer));
+        t
+    });
+    // Let both fetchers reach the (empty) end of the partitions.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
     progress(format!(
         "latency: producing {expected} records at {} records/s",
         ctx.args.latency_rate
     ));
-    let stop = CancellationToken::new();
-    let seen = Arc::new(AtomicU64::new(0));
-    let client = tokio::spawn(collect_latencies(ws, expected, seen.clone(), stop.clone()));
-    let (produced, produce_secs) = produce_paced(ctx, topic, expected).await?;
+    let (produced, produce_secs, ack) = produce_paced(ctx, topic, expected).await?;
     wait_for_count(
         &seen,
         expected,
         Duration::from_secs(ctx.args.stall_secs.min(10)),
     )
     .await;
+    // The baseline consumer gets a moment to catch up too.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     stop.cancel();
-    let tally = client.await?;
-    let dropped_metric = bridge
-        .metric("websocket_dropped_messages_total", "client_queue_full")
-        .await?;
+    let (tally, bare) = (client.await?, bare.await?);
+    let counters = bridge.counters().await?;
     bridge.stop().await;
-    let mut samples = tally.samples;
-    samples.sort_unstable();
+    if let Some(path) = &ctx.args.latency_dump {
+        dump_latencies(path, &tally, &bare)?;
+    }
     Ok(Latency {
         rate: ctx.args.latency_rate,
         secs: ctx.args.latency_secs,
         produced,
         produce_secs,
         received: tally.frames,
-        decode_errors: tally.decode_errors,
-        dropped_metric,
-        samples,
+        decode_errors: tally.decode_errors + bare.decode_errors,
+        counters,
+        bridge: tally.dist(),
+        bare: bare.dist(),
+        bare_received: bare.frames,
+        ack,
         log: bridge.log.clone(),
     })
+}
+
+/// Writes `source receive_unix_us latency_us` lines, in arrival order.
+fn dump_latencies(path: &Path, bridge: &LatencyTally, bare: &LatencyTally) -> Result<()> {
+    use std::io::Write;
+    let mut f = std::io::BufWriter::new(
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+    );
+    for (name, t) in [("bridge", bridge), ("bare", bare)] {
+        for (at, lat) in &t.samples {
+            writeln!(f, "{name} {at} {lat}")?;
+        }
+    }
+    f.flush()?;
+    Ok(())
 }
 
 /// Waits until `/health/ready` says the consumer has partitions.
@@ -1246,9 +1457,10 @@ async fn wait_ready(bridge: &mut Bridge, timeout: Duration) -> Result<()> {
 }
 
 /// Produces `count` fresh records at the configured rate; each carries its
-/// creation time (µs) in its DashStream header.
-async fn produce_paced(ctx: &Ctx, topic: &str, count: u64) -> Result<(u64, f64)> {
-    let p = producer(&ctx.args.brokers, ctx.args.latency_linger_ms)?;
+/// creation time (µs) in its DashStream header. Returns (acknowledged,
+/// seconds, ack latencies).
+async fn produce_paced(ctx: &Ctx, topic: &str, count: u64) -> Result<(u64, f64, Dist)> {
+    let p = producer(&ctx.args.brokers, ctx.args.latency_linger_ms, true)?;
     let interval = Duration::from_secs_f64(1.0 / ctx.args.latency_rate);
     let mut gen = Generator::new(SynthConfig {
         thread_prefix: "latency".into(),
@@ -1265,7 +1477,14 @@ async fn produce_paced(ctx: &Ctx, topic: &str, count: u64) -> Result<(u64, f64)>
         send_record(&p, topic, rec.key.as_bytes(), &rec.value).await?;
     }
     let secs = started.elapsed().as_secs_f64();
-    Ok((flush(p, count).await?, secs))
+    let acked = flush(p.clone(), count).await?;
+    let ack = p
+        .context()
+        .ack_latency_us
+        .lock()
+        .map(|v| v.clone())
+        .unwrap_or_default();
+    Ok((acked, secs, Dist::new(ack)))
 }
 
 /// Waits until `seen` reaches `n`, or no progress for `stall`.
@@ -1308,95 +1527,144 @@ fn print_report(
         produced.rate()
     );
     println!();
-    println!(
-        "{:<26} {:>11} {:>9} {:>9} {:>21} {:>8} {:>10} {:>10} {:>10}",
-        "throughput",
-        "records/s",
-        "frames/s",
-        "seconds",
-        "frames/client min/max",
-        "dropped",
-        "bridge CPU",
-        "bench CPU",
-        "broker CPU"
+    print_throughput(ceiling, ingest);
+    println!();
+    print_latency(lat);
+    warn_if_busy(ceiling, ingest);
+    println!();
+}
+
+/// Other processes competing for the CPU make every figure an underestimate: say so.
+fn warn_if_busy(ceiling: &Ceiling, ingest: &[Ingest]) {
+    let phases = std::iter::once(("ceiling".to_string(), &ceiling.cpu)).chain(
+        ingest
+            .iter()
+            .map(|r| (format!("{} client(s)", r.clients), &r.cpu)),
     );
+    for (name, cpu) in phases {
+        if let Some(p) = cpu.pct(cpu.other).filter(|&p| p > 20.0) {
+            println!(
+                "WARNING: other processes used {p:.0}% of a core during the {name} run: its figures are too low"
+            );
+        }
+    }
+}
+
+const THROUGHPUT_ROW: usize = 9;
+
+fn throughput_row(cells: [String; THROUGHPUT_ROW]) {
+    let [a, b, c, d, e, f, g, h, i] = cells;
+    println!("{a:<22} {b:>10} {c:>9} {d:>8} {e:>15} {f:>7} {g:>10} {h:>9} {i:>18}");
+}
+
+fn print_throughput(ceiling: &Ceiling, ingest: &[Ingest]) {
     let pct = |c: &CpuUse, v: Option<f64>| c.pct(v).map_or("-".to_string(), |p| format!("{p:.0}%"));
-    println!(
-        "{:<26} {:>11.0} {:>9} {:>9.2} {:>21} {:>8} {:>10} {:>10} {:>10}",
-        "ceiling (librdkafka)",
-        ceiling.rate(),
-        "-",
-        ceiling.transfer.as_secs_f64(),
-        format!("{}", ceiling.records),
-        "-",
-        "-",
-        pct(&ceiling.cpu, ceiling.cpu.bench),
-        pct(&ceiling.cpu, ceiling.cpu.broker),
+    let cpu = |c: &CpuUse| [c.bridge, c.bench, c.broker, c.other].map(|v| pct(c, v));
+    throughput_row(
+        [
+            "throughput",
+            "records/s",
+            "frames/s",
+            "seconds",
+            "frames/client",
+            "dropped",
+            "bridge CPU",
+            "bench CPU",
+            "broker (other) CPU",
+        ]
+        .map(String::from),
     );
+    let [_, bench, broker, other] = cpu(&ceiling.cpu);
+    throughput_row([
+        "ceiling (librdkafka)".into(),
+        format!("{:.0}", ceiling.rate()),
+        "-".into(),
+        format!("{:.2}", ceiling.transfer.as_secs_f64()),
+        ceiling.records.to_string(),
+        "-".into(),
+        "-".into(),
+        bench,
+        format!("{broker} (other {other})"),
+    ]);
     for r in ingest {
-        let frames_s = r.rate().map(|x| x * r.clients as f64);
-        println!(
-            "{:<26} {:>11} {:>9} {:>9} {:>21} {:>8} {:>10} {:>10} {:>10}",
+        let [bridge, bench, broker, other] = cpu(&r.cpu);
+        let frames = if r.frames_min == r.frames_max {
+            r.frames_min.to_string()
+        } else {
+            format!("{}..{}", r.frames_min, r.frames_max)
+        };
+        throughput_row([
             format!("bridge, {} client(s)", r.clients),
             fmt_opt(r.rate(), 0),
-            fmt_opt(frames_s, 0),
+            fmt_opt(r.rate().map(|x| x * r.clients as f64), 0),
             fmt_opt(r.transfer.map(|d| d.as_secs_f64()), 2),
-            format!("{}/{}", r.frames_min, r.frames_max),
-            format!("{:.0}", r.dropped_metric),
-            pct(&r.cpu, r.cpu.bridge),
-            pct(&r.cpu, r.cpu.bench),
-            pct(&r.cpu, r.cpu.broker),
-        );
+            frames,
+            fmt_opt(r.counters.dropped_all, 0),
+            bridge,
+            bench,
+            format!("{broker} (other {other})"),
+        ]);
     }
     println!(
-        "(CPU: share of one core over the transfer; 2 cores = 200%. Ceiling consumer runs inside the bench.)"
+        "CPU: share of one core over the measured window (2 cores = 200%); the ceiling consumer runs inside the bench; other = rest of the machine."
     );
     for r in ingest {
         println!(
-            "  {} client(s): {}/{} clients complete, attempts {}, bridge records_processed {}, lagged notices {}, sample frames ok {}/{}{}, last-minus-first client finish {} s, client ends {:?}",
+            "  {} client(s): {}/{} complete, attempts {}, records_processed {}, frames_sent {}, dropped (queue full) {}, lagged notices {}, samples parsed {}/{}{}, first-to-last client finish {} s, client ends {:?}",
             r.clients,
             r.complete_clients,
             r.clients,
             r.attempts,
             r.records_processed,
+            fmt_opt(r.counters.frames_sent, 0),
+            fmt_opt(r.counters.dropped_client_queue, 0),
             r.lagged_notices,
             r.samples_ok,
             r.samples_ok + r.samples_bad,
-            r.sample_error.as_ref().map_or(String::new(), |e| format!(" (first error: {e})")),
+            r.sample_error
+                .as_ref()
+                .map_or(String::new(), |e| format!(" (first error: {e})")),
             fmt_opt(r.first_to_last_finish.map(|d| d.as_secs_f64()), 3),
             r.client_ends,
         );
     }
-    println!();
+}
+
+fn print_latency(lat: &Latency) {
     println!(
-        "{:<26} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10} {:>9}",
-        "latency (Kafka→client)",
-        "p50 ms",
-        "p99 ms",
-        "p99.9 ms",
-        "max ms",
-        "received",
-        "produced",
-        "dropped"
-    );
-    println!(
-        "{:<26} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10} {:>9.0}",
-        format!("{:.0}/s for {} s, 1 client", lat.rate, lat.secs),
-        fmt_opt(lat.pct_ms(50.0), 2),
-        fmt_opt(lat.pct_ms(99.0), 2),
-        fmt_opt(lat.pct_ms(99.9), 2),
-        fmt_opt(lat.samples.last().map(|&x| x as f64 / 1000.0), 2),
-        lat.received,
+        "latency at {:.0} records/s for {} s: produced {} in {:.2} s; bridge client received {} (dropped {}); baseline consumer received {}",
+        lat.rate,
+        lat.secs,
         lat.produced,
-        lat.dropped_metric,
+        lat.produce_secs,
+        lat.received,
+        fmt_opt(lat.counters.dropped_all, 0),
+        lat.bare_received
     );
+    println!(
+        "{:<42} {:>9} {:>9} {:>9} {:>9}",
+        "latency", "p50 ms", "p99 ms", "p99.9 ms", "max ms"
+    );
+    for (name, d) in [
+        ("producer stamp → bridge client", &lat.bridge),
+        ("producer stamp → bare librdkafka consumer", &lat.bare),
+        ("producer send → broker ack", &lat.ack),
+    ] {
+        println!(
+            "{:<42} {:>9} {:>9} {:>9} {:>9}",
+            name,
+            fmt_opt(d.pct_ms(50.0), 2),
+            fmt_opt(d.pct_ms(99.0), 2),
+            fmt_opt(d.pct_ms(99.9), 2),
+            fmt_opt(d.max_ms(), 2),
+        );
+    }
     if lat.decode_errors > 0 {
         println!(
-            "  {} latency frames could not be decoded",
+            "  {} latency records could not be decoded",
             lat.decode_errors
         );
     }
-    println!();
 }
 
 fn report_json(
@@ -1419,7 +1687,7 @@ fn report_json(
                 "complete_clients": r.complete_clients,
                 "frames_min": r.frames_min,
                 "frames_max": r.frames_max,
-                "dropped_client_queue_full": r.dropped_metric,
+                "metrics": r.counters.json(),
                 "lagged_notices_dropped": r.lagged_notices,
                 "bridge_records_processed": r.records_processed,
                 "sample_frames_ok": r.samples_ok,
@@ -1456,14 +1724,14 @@ fn report_json(
             "produce_s": lat.produce_secs,
             "received": lat.received,
             "decode_errors": lat.decode_errors,
-            "dropped_client_queue_full": lat.dropped_metric,
-            "p50_ms": lat.pct_ms(50.0),
-            "p99_ms": lat.pct_ms(99.0),
-            "p999_ms": lat.pct_ms(99.9),
-            "max_ms": lat.samples.last().map(|&x| x as f64 / 1000.0),
+            "metrics": lat.counters.json(),
+            "bare_received": lat.bare_received,
+            "bridge_client": lat.bridge.json(),
+            "bare_consumer": lat.bare.json(),
+            "producer_ack": lat.ack.json(),
             "bridge_log": lat.log,
         },
-        "queue_frames": a.queue_frames,
+        "ingest_queue_frames": ingest_queue_frames(a),
         "session_timeout_ms": a.session_timeout_ms,
         "bridge_kafka_properties": a.bridge_kafka_properties,
     })
@@ -1488,7 +1756,8 @@ mod tests {
     #[test]
     fn metric_sum_matches_name_and_label() {
         let body = "# TYPE x counter\nx{reason=\"client_queue_full\"} 3\nx{reason=\"other\"} 5\nx_total 9\n";
-        assert_eq!(sum_metric(body, "x", "client_queue_full"), 3.0);
-        assert_eq!(sum_metric(body, "y", ""), 0.0);
+        assert_eq!(sum_metric(body, "x", "client_queue_full"), Some(3.0));
+        assert_eq!(sum_metric(body, "x", ""), Some(8.0));
+        assert_eq!(sum_metric(body, "y", ""), None);
     }
 }
