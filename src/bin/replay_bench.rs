@@ -268,7 +268,8 @@ async fn main() -> Result<()> {
     }
     let bridge = start_bridge(&a, &topic, &[])?;
     wait_ready(bridge.port).await?;
-    while metric(bridge.port, "replay_buffer_redis_writes_total").await < a.replay_records as f64 {
+    // Every record is written to Redis or, when the writer queue is full during this catch-up, dropped (counted).
+    while metric(bridge.port, "replay_buffer_redis_write").await < a.replay_records as f64 {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let pid = bridge.child.id();
@@ -297,7 +298,9 @@ async fn main() -> Result<()> {
         "records": frames, "seconds": secs, "records_per_sec": frames as f64 / secs,
         "bridge_rss_kb_before": rss_before, "bridge_rss_kb_peak": peak,
         "memory_hits": metric(port, "replay_buffer_memory_hits_total").await, "redis_hits": metric(port, "replay_buffer_redis_hits_total").await,
-        "kafka_hits": metric(port, "replay_buffer_kafka_hits_total").await, "replay_complete": serde_json::from_str::<serde_json::Value>(&done)?,
+        "kafka_hits": metric(port, "replay_buffer_kafka_hits_total").await,
+        "redis_writes": metric(port, "replay_buffer_redis_writes_total").await,
+        "redis_write_dropped": metric(port, "replay_buffer_redis_write_dropped_total").await, "replay_complete": serde_json::from_str::<serde_json::Value>(&done)?,
     }));
     drop(ws);
     eprintln!(
