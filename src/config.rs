@@ -265,7 +265,7 @@ pub struct ServeArgs {
     #[arg(long, env = "HALT_MAX_HELD_MESSAGES", default_value_t = 10_000)]
     pub halt_max_held_messages: usize,
     /// Frames queued per client before the client is considered behind.
-    #[arg(long, env = "WEBSOCKET_CLIENT_QUEUE_FRAMES", default_value_t = 1024)]
+    #[arg(long, env = "WEBSOCKET_CLIENT_QUEUE_FRAMES", default_value_t = 4096)]
     pub websocket_client_queue_frames: usize,
     /// Largest message a client may send (control frames), in bytes.
     #[arg(long, env = "WEBSOCKET_MAX_INCOMING_BYTES", default_value_t = 65_536)]
