@@ -326,30 +326,35 @@ async fn ws(
         })
 }
 
+/// Asks the consumer task (which owns the pipeline) and waits for its answer.
+async fn ask<T>(
+    app: &AppState,
+    command: impl FnOnce(oneshot::Sender<T>) -> AdminCommand,
+) -> Result<T, Box<Response>> {
+    let (reply, rx) = oneshot::channel();
+    if app.admin_tx.send(command(reply)).await.is_err() {
+        return Err(Box::new(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "consumer_stopped",
+            "the consumer is not running",
+        )));
+    }
+    rx.await.map_err(|_| {
+        Box::new(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "consumer_stopped",
+            "the consumer stopped before answering",
+        ))
+    })
+}
+
 async fn rate_limits(State(app): State<AppState>, headers: HeaderMap) -> Response {
     if let Err(r) = app.admin.check(&headers) {
         return *r;
     }
-    let (reply, rx) = oneshot::channel();
-    if app
-        .admin_tx
-        .send(AdminCommand::RateLimits { reply })
-        .await
-        .is_err()
-    {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "consumer_stopped",
-            "the consumer is not running",
-        );
-    }
-    match rx.await {
+    match ask(&app, |reply| AdminCommand::RateLimits { reply }).await {
         Ok(v) => Json(v).into_response(),
-        Err(_) => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "consumer_stopped",
-            "the consumer stopped before answering",
-        ),
+        Err(r) => *r,
     }
 }
 
@@ -398,30 +403,15 @@ async fn change_rate_limit(
             "tenant id must be 1-256 bytes",
         );
     }
-    let (reply, rx) = oneshot::channel();
-    if app
-        .admin_tx
-        .send(AdminCommand::SetRateLimit {
-            tenant,
-            rate,
-            reply,
-        })
-        .await
-        .is_err()
+    match ask(app, |reply| AdminCommand::SetRateLimit {
+        tenant,
+        rate,
+        reply,
+    })
+    .await
     {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "consumer_stopped",
-            "the consumer is not running",
-        );
-    }
-    match rx.await {
         Ok(v) => Json(v).into_response(),
-        Err(_) => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "consumer_stopped",
-            "the consumer stopped before answering",
-        ),
+        Err(r) => *r,
     }
 }
 
@@ -494,23 +484,12 @@ async fn resume(
             "thread id must be 1-256 bytes",
         );
     }
-    let (reply, rx) = oneshot::channel();
-    if app
-        .admin_tx
-        .send(AdminCommand::ResumeThread {
-            thread: thread_id.clone(),
-            reply,
-        })
-        .await
-        .is_err()
-    {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "consumer_stopped",
-            "the consumer is not running",
-        );
-    }
-    match rx.await {
+    let answer = ask(&app, |reply| AdminCommand::ResumeThread {
+        thread: thread_id.clone(),
+        reply,
+    })
+    .await;
+    match answer {
         Ok(Ok(released)) => {
             Json(json!({"thread_id": thread_id, "resumed": true, "released": released}))
                 .into_response()
@@ -520,10 +499,6 @@ async fn resume(
             "not_halted",
             &format!("thread '{t}' is not halted"),
         ),
-        Err(_) => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "consumer_stopped",
-            "the consumer stopped before answering",
-        ),
+        Err(r) => *r,
     }
 }

@@ -140,6 +140,16 @@ impl RedisTier {
         Ok(self.pool.get().await?)
     }
 
+    /// Runs one read on a pooled connection, bounded by the operation timeout.
+    async fn bounded<T>(
+        &self,
+        read: impl std::future::Future<Output = anyhow::Result<T>>,
+    ) -> anyhow::Result<T> {
+        tokio::time::timeout(self.cfg.op_timeout, read)
+            .await
+            .map_err(|_| anyhow::anyhow!("redis read timed out"))?
+    }
+
     /// Offsets in `[from, to]`, at most `limit`, with their values (`None`:
     /// the value expired; empty: a tombstone).
     pub async fn page(
@@ -149,7 +159,7 @@ impl RedisTier {
         to: i64,
         limit: usize,
     ) -> anyhow::Result<Vec<(i64, Option<Vec<u8>>)>> {
-        let fut = async {
+        self.bounded(async {
             let mut c = self.conn().await?;
             let offsets: Vec<i64> = redis::cmd("ZRANGEBYSCORE")
                 .arg(self.offsets_key(p))
@@ -167,32 +177,13 @@ impl RedisTier {
             let values: Vec<Option<Vec<u8>>> =
                 redis::cmd("MGET").arg(&keys).query_async(&mut c).await?;
             Ok(offsets.into_iter().zip(values).collect())
-        };
-        tokio::time::timeout(self.cfg.op_timeout, fut)
-            .await
-            .map_err(|_| anyhow::anyhow!("redis read timed out"))?
-    }
-
-    /// Lowest offset Redis holds for `p`.
-    pub async fn first(&self, p: i32) -> anyhow::Result<Option<i64>> {
-        let fut = async {
-            let mut c = self.conn().await?;
-            let v: Vec<i64> = redis::cmd("ZRANGE")
-                .arg(self.offsets_key(p))
-                .arg(0)
-                .arg(0)
-                .query_async(&mut c)
-                .await?;
-            Ok(v.first().copied())
-        };
-        tokio::time::timeout(self.cfg.op_timeout, fut)
-            .await
-            .map_err(|_| anyhow::anyhow!("redis read timed out"))?
+        })
+        .await
     }
 
     /// Highest offset Redis holds for `p`.
     pub async fn last(&self, p: i32) -> anyhow::Result<Option<i64>> {
-        let fut = async {
+        self.bounded(async {
             let mut c = self.conn().await?;
             let v: Vec<i64> = redis::cmd("ZRANGE")
                 .arg(self.offsets_key(p))
@@ -201,25 +192,21 @@ impl RedisTier {
                 .query_async(&mut c)
                 .await?;
             Ok(v.first().copied())
-        };
-        tokio::time::timeout(self.cfg.op_timeout, fut)
-            .await
-            .map_err(|_| anyhow::anyhow!("redis read timed out"))?
+        })
+        .await
     }
 
     /// Partitions Redis holds history for.
     pub async fn partitions(&self) -> anyhow::Result<BTreeSet<i32>> {
-        let fut = async {
+        self.bounded(async {
             let mut c = self.conn().await?;
             let v: Vec<i32> = redis::cmd("SMEMBERS")
                 .arg(format!("{}:partitions", key_prefix(&self.cfg.namespace)))
                 .query_async(&mut c)
                 .await?;
             Ok(v.into_iter().collect())
-        };
-        tokio::time::timeout(self.cfg.op_timeout, fut)
-            .await
-            .map_err(|_| anyhow::anyhow!("redis read timed out"))?
+        })
+        .await
     }
 }
 
