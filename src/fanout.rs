@@ -466,7 +466,7 @@ impl Hub {
             Slot::Frame(frame.clone()),
         );
         let priority = self.priorities.of(frame);
-        let size = frame.binary().len();
+        let size = frame.binary_len();
         let now = std::time::Instant::now();
         let mut queued = 0;
         for slot in clients.values() {

@@ -77,6 +77,11 @@ impl Frame {
         self.binary.clone()
     }
 
+    /// Size of the binary envelope, without touching its reference count.
+    pub fn binary_len(&self) -> usize {
+        self.binary.len()
+    }
+
     /// The original Kafka record value.
     pub fn record_value(&self) -> &[u8] {
         &self.binary[ENVELOPE_HEADER_LEN..]

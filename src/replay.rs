@@ -30,7 +30,7 @@ impl Slot {
     fn bytes(&self) -> usize {
         match self {
             // The envelope plus an estimate of the decoded message.
-            Slot::Frame(f) => f.binary().len() * 2 + 256,
+            Slot::Frame(f) => f.binary_len() * 2 + 256,
             Slot::Tombstone => 32,
         }
     }

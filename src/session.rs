@@ -272,7 +272,7 @@ pub async fn run(
                 }
                 let (msg, frame) = match out {
                     Outbound::Data(f, queued_at) => {
-                        sub.state.queued_bytes.fetch_sub(f.binary().len(), Ordering::Relaxed);
+                        sub.state.queued_bytes.fetch_sub(f.binary_len(), Ordering::Relaxed);
                         ctx.age_sample.fetch_add(1, Ordering::Relaxed);
                         if ctx.age_sample.load(Ordering::Relaxed) % 16 == 0 {
                             ctx.queue_age.record(queued_at.elapsed().as_secs_f64());
