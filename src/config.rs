@@ -333,6 +333,9 @@ pub struct ServeArgs {
     /// Clients replaying from Kafka at once, at most.
     #[arg(long, env = "REPLAY_KAFKA_MAX_CONCURRENT", default_value_t = 4)]
     pub replay_kafka_max_concurrent: usize,
+    /// Clients replaying at once, at most; further resumes wait their turn.
+    #[arg(long, env = "REPLAY_MAX_CONCURRENT", default_value_t = 8)]
+    pub replay_max_concurrent: usize,
     /// Records per replay page (memory, Redis or Kafka).
     #[arg(long, env = "REPLAY_PAGE_SIZE", default_value_t = 500)]
     pub replay_page_size: usize,
@@ -425,6 +428,7 @@ pub struct ReplayConfig {
     pub memory: crate::replay::RingLimits,
     pub kafka: bool,
     pub kafka_max_concurrent: usize,
+    pub max_concurrent: usize,
     pub page: usize,
     pub resume_grace: Duration,
 }
@@ -642,6 +646,7 @@ impl ServeArgs {
             "REPLAY_KAFKA_MAX_CONCURRENT",
             self.replay_kafka_max_concurrent as u64,
         )?;
+        positive("REPLAY_MAX_CONCURRENT", self.replay_max_concurrent as u64)?;
         if !(1..=10_000).contains(&self.replay_page_size) {
             return Err(ConfigError::new(
                 "REPLAY_PAGE_SIZE",
@@ -836,6 +841,7 @@ impl ServeArgs {
                 },
                 kafka: self.replay_kafka,
                 kafka_max_concurrent: self.replay_kafka_max_concurrent,
+                max_concurrent: self.replay_max_concurrent,
                 page: self.replay_page_size,
                 resume_grace: Duration::from_millis(self.resume_grace_ms),
             },

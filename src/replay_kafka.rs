@@ -28,9 +28,18 @@ pub struct Fetched {
     pub next: i64,
 }
 
+/// Farthest a reader polls forward (discarding) rather than seeking.
+const MAX_SKIP: i64 = 5_000;
+
 pub struct KafkaReader {
     consumer: BaseConsumer,
     topic: String,
+    /// Where the assigned consumer continues (partition, lowest offset it can
+    /// still return), and a record already polled past the previous read's end. Holes in Redis
+    /// are usually close together, so the next read polls forward from here
+    /// instead of seeking (a broker round trip and a fresh fetch).
+    position: Option<(i32, i64)>,
+    pending: Option<KafkaRecord>,
 }
 
 impl KafkaReader {
@@ -46,23 +55,27 @@ impl KafkaReader {
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "true")
-        .set("auto.offset.reset", "earliest");
+        .set("auto.offset.reset", "earliest")
+        // One reader per replaying client: keep its prefetch small.
+        .set("queued.max.messages.kbytes", "8192");
         Ok(Self {
             consumer: cfg.create()?,
             topic: topic.to_string(),
+            position: None,
+            pending: None,
         })
     }
 
-    /// Reads offsets `[from, to]` of `partition`, at most `limit` records.
-    /// Blocking: call from a blocking task.
-    pub fn read(
-        &self,
+    /// Assigns `partition` at `from` (or at the earliest retained offset).
+    fn seek(
+        &mut self,
         partition: i32,
         from: i64,
         to: i64,
-        limit: usize,
         timeout: Duration,
-    ) -> Result<Fetched, KafkaError> {
+    ) -> Result<(i64, Option<(i64, i64)>), KafkaError> {
+        self.position = None;
+        self.pending = None;
         let (low, _) = self
             .consumer
             .fetch_watermarks(&self.topic, partition, timeout)?;
@@ -72,47 +85,84 @@ impl KafkaReader {
             retention_gap = Some((from, (low - 1).min(to)));
             start = low;
         }
-        if start > to {
-            return Ok(Fetched {
-                records: vec![],
-                retention_gap,
-                next: to + 1,
-            });
+        if start <= to {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition_offset(&self.topic, partition, Offset::Offset(start))?;
+            self.consumer.assign(&tpl)?;
+            self.position = Some((partition, start));
         }
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(&self.topic, partition, Offset::Offset(start))?;
-        self.consumer.assign(&tpl)?;
-        drop(tpl);
+        Ok((start, retention_gap))
+    }
+
+    /// Reads offsets `[from, to]` of `partition`, at most `limit` records.
+    /// Blocking: call from a blocking task.
+    pub fn read(
+        &mut self,
+        partition: i32,
+        from: i64,
+        to: i64,
+        limit: usize,
+        timeout: Duration,
+    ) -> Result<Fetched, KafkaError> {
+        let mut retention_gap = None;
+        let mut start = from;
+        let continues = matches!(self.position, Some((p, pos)) if p == partition && pos <= from && from - pos <= MAX_SKIP);
+        if !continues {
+            (start, retention_gap) = self.seek(partition, from, to, timeout)?;
+            if start > to {
+                return Ok(Fetched {
+                    records: vec![],
+                    retention_gap,
+                    next: to + 1,
+                });
+            }
+        }
         let deadline = Instant::now() + timeout;
         let mut records = Vec::new();
         let mut next = start;
         while next <= to && records.len() < limit {
-            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
-                return Err(KafkaError::MessageConsumption(
-                    rdkafka::types::RDKafkaErrorCode::OperationTimedOut,
-                ));
-            };
-            match self.consumer.poll(left.min(Duration::from_millis(200))) {
-                None => {}
-                Some(Err(KafkaError::PartitionEOF(_))) => {
-                    // Nothing more on the partition: the rest of the range does not exist (yet).
-                    next = to + 1;
-                    break;
-                }
-                Some(Err(e)) => return Err(e),
-                Some(Ok(m)) => {
-                    if m.offset() > to {
-                        next = to + 1;
-                        break;
+            let rec = match self.pending.take() {
+                Some(r) => r,
+                None => {
+                    let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                        self.position = None;
+                        return Err(KafkaError::MessageConsumption(
+                            rdkafka::types::RDKafkaErrorCode::OperationTimedOut,
+                        ));
+                    };
+                    match self.consumer.poll(left.min(Duration::from_millis(200))) {
+                        None => continue,
+                        Some(Err(KafkaError::PartitionEOF(_))) => {
+                            // Nothing more on the partition: the rest of the range does not exist (yet).
+                            // The end-of-partition event comes once per assignment: seek next time.
+                            self.position = None;
+                            next = to + 1;
+                            break;
+                        }
+                        Some(Err(e)) => {
+                            self.position = None;
+                            return Err(e);
+                        }
+                        Some(Ok(m)) => KafkaRecord {
+                            offset: m.offset(),
+                            timestamp_ms: m.timestamp().to_millis(),
+                            value: m.payload().unwrap_or_default().to_vec(),
+                        },
                     }
-                    next = m.offset() + 1;
-                    records.push(KafkaRecord {
-                        offset: m.offset(),
-                        timestamp_ms: m.timestamp().to_millis(),
-                        value: m.payload().unwrap_or_default().to_vec(),
-                    });
                 }
+            };
+            if rec.offset > to {
+                next = to + 1;
+                self.position = Some((partition, rec.offset));
+                self.pending = Some(rec);
+                break;
             }
+            self.position = Some((partition, rec.offset + 1));
+            if rec.offset < from {
+                continue; // polled forward past what Redis already served
+            }
+            next = rec.offset + 1;
+            records.push(rec);
         }
         Ok(Fetched {
             records,

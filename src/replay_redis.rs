@@ -15,7 +15,7 @@
 //! the consumer. Reads are bounded pages (ZRANGEBYSCORE … LIMIT + MGET); no
 //! SCAN anywhere.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -210,89 +210,131 @@ impl RedisTier {
     }
 }
 
+/// Pipelines in flight at once (the pool has room for them and for reads).
+const WRITER_PIPELINES: usize = 4;
+
+/// One batch as a pipeline: per entry a SET with TTL and a ZADD (plus the
+/// thread's sequence index); per partition and thread, one trim and TTL.
+fn pipeline(tier: &RedisTier, prefix: &str, batch: &[Write]) -> redis::Pipeline {
+    let mut pipe = redis::pipe();
+    let mut partitions: BTreeSet<i32> = BTreeSet::new();
+    let mut threads: BTreeSet<&str> = BTreeSet::new();
+    for w in batch {
+        pipe.cmd("SET")
+            .arg(tier.value_key(w.partition, w.offset))
+            .arg(&w.value[..])
+            .arg("EX")
+            .arg(tier.cfg.ttl_secs)
+            .ignore();
+        pipe.cmd("ZADD")
+            .arg(tier.offsets_key(w.partition))
+            .arg(w.offset)
+            .arg(w.offset)
+            .ignore();
+        if let Some((t, seq)) = &w.thread {
+            pipe.cmd("ZADD")
+                .arg(format!("{prefix}:thread:{t}:sequences"))
+                .arg(*seq)
+                .arg(format!("{}:{}", w.partition, w.offset))
+                .ignore();
+            threads.insert(t);
+        }
+        partitions.insert(w.partition);
+    }
+    let keep = -(tier.cfg.max_per_partition as i64) - 1;
+    for t in threads {
+        let key = format!("{prefix}:thread:{t}:sequences");
+        pipe.cmd("ZREMRANGEBYRANK")
+            .arg(&key)
+            .arg(0)
+            .arg(keep)
+            .ignore();
+        pipe.cmd("EXPIRE").arg(&key).arg(tier.cfg.ttl_secs).ignore();
+    }
+    for p in partitions {
+        let key = tier.offsets_key(p);
+        // Keep the newest max_per_partition offsets; older value keys expire by TTL.
+        pipe.cmd("ZREMRANGEBYRANK")
+            .arg(&key)
+            .arg(0)
+            .arg(keep)
+            .ignore();
+        pipe.cmd("EXPIRE").arg(&key).arg(tier.cfg.ttl_secs).ignore();
+        pipe.cmd("SADD")
+            .arg(format!("{prefix}:partitions"))
+            .arg(p)
+            .ignore();
+    }
+    pipe.cmd("EXPIRE")
+        .arg(format!("{prefix}:partitions"))
+        .arg(tier.cfg.ttl_secs)
+        .ignore();
+    pipe
+}
+
 async fn writer(tier: Arc<RedisTier>, mut rx: mpsc::Receiver<Write>) {
     let failures = metrics::counter!(telemetry::REPLAY_REDIS_WRITE_FAILURES);
     let written = metrics::counter!(telemetry::REPLAY_REDIS_WRITES);
     let prefix = key_prefix(&tier.cfg.namespace);
     let mut batch = Vec::with_capacity(tier.cfg.batch);
     let mut last_error_log: Option<std::time::Instant> = None;
-    loop {
-        batch.clear();
-        if rx.recv_many(&mut batch, tier.cfg.batch).await == 0 {
-            return;
-        }
-        let mut pipe = redis::pipe();
-        let mut per_partition: BTreeMap<i32, ()> = BTreeMap::new();
-        for w in &batch {
-            pipe.cmd("SET")
-                .arg(tier.value_key(w.partition, w.offset))
-                .arg(&w.value[..])
-                .arg("EX")
-                .arg(tier.cfg.ttl_secs)
-                .ignore();
-            pipe.cmd("ZADD")
-                .arg(tier.offsets_key(w.partition))
-                .arg(w.offset)
-                .arg(w.offset)
-                .ignore();
-            if let Some((t, seq)) = &w.thread {
-                let key = format!("{prefix}:thread:{t}:sequences");
-                pipe.cmd("ZADD")
-                    .arg(&key)
-                    .arg(*seq)
-                    .arg(format!("{}:{}", w.partition, w.offset))
-                    .ignore();
-                pipe.cmd("EXPIRE").arg(&key).arg(tier.cfg.ttl_secs).ignore();
-                pipe.cmd("ZREMRANGEBYRANK")
-                    .arg(&key)
-                    .arg(0)
-                    .arg(-(tier.cfg.max_per_partition as i64) - 1)
-                    .ignore();
-            }
-            per_partition.insert(w.partition, ());
-        }
-        for p in per_partition.keys() {
-            let key = tier.offsets_key(*p);
-            // Keep the newest max_per_partition offsets; older value keys expire by TTL.
-            pipe.cmd("ZREMRANGEBYRANK")
-                .arg(&key)
-                .arg(0)
-                .arg(-(tier.cfg.max_per_partition as i64) - 1)
-                .ignore();
-            pipe.cmd("EXPIRE").arg(&key).arg(tier.cfg.ttl_secs).ignore();
-            pipe.cmd("SADD")
-                .arg(format!("{prefix}:partitions"))
-                .arg(*p)
-                .ignore();
-            pipe.cmd("EXPIRE")
-                .arg(format!("{prefix}:partitions"))
-                .arg(tier.cfg.ttl_secs)
-                .ignore();
-        }
-        let result = tokio::time::timeout(tier.cfg.op_timeout, async {
-            let mut c = tier.conn().await?;
-            pipe.query_async::<()>(&mut c).await?;
-            anyhow::Ok(())
-        })
-        .await
-        .map_err(|_| anyhow::anyhow!("timed out"))
-        .and_then(|r| r);
+    let mut in_flight = tokio::task::JoinSet::new();
+    let mut settle = |r: Result<(usize, anyhow::Result<()>), tokio::task::JoinError>| {
+        let (n, result) = r.unwrap_or_else(|e| (0, Err(anyhow::anyhow!("writer task: {e}"))));
         match result {
             Ok(()) => {
-                written.increment(batch.len() as u64);
+                written.increment(n as u64);
                 if !tier.healthy.swap(true, Ordering::Relaxed) {
                     tracing::info!("redis replay writes recovered");
                 }
             }
             Err(e) => {
-                failures.increment(batch.len() as u64);
+                failures.increment(n as u64);
                 tier.healthy.store(false, Ordering::Relaxed);
                 let now = std::time::Instant::now();
                 if last_error_log.is_none_or(|t| now.duration_since(t) > Duration::from_secs(10)) {
-                    tracing::warn!(error = %e, lost = batch.len(), "redis replay write failed; delivery continues");
+                    tracing::warn!(error = %e, lost = n, "redis replay write failed; delivery continues");
                     last_error_log = Some(now);
                 }
             }
         }
+    };
+    loop {
+        batch.clear();
+        // Settle finished pipelines while waiting for the next batch.
+        let n = tokio::select! {
+            n = rx.recv_many(&mut batch, tier.cfg.batch) => n,
+            Some(r) = in_flight.join_next(), if !in_flight.is_empty() => {
+                settle(r);
+                continue;
+            }
+        };
+        if n == 0 {
+            break;
+        }
+        let pipe = pipeline(&tier, &prefix, &batch);
+        while in_flight.len() >= WRITER_PIPELINES {
+            if let Some(r) = in_flight.join_next().await {
+                settle(r);
+            }
+        }
+        let (t, n) = (tier.clone(), batch.len());
+        in_flight.spawn(async move {
+            let result = tokio::time::timeout(t.cfg.op_timeout, async {
+                let mut c = t.conn().await?;
+                pipe.query_async::<()>(&mut c).await?;
+                anyhow::Ok(())
+            })
+            .await
+            .map_err(|_| anyhow::anyhow!("timed out"))
+            .and_then(|r| r);
+            (n, result)
+        });
+        while let Some(r) = in_flight.try_join_next() {
+            settle(r);
+        }
+    }
+    while let Some(r) = in_flight.join_next().await {
+        settle(r);
     }
 }

@@ -24,7 +24,7 @@ use crate::frame::{control, Cursor, Frame};
 use crate::replay::{GapReason, ResumeFrom, Slot};
 use crate::replay_kafka::KafkaReader;
 use crate::replay_redis::RedisTier;
-use crate::session::send;
+use crate::session::{feed, flush};
 use crate::telemetry;
 
 /// High watermarks per partition from the consumer's statistics.
@@ -45,6 +45,9 @@ pub struct ReplayContext {
     pub watermarks: Watermarks,
     pub page: usize,
     pub limits: DecodeLimits,
+    /// Replays running at once, at most (`REPLAY_MAX_CONCURRENT`); the rest
+    /// wait their turn so a storm of resumes cannot starve live delivery.
+    pub replays: Arc<Semaphore>,
 }
 
 /// The last data offset a session sent per partition: nothing at or below
@@ -118,8 +121,15 @@ where
             Format::Binary => Message::Binary(f.binary()),
             Format::Json => Message::Text(f.json()),
         };
-        send(self.tx, msg).await?;
+        feed(self.tx, msg).await?;
         self.replayed += 1;
+        Ok(())
+    }
+
+    /// Ends a page: writes out what was buffered and lets live delivery run.
+    async fn page_done(&mut self) -> Step {
+        flush(self.tx).await?;
+        tokio::task::yield_now().await;
         Ok(())
     }
 
@@ -142,7 +152,7 @@ where
         if initial == Some(from) {
             self.stale = true;
         }
-        send(
+        feed(
             self.tx,
             Message::Text(control::gap(p, from, to, reason.as_str()).into()),
         )
@@ -172,6 +182,7 @@ where
                     n = o + 1;
                     leading = false;
                 }
+                self.page_done().await?;
                 continue;
             }
             if n > end {
@@ -223,6 +234,7 @@ where
                             n = o + 1;
                             *leading = false;
                         }
+                        self.page_done().await?;
                     }
                     Err(e) => {
                         tracing::debug!(error = %e, partition = p, "redis replay read failed");
@@ -258,7 +270,7 @@ where
         };
         let mut n = from;
         while n <= to {
-            let reader = match self.reader.take() {
+            let mut reader = match self.reader.take() {
                 Some(r) => r,
                 None => {
                     let (props, topic) = (k.props.clone(), k.topic.clone());
@@ -319,12 +331,30 @@ where
                 }
                 *leading = false;
             }
+            self.page_done().await?;
             if fetched.next <= n {
                 break;
             }
             n = fetched.next;
         }
         Ok(())
+    }
+}
+
+/// Counts a running replay in `replay_sessions_active` while it lives.
+struct ActiveReplay(metrics::Gauge);
+
+impl ActiveReplay {
+    fn enter() -> Self {
+        let g = metrics::gauge!(telemetry::REPLAY_ACTIVE);
+        g.increment(1.0);
+        Self(g)
+    }
+}
+
+impl Drop for ActiveReplay {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
     }
 }
 
@@ -362,6 +392,12 @@ where
         ResumeFrom::Earliest => HashMap::new(),
         ResumeFrom::Cursor(c) => c.iter().map(|(p, o)| (*p, o.saturating_add(1))).collect(),
     };
+    let waiting = metrics::gauge!(telemetry::REPLAY_WAITING);
+    waiting.increment(1.0);
+    let permit = rc.replays.acquire().await;
+    waiting.decrement(1.0);
+    let Ok(_permit) = permit else { return Err(()) };
+    let _active = ActiveReplay::enter();
     next.extend(initial.iter().map(|(p, o)| (*p, *o)));
     for (p, o) in &initial {
         sent.advance(*p, o - 1);

@@ -238,68 +238,31 @@ pub async fn run(
             r.subscription
         }
     };
+    let mut batch = Batch::default();
     let close = loop {
         tokio::select! {
             biased;
             _ = ctx.shutdown.cancelled() => break Some((CLOSE_GOING_AWAY, "server shutting down")),
             out = sub.rx.recv() => {
                 let Some(out) = out else { break None };
-                // Tell the client exactly what it lost while it was behind.
-                let lagged = sub.state.lagged.swap(0, Ordering::Relaxed);
-                if lagged > 0 {
-                    let mut notices = vec![control::lagged(lagged)];
-                    notices.extend(sub.state.take_lost().into_iter().map(|(p, a, b)| control::gap(p, a, b, "slow_client")));
-                    let mut failed = false;
-                    for n in notices {
-                        if send(&mut tx, Message::Text(n.into())).await.is_err() {
-                            failed = true;
-                            break;
-                        }
+                // Everything already queued goes out in one write (one flush),
+                // bounded so a busy client still lets others run.
+                let mut next = Some(out);
+                let mut verdict = Ok(());
+                while let Some(out) = next.take() {
+                    verdict = relay(&ctx, &mut sub, &mut sent, &mut tx, &mut batch, format, out).await;
+                    if verdict.is_err() || batch.full() {
+                        break;
                     }
-                    if failed {
-                        break Some((CLOSE_SLOW_CLIENT, "client too slow"));
-                    }
+                    next = sub.rx.try_recv().ok();
                 }
-                let since = sub.state.lagging_since_ms.load(Ordering::Relaxed);
-                if since > 0 {
-                    if sub.rx.len() * 2 < ctx.settings.queue_frames {
-                        // Caught up to below half its queue: no longer lagging.
-                        sub.state.lagging_since_ms.store(0, Ordering::Relaxed);
-                    } else if now_ms() - since > ctx.settings.slow_client_disconnect.as_millis() as i64 {
-                        ctx.slow_disconnects.increment(1);
-                        break Some((CLOSE_SLOW_CLIENT, "slow client: stayed behind too long"));
-                    }
+                if let Err(close) = verdict {
+                    break Some(close);
                 }
-                let (msg, frame) = match out {
-                    Outbound::Data(f, queued_at) => {
-                        sub.state.queued_bytes.fetch_sub(f.binary_len(), Ordering::Relaxed);
-                        ctx.age_sample.fetch_add(1, Ordering::Relaxed);
-                        if ctx.age_sample.load(Ordering::Relaxed) % 16 == 0 {
-                            ctx.queue_age.record(queued_at.elapsed().as_secs_f64());
-                        }
-                        if !sent.admit(&f) {
-                            continue;
-                        }
-                        let m = match format {
-                            Format::Binary => Message::Binary(f.binary()),
-                            Format::Json => Message::Text(f.json()),
-                        };
-                        (m, Some(f))
-                    }
-                    Outbound::Control(t) => (Message::Text(t), None),
-                };
-                if send(&mut tx, msg).await.is_err() {
+                if flush(&mut tx).await.is_err() {
                     break Some((CLOSE_SLOW_CLIENT, "client too slow"));
                 }
-                if let Some(f) = frame {
-                    ctx.frames_sent.increment(1);
-                    if f.claim_latency_sample() {
-                        if let Some(ts_us) = f.decoded.timestamp_us() {
-                            let now_us = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0);
-                            ctx.e2e_latency.record(((now_us - ts_us).max(0) as f64) / 1000.0);
-                        }
-                    }
-                }
+                batch.sent(&ctx);
             }
             inc = rx.next() => match inc {
                 None | Some(Ok(Message::Close(_))) => break None,
@@ -334,6 +297,114 @@ pub async fn run(
     }
 }
 
+/// Frames written since the last flush: at most this many, or this many
+/// bytes, go out in one write.
+const BATCH_FRAMES: usize = 64;
+const BATCH_BYTES: usize = 256 * 1024;
+
+/// What one write batch holds until it is flushed.
+#[derive(Default)]
+struct Batch {
+    frames: u64,
+    bytes: usize,
+    /// Producer timestamps (µs) of the frames whose end-to-end latency this
+    /// session records (each frame once, by whichever session sends it first).
+    samples: Vec<i64>,
+}
+
+impl Batch {
+    fn full(&self) -> bool {
+        self.frames as usize >= BATCH_FRAMES || self.bytes >= BATCH_BYTES
+    }
+
+    /// The batch reached the socket: count it and record the latency samples.
+    fn sent(&mut self, ctx: &SessionContext) {
+        ctx.frames_sent.increment(self.frames);
+        if !self.samples.is_empty() {
+            let now_us = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_micros() as i64)
+                .unwrap_or(0);
+            for ts_us in self.samples.drain(..) {
+                ctx.e2e_latency
+                    .record(((now_us - ts_us).max(0) as f64) / 1000.0);
+            }
+        }
+        self.frames = 0;
+        self.bytes = 0;
+    }
+}
+
+/// Writes one queued item (without flushing), preceded by the `lagged` and
+/// `gap` notices for whatever the hub dropped for this client. `Err` carries
+/// the close code and reason that end the session.
+async fn relay<S>(
+    ctx: &SessionContext,
+    sub: &mut Subscription,
+    sent: &mut Sent,
+    tx: &mut S,
+    batch: &mut Batch,
+    format: Format,
+    out: Outbound,
+) -> Result<(), (u16, &'static str)>
+where
+    S: SinkExt<Message> + Unpin,
+{
+    const TOO_SLOW: (u16, &str) = (CLOSE_SLOW_CLIENT, "client too slow");
+    // Tell the client exactly what it lost while it was behind.
+    let lagged = sub.state.lagged.swap(0, Ordering::Relaxed);
+    if lagged > 0 {
+        feed(tx, Message::Text(control::lagged(lagged).into()))
+            .await
+            .map_err(|_| TOO_SLOW)?;
+        for (p, a, b) in sub.state.take_lost() {
+            let gap = control::gap(p, a, b, "slow_client");
+            feed(tx, Message::Text(gap.into()))
+                .await
+                .map_err(|_| TOO_SLOW)?;
+        }
+    }
+    let since = sub.state.lagging_since_ms.load(Ordering::Relaxed);
+    if since > 0 {
+        if sub.rx.len() * 2 < ctx.settings.queue_frames {
+            // Caught up to below half its queue: no longer lagging.
+            sub.state.lagging_since_ms.store(0, Ordering::Relaxed);
+        } else if now_ms() - since > ctx.settings.slow_client_disconnect.as_millis() as i64 {
+            ctx.slow_disconnects.increment(1);
+            return Err((CLOSE_SLOW_CLIENT, "slow client: stayed behind too long"));
+        }
+    }
+    let msg = match out {
+        Outbound::Data(f, queued_at) => {
+            let len = f.binary_len();
+            sub.state.queued_bytes.fetch_sub(len, Ordering::Relaxed);
+            if ctx.age_sample.fetch_add(1, Ordering::Relaxed) % 16 == 0 {
+                ctx.queue_age.record(queued_at.elapsed().as_secs_f64());
+            }
+            if !sent.admit(&f) {
+                return Ok(());
+            }
+            let m = match format {
+                Format::Binary => Message::Binary(f.binary()),
+                Format::Json => Message::Text(f.json()),
+            };
+            batch.frames += 1;
+            batch.bytes += len;
+            if f.claim_latency_sample() {
+                if let Some(ts_us) = f.decoded.timestamp_us() {
+                    batch.samples.push(ts_us);
+                }
+            }
+            m
+        }
+        Outbound::Control(t) => {
+            batch.bytes += t.len();
+            Message::Text(t)
+        }
+    };
+    feed(tx, msg).await.map_err(|_| TOO_SLOW)
+}
+
 /// A message over WEBSOCKET_MAX_INCOMING_BYTES gets close code 1009; other
 /// read errors end the session without a close frame (the socket is gone).
 fn close_for_read_error(e: axum::Error) -> Option<(u16, &'static str)> {
@@ -356,13 +427,36 @@ pub fn set_write_timeout(d: Duration) {
     let _ = WRITE_TIMEOUT.set(d);
 }
 
+/// Writes and flushes one message within the write timeout.
 pub(crate) async fn send<S>(tx: &mut S, msg: Message) -> Result<(), ()>
 where
     S: SinkExt<Message> + Unpin,
 {
+    bounded_write(tx.send(msg)).await
+}
+
+/// Buffers one message (written out when the buffer fills or on [`flush`]).
+pub(crate) async fn feed<S>(tx: &mut S, msg: Message) -> Result<(), ()>
+where
+    S: SinkExt<Message> + Unpin,
+{
+    bounded_write(tx.feed(msg)).await
+}
+
+/// Writes out what [`feed`] buffered.
+pub(crate) async fn flush<S>(tx: &mut S) -> Result<(), ()>
+where
+    S: SinkExt<Message> + Unpin,
+{
+    bounded_write(tx.flush()).await
+}
+
+async fn bounded_write<E>(
+    write: impl std::future::Future<Output = Result<(), E>>,
+) -> Result<(), ()> {
     match tokio::time::timeout(
         *WRITE_TIMEOUT.get_or_init(|| Duration::from_secs(10)),
-        tx.send(msg),
+        write,
     )
     .await
     {

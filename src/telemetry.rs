@@ -47,6 +47,8 @@ pub const REPLAY_MEMORY_ENTRIES: &str = "replay_buffer_memory_entries";
 pub const REPLAY_MEMORY_BYTES: &str = "replay_buffer_memory_bytes";
 pub const REPLAY_REQUESTS: &str = "replay_requests_total";
 pub const REPLAY_DURATION: &str = "replay_duration_seconds";
+pub const REPLAY_ACTIVE: &str = "replay_sessions_active";
+pub const REPLAY_WAITING: &str = "replay_sessions_waiting";
 pub const MAX_CONNECTIONS: &str = "websocket_max_connections";
 pub const MAX_CONNECTIONS_PER_IP: &str = "websocket_max_connections_per_ip";
 pub const CONNECTIONS_REJECTED: &str = "websocket_connections_rejected_total";
@@ -310,6 +312,11 @@ fn describe_all() {
         Unit::Seconds,
         "Time from a resume request to joining live delivery."
     );
+    describe_gauge!(
+        REPLAY_ACTIVE,
+        "Resumes replaying now (at most REPLAY_MAX_CONCURRENT)."
+    );
+    describe_gauge!(REPLAY_WAITING, "Resumes waiting for a replay slot.");
     describe_counter!(
         DLQ_SENDS,
         "Records written to the DLQ topic, by error_type."
@@ -384,6 +391,8 @@ impl PipelineMetrics {
             metrics::counter!(c).increment(0);
         }
         metrics::gauge!(REPLAY_REDIS_QUEUE).set(0.0);
+        metrics::gauge!(REPLAY_ACTIVE).set(0.0);
+        metrics::gauge!(REPLAY_WAITING).set(0.0);
         metrics::counter!(DROPPED_MESSAGES, "reason" => DROP_CLIENT_QUEUE_FULL).increment(0);
         metrics::counter!(CLIENT_LAG_MESSAGES).increment(0);
         metrics::counter!(SLOW_CLIENT_DISCONNECTS).increment(0);

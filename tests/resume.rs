@@ -493,3 +493,68 @@ async fn earliest_covers_unseen_partitions_filters_apply_and_resume_can_be_a_mes
     assert_eq!(code, 400, "{body}");
     assert!(body.contains("invalid_resume"));
 }
+
+/// Waits until the bridge's metric `name` equals `want`.
+async fn wait_metric(bridge: &Bridge, name: &str, want: f64) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let got = bridge.metrics().await.get(name).copied();
+        if got == Some(want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} stayed {got:?}, expected {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replays_beyond_the_concurrency_bound_wait_their_turn_and_a_vanished_replayer_frees_its_slot(
+) {
+    let topic = unique("replaybound");
+    create_topic(&topic, 1).await;
+    let bridge = Bridge::start(
+        &topic,
+        &[
+            ("REPLAY_MAX_CONCURRENT", "1"),
+            ("WEBSOCKET_SEND_BUFFER_BYTES", "65536"),
+        ],
+    )
+    .await;
+    produce(&producer(), &topic, &records(5_000, 4)).await;
+    bridge.wait_processed(5_000, Duration::from_secs(10)).await;
+    // A replays but never reads: its replay holds the only slot, blocked on its full socket.
+    let (stalled, _) = connect(&bridge.ws_url("?resume=earliest")).await;
+    wait_metric(&bridge, "replay_sessions_active", 1.0).await;
+    // B asks to resume meanwhile: it waits, and receives nothing out of order while it does.
+    let (mut ws, _) = connect(&bridge.ws_url("?format=json&resume=earliest")).await;
+    wait_metric(&bridge, "replay_sessions_waiting", 1.0).await;
+    assert!(
+        next_frame(&mut ws, Duration::from_millis(500))
+            .await
+            .is_none(),
+        "a waiting resume sends nothing before its replay"
+    );
+    // A goes away mid-replay: its slot is released, and B's replay runs to the end.
+    drop(stalled);
+    let (frames, control) = collect(&mut ws, 5_000, Duration::from_secs(10)).await;
+    let offsets: Vec<i64> = frames
+        .iter()
+        .map(|f| match f {
+            Frame::Data { offset, .. } => *offset,
+            _ => -1,
+        })
+        .collect();
+    assert_eq!(offsets, (0..5_000).collect::<Vec<i64>>(), "{control:?}");
+    match next_frame(&mut ws, Duration::from_secs(5)).await {
+        Some(Frame::Control(c)) => assert_eq!(
+            (c["type"].as_str(), c["recovered"].as_bool()),
+            (Some("replay_complete"), Some(true))
+        ),
+        other => panic!("replay_complete expected, got {other:?}"),
+    }
+    wait_metric(&bridge, "replay_sessions_active", 0.0).await;
+    wait_metric(&bridge, "replay_sessions_waiting", 0.0).await;
+}
