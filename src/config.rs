@@ -616,7 +616,7 @@ impl ServeArgs {
             .into_iter()
             .filter(|(k, _)| !CONSUMER_ONLY_PREFIXES.iter().any(|p| k.starts_with(p)))
             .collect();
-        if let Some(u) = &self.redis_url {
+        if let Some(u) = self.redis_url.as_ref().filter(|u| !u.is_empty()) {
             if !(u.starts_with("redis://")
                 || u.starts_with("rediss://")
                 || u.starts_with("redis+unix://")
@@ -831,7 +831,8 @@ impl ServeArgs {
                     .collect(),
             },
             replay: ReplayConfig {
-                redis_url: self.redis_url.clone(),
+                // Empty means unset: memory (and Kafka) only.
+                redis_url: self.redis_url.clone().filter(|u| !u.is_empty()),
                 redis_ttl_secs: self.replay_redis_ttl_secs,
                 redis_max_per_partition: self.replay_redis_max_per_partition,
                 redis_queue: self.replay_redis_queue,

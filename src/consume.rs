@@ -173,6 +173,9 @@ pub enum AdminCommand {
     },
 }
 
+/// Records handled between two yields of the consume loop.
+const YIELD_EVERY: u32 = 64;
+
 /// What the consume loop works with besides the consumer itself.
 pub struct Runner {
     pub consumer: Arc<BridgeConsumer>,
@@ -211,8 +214,16 @@ pub async fn run(r: Runner) -> Instant {
     let mut fc_pending = 0usize;
     let mut paused = false;
     status.set_consuming(true);
+    // A broker fetch hands over hundreds of records at once; yielding between
+    // slices of them lets client sessions on this worker drain their queues
+    // during the burst instead of after it.
+    let mut since_yield = 0u32;
 
     let stop_started = loop {
+        if since_yield >= YIELD_EVERY {
+            since_yield = 0;
+            tokio::task::yield_now().await;
+        }
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => {
@@ -277,6 +288,7 @@ pub async fn run(r: Runner) -> Instant {
             }
             r = consumer.recv() => match r {
                 Ok(msg) => {
+                    since_yield += 1;
                     let traceparent = msg.headers().and_then(|h| {
                         h.iter().find(|x| x.key.eq_ignore_ascii_case("traceparent")).and_then(|x| x.value)
                     });

@@ -47,10 +47,19 @@ struct Args {
     /// Rate in the stalled-client phase, records/s.
     #[arg(long, default_value_t = 10_000.0)]
     stall_rate: f64,
+    /// Which parts to run: replay, storm, stall (comma-separated).
+    #[arg(long, default_value = "replay,storm,stall", value_delimiter = ',')]
+    parts: Vec<String>,
+    /// Stalled-client rounds: each round runs without and then with the stalled client.
+    #[arg(long, default_value_t = 2)]
+    stall_rounds: usize,
     /// Seconds per measured phase.
     #[arg(long, default_value_t = 8)]
     secs: u64,
 }
+
+/// How long storm clients have, from the first resume, to finish their replay.
+const STORM_DEADLINE_SECS: u64 = 120;
 
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -140,7 +149,7 @@ async fn wait_ready(port: u16) -> Result<()> {
 fn producer(brokers: &str) -> Result<ThreadedProducer<DefaultProducerContext>> {
     Ok(ClientConfig::new()
         .set("bootstrap.servers", brokers)
-        .set("linger.ms", "2")
+        .set("linger.ms", "20")
         .set("queue.buffering.max.messages", "1000000")
         .create()?)
 }
@@ -186,8 +195,10 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
     v[((v.len() - 1) as f64 * p).round() as usize]
 }
 
-/// Reads binary data frames for `secs`, returning latencies in ms.
-async fn read_latencies(mut ws: Ws, secs: u64) -> Vec<f64> {
+/// Reads binary data frames for `secs`, returning latencies in ms: from the
+/// producer's event timestamp (µs, decoded) or, with `cheap`, from the Kafka
+/// record timestamp in the envelope (ms; no decoding, for many readers).
+async fn read_latencies(mut ws: Ws, secs: u64, cheap: bool) -> Vec<f64> {
     let limits = DecodeLimits::default();
     let mut out = Vec::new();
     let end = Instant::now() + Duration::from_secs(secs);
@@ -195,6 +206,12 @@ async fn read_latencies(mut ws: Ws, secs: u64) -> Vec<f64> {
         if let Message::Binary(b) = m {
             let now = now_us();
             if let Ok(env) = parse_envelope(&b) {
+                if cheap {
+                    if let Some(ts) = env.kafka_timestamp_ms {
+                        out.push((now / 1000 - ts) as f64);
+                    }
+                    continue;
+                }
                 if let Ok(d) = decode(Some(env.value), &limits) {
                     if let Some(ts) = d.timestamp_us() {
                         out.push((now - ts) as f64 / 1000.0);
@@ -240,6 +257,67 @@ fn produce_at(
     })
 }
 
+/// One client replays everything (`resume=earliest`, binary): time, rate,
+/// the bridge's RSS before and at peak, and where the records came from.
+async fn replay_once(bridge: &Bridge) -> Result<serde_json::Value> {
+    let (pid, port) = (bridge.child.id(), bridge.port);
+    let rss_before = rss_kb(pid);
+    let mut ws = connect(port, "?resume=earliest").await?;
+    let t0 = Instant::now();
+    let (mut frames, mut peak) = (0u64, rss_before);
+    let mut last_sample = Instant::now();
+    let done = loop {
+        match tokio::time::timeout(Duration::from_secs(30), ws.next()).await {
+            Ok(Some(Ok(Message::Binary(_)))) => frames += 1,
+            Ok(Some(Ok(Message::Text(t)))) if t.as_str().contains("replay_complete") => {
+                break t.to_string()
+            }
+            Ok(Some(Ok(_))) => {}
+            _ => bail!("replay stalled after {frames} frames"),
+        }
+        if last_sample.elapsed() > Duration::from_millis(50) {
+            peak = peak.max(rss_kb(pid));
+            last_sample = Instant::now();
+        }
+    };
+    let secs = t0.elapsed().as_secs_f64();
+    Ok(serde_json::json!({
+        "records": frames, "seconds": secs, "records_per_sec": frames as f64 / secs,
+        "bridge_rss_kb_before": rss_before, "bridge_rss_kb_peak": peak,
+        "memory_hits": metric(port, "replay_buffer_memory_hits_total").await, "redis_hits": metric(port, "replay_buffer_redis_hits_total").await,
+        "kafka_hits": metric(port, "replay_buffer_kafka_hits_total").await,
+        "redis_writes": metric(port, "replay_buffer_redis_writes_total").await,
+        "redis_write_dropped": metric(port, "replay_buffer_redis_write_dropped_total").await, "replay_complete": serde_json::from_str::<serde_json::Value>(&done)?,
+    }))
+}
+
+/// What a client that stopped reading finally sees when it reads again: the
+/// frames the kernel buffered, the `gap`/`lagged` notices, and how it was closed.
+async fn stalled_fate(mut ws: Ws) -> serde_json::Value {
+    let (mut frames, mut gaps, mut lagged) = (0u64, 0u64, 0u64);
+    let mut close = serde_json::Value::Null;
+    while let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(20), ws.next()).await {
+        match m {
+            Ok(Message::Binary(_)) => frames += 1,
+            Ok(Message::Text(t)) if t.as_str().contains("\"gap\"") => gaps += 1,
+            Ok(Message::Text(t)) if t.as_str().contains("\"lagged\"") => lagged += 1,
+            Ok(Message::Close(c)) => {
+                close = serde_json::json!({
+                    "code": c.as_ref().map(|c| u16::from(c.code)),
+                    "reason": c.as_ref().map(|c| c.reason.to_string()),
+                });
+                break;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                close = serde_json::json!({"error": e.to_string()});
+                break;
+            }
+        }
+    }
+    serde_json::json!({"frames_buffered": frames, "gap_notices": gaps, "lagged_notices": lagged, "close": close})
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let a = Args::parse();
@@ -272,40 +350,22 @@ async fn main() -> Result<()> {
     while metric(bridge.port, "replay_buffer_redis_write").await < a.replay_records as f64 {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let pid = bridge.child.id();
-    let rss_before = rss_kb(pid);
-    let mut ws = connect(bridge.port, "?resume=earliest").await?;
-    let t0 = Instant::now();
-    let (mut frames, mut peak) = (0u64, rss_before);
-    let mut last_sample = Instant::now();
-    let done = loop {
-        match tokio::time::timeout(Duration::from_secs(30), ws.next()).await {
-            Ok(Some(Ok(Message::Binary(_)))) => frames += 1,
-            Ok(Some(Ok(Message::Text(t)))) if t.as_str().contains("replay_complete") => {
-                break t.to_string()
-            }
-            Ok(Some(Ok(_))) => {}
-            _ => bail!("replay stalled after {frames} frames"),
+    if a.parts.iter().any(|p| p == "replay") {
+        let r = replay_once(&bridge).await?;
+        eprintln!("replay (memory, Redis, Kafka): {r}");
+        report.insert("replay".into(), r);
+        // The same history without Redis: what memory does not hold comes from Kafka.
+        let no_redis = start_bridge(&a, &topic, &[("REDIS_URL", "")])?;
+        wait_ready(no_redis.port).await?;
+        while metric(no_redis.port, "websocket_kafka_messages_total").await
+            < a.replay_records as f64
+        {
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        if last_sample.elapsed() > Duration::from_millis(50) {
-            peak = peak.max(rss_kb(pid));
-            last_sample = Instant::now();
-        }
-    };
-    let secs = t0.elapsed().as_secs_f64();
-    let port = bridge.port;
-    report.insert("replay".into(), serde_json::json!({
-        "records": frames, "seconds": secs, "records_per_sec": frames as f64 / secs,
-        "bridge_rss_kb_before": rss_before, "bridge_rss_kb_peak": peak,
-        "memory_hits": metric(port, "replay_buffer_memory_hits_total").await, "redis_hits": metric(port, "replay_buffer_redis_hits_total").await,
-        "kafka_hits": metric(port, "replay_buffer_kafka_hits_total").await,
-        "redis_writes": metric(port, "replay_buffer_redis_writes_total").await,
-        "redis_write_dropped": metric(port, "replay_buffer_redis_write_dropped_total").await, "replay_complete": serde_json::from_str::<serde_json::Value>(&done)?,
-    }));
-    drop(ws);
-    eprintln!(
-        "replay: {frames} records in {secs:.2} s, peak RSS {peak} kB (before {rss_before} kB)"
-    );
+        let r = replay_once(&no_redis).await?;
+        eprintln!("replay (memory, Kafka): {r}");
+        report.insert("replay_without_redis".into(), r);
+    }
 
     // 2. Resume storm vs a live reader.
     let heads: Vec<i64> = vec![(a.replay_records / 3) as i64; 3];
@@ -318,7 +378,7 @@ async fn main() -> Result<()> {
         async move {
             let live = connect(port, "?resume=latest").await?;
             let prod = produce_at(a_brokers, topic, rate, secs);
-            let reader = tokio::spawn(read_latencies(live, secs + 1));
+            let reader = tokio::spawn(read_latencies(live, secs + 1, false));
             let mut storm_tasks = vec![];
             if storm {
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -329,90 +389,127 @@ async fn main() -> Result<()> {
                         .collect::<Vec<_>>()
                         .join(",")
                 );
+                let storm_start = Instant::now();
                 for _ in 0..clients {
                     let q = q.clone();
                     storm_tasks.push(tokio::spawn(async move {
                         let Ok(mut ws) = connect(port, &q).await else {
-                            return (0u64, false);
+                            return (0u64, None);
                         };
                         let mut n = 0u64;
+                        // Resumes beyond REPLAY_MAX_CONCURRENT wait their turn: allow for it.
+                        let end = storm_start + Duration::from_secs(STORM_DEADLINE_SECS);
                         while let Ok(Some(Ok(m))) =
-                            tokio::time::timeout(Duration::from_secs(20), ws.next()).await
+                            tokio::time::timeout_at(end.into(), ws.next()).await
                         {
                             match m {
                                 Message::Binary(_) => n += 1,
                                 Message::Text(t) if t.as_str().contains("replay_complete") => {
-                                    return (n, true)
+                                    return (n, Some(storm_start.elapsed().as_secs_f64()))
                                 }
                                 _ => {}
                             }
                         }
-                        (n, false)
+                        (n, None)
                     }));
                 }
             }
             let mut lat = reader.await?;
             let sent = prod.join().unwrap_or(0);
-            let mut completed = 0;
+            let mut done_secs = vec![];
             let mut replayed = 0;
             for t in storm_tasks {
-                let (n, ok) = t.await?;
+                let (n, done) = t.await?;
                 replayed += n;
-                completed += usize::from(ok);
+                done_secs.extend(done);
             }
+            let completed = done_secs.len();
             anyhow::Ok(serde_json::json!({
                 "phase": label, "live_records_sent": sent, "live_received": lat.len(),
                 "p50_ms": pct(&mut lat, 0.5), "p99_ms": pct(&mut lat, 0.99), "p999_ms": pct(&mut lat, 0.999),
                 "storm_clients_completed": completed, "storm_records_replayed": replayed,
+                "storm_done_p50_secs": pct(&mut done_secs, 0.5), "storm_done_max_secs": pct(&mut done_secs, 1.0),
             }))
         }
     };
-    let quiet = phase("live only", false).await?;
-    eprintln!("storm baseline: {quiet}");
-    let stormy = phase("live + resume storm", true).await?;
-    eprintln!("storm: {stormy}");
-    report.insert("resume_storm".into(), serde_json::json!([quiet, stormy]));
+    if a.parts.iter().any(|p| p == "storm") {
+        let quiet = phase("live only", false).await?;
+        eprintln!("storm baseline: {quiet}");
+        let stormy = phase("live + resume storm", true).await?;
+        eprintln!("storm: {stormy}");
+        report.insert("resume_storm".into(), serde_json::json!([quiet, stormy]));
+    }
     drop(bridge);
 
-    // 3. Readers with and without one stalled client.
-    let topic2 = format!("stall-bench-{}", std::process::id());
-    create_topic(&a, &topic2, 3)?;
-    create_topic(&a, &format!("{topic2}-dlq"), 1)?;
-    let bridge = start_bridge(&a, &topic2, &[("WEBSOCKET_SEND_BUFFER_BYTES", "262144")])?;
-    wait_ready(bridge.port).await?;
-    let mut stall_phases = vec![];
-    for stalled in [false, true] {
-        let mut readers = vec![];
-        for _ in 0..a.readers {
-            readers.push(connect(bridge.port, "?resume=latest").await?);
+    if a.parts.iter().any(|p| p == "stall") {
+        // 3. Readers with and without one stalled client.
+        let topic2 = format!("stall-bench-{}", std::process::id());
+        create_topic(&a, &topic2, 3)?;
+        create_topic(&a, &format!("{topic2}-dlq"), 1)?;
+        let bridge = start_bridge(&a, &topic2, &[("WEBSOCKET_SEND_BUFFER_BYTES", "262144")])?;
+        wait_ready(bridge.port).await?;
+        let mut stall_phases = vec![];
+        // Latencies pooled per condition over all rounds (rounds alternate, so drift cancels).
+        let mut pooled: [Vec<f64>; 2] = [vec![], vec![]];
+        let mut stalled_fates = vec![];
+        for stalled in (0..a.stall_rounds).flat_map(|_| [false, true]) {
+            let mut readers = vec![];
+            for _ in 0..a.readers {
+                readers.push(connect(bridge.port, "?resume=latest").await?);
+            }
+            let stalled_ws = if stalled {
+                Some(connect(bridge.port, "?resume=latest").await?)
+            } else {
+                None
+            };
+            let dropped_before = metric(bridge.port, "websocket_dropped_messages_total").await;
+            let prod = produce_at(a.brokers.clone(), topic2.clone(), a.stall_rate, a.secs);
+            let tasks: Vec<_> = readers
+                .into_iter()
+                .map(|w| tokio::spawn(read_latencies(w, a.secs + 1, true)))
+                .collect();
+            let mut all = vec![];
+            let mut least = usize::MAX;
+            for t in tasks {
+                let l = t.await?;
+                least = least.min(l.len());
+                all.extend(l);
+            }
+            let sent = prod.join().unwrap_or(0);
+            let per_reader = all.len() as f64 / a.readers as f64;
+            let rss = rss_kb(bridge.child.id());
+            let dropped =
+                metric(bridge.port, "websocket_dropped_messages_total").await - dropped_before;
+            let mut v = serde_json::json!({
+                "stalled_client": stalled, "readers": a.readers, "records_sent": sent, "avg_received_per_reader": per_reader,
+                "least_received_by_a_reader": least,
+                "p50_ms": pct(&mut all, 0.5), "p99_ms": pct(&mut all, 0.99), "bridge_rss_kb": rss,
+                "frames_dropped_all_clients": dropped,
+            });
+            pooled[usize::from(stalled)].extend(all);
+            if let Some(ws) = stalled_ws {
+                let fate = stalled_fate(ws).await;
+                v["stalled_client_fate"] = fate.clone();
+                stalled_fates.push(fate);
+            }
+            eprintln!("stall phase: {v}");
+            stall_phases.push(v);
+            tokio::time::sleep(Duration::from_secs(2)).await;
         }
-        let _stalled = if stalled {
-            Some(connect(bridge.port, "?resume=latest").await?)
-        } else {
-            None
-        };
-        let prod = produce_at(a.brokers.clone(), topic2.clone(), a.stall_rate, a.secs);
-        let tasks: Vec<_> = readers
-            .into_iter()
-            .map(|w| tokio::spawn(read_latencies(w, a.secs + 1)))
-            .collect();
-        let mut all = vec![];
-        for t in tasks {
-            all.extend(t.await?);
-        }
-        let sent = prod.join().unwrap_or(0);
-        let per_reader = all.len() as f64 / a.readers as f64;
-        let rss = rss_kb(bridge.child.id());
-        let v = serde_json::json!({
-            "stalled_client": stalled, "readers": a.readers, "records_sent": sent, "avg_received_per_reader": per_reader,
-            "p50_ms": pct(&mut all, 0.5), "p99_ms": pct(&mut all, 0.99), "bridge_rss_kb": rss,
-            "dropped_lagged_total": metric(bridge.port, "websocket_dropped_messages_total{reason=\"lagged_receiver\"}").await,
+        let [mut without, mut with] = pooled;
+        let (p99_without, p99_with) = (pct(&mut without, 0.99), pct(&mut with, 0.99));
+        let summary = serde_json::json!({
+            "rate": a.stall_rate, "readers": a.readers, "rounds": a.stall_rounds,
+            "p50_ms_without": pct(&mut without, 0.5), "p50_ms_with": pct(&mut with, 0.5),
+            "p99_ms_without": p99_without, "p99_ms_with": p99_with,
+            "p99_change_percent": (p99_with / p99_without - 1.0) * 100.0,
         });
-        eprintln!("stall phase: {v}");
-        stall_phases.push(v);
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        eprintln!("stall summary: {summary}");
+        report.insert(
+            "stalled_client".into(),
+            serde_json::json!({"phases": stall_phases, "summary": summary}),
+        );
     }
-    report.insert("stalled_client".into(), serde_json::json!(stall_phases));
     println!("{}", serde_json::Value::Object(report));
     Ok(())
 }
