@@ -126,6 +126,10 @@ const RESERVED_PROPERTIES: &[(&str, &str)] = &[
     ),
 ];
 
+/// SASL mechanisms this binary's librdkafka supports (built with OpenSSL,
+/// without libsasl2: no GSSAPI/Kerberos).
+const SASL_MECHANISMS: &[&str] = &["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"];
+
 impl KafkaArgs {
     /// The librdkafka properties every client of the bridge gets: brokers,
     /// security settings, then the validated pass-through properties.
@@ -164,6 +168,15 @@ impl KafkaArgs {
                     "required when KAFKA_SECURITY_PROTOCOL is sasl_*",
                 )
             })?;
+            if !SASL_MECHANISMS.contains(&mech.as_str()) {
+                return Err(ConfigError::new(
+                    "KAFKA_SASL_MECHANISM",
+                    format!(
+                        "'{mech}' is not built in; use one of {}",
+                        SASL_MECHANISMS.join(", ")
+                    ),
+                ));
+            }
             props.push(("sasl.mechanism".into(), mech));
             if let Some(u) = &self.kafka_sasl_username {
                 props.push(("sasl.username".into(), u.clone()));
@@ -874,6 +887,74 @@ mod tests {
         let mut v = vec!["t"];
         v.extend_from_slice(args);
         T::try_parse_from(v).expect("parse").serve
+    }
+
+    /// TLS and every listed SASL mechanism are compiled into librdkafka: a
+    /// client with those settings is created (it connects lazily).
+    #[test]
+    fn tls_and_sasl_settings_build_real_kafka_clients() {
+        let cases: &[&[&str]] = &[
+            &["--kafka-security-protocol", "ssl"],
+            &[
+                "--kafka-security-protocol",
+                "sasl_ssl",
+                "--kafka-sasl-mechanism",
+                "SCRAM-SHA-512",
+                "--kafka-sasl-username",
+                "u",
+                "--kafka-sasl-password",
+                "p",
+            ],
+            &[
+                "--kafka-security-protocol",
+                "sasl_ssl",
+                "--kafka-sasl-mechanism",
+                "SCRAM-SHA-256",
+                "--kafka-sasl-username",
+                "u",
+                "--kafka-sasl-password",
+                "p",
+            ],
+            &[
+                "--kafka-security-protocol",
+                "sasl_plaintext",
+                "--kafka-sasl-mechanism",
+                "PLAIN",
+                "--kafka-sasl-username",
+                "u",
+                "--kafka-sasl-password",
+                "p",
+            ],
+            &[
+                "--kafka-security-protocol",
+                "sasl_ssl",
+                "--kafka-sasl-mechanism",
+                "OAUTHBEARER",
+            ],
+        ];
+        for args in cases {
+            let c = parse(args).validate().expect("valid");
+            let mut cfg = rdkafka::ClientConfig::new();
+            for (k, v) in &c.consumer_properties {
+                cfg.set(k, v);
+            }
+            cfg.set("group.id", "t");
+            let made: Result<rdkafka::consumer::BaseConsumer, _> = cfg.create();
+            assert!(made.is_ok(), "{args:?}: {:?}", made.err());
+            assert!(c
+                .consumer_properties
+                .iter()
+                .any(|(k, _)| k == "security.protocol"));
+        }
+        let e = parse(&[
+            "--kafka-security-protocol",
+            "sasl_ssl",
+            "--kafka-sasl-mechanism",
+            "GSSAPI",
+        ])
+        .validate()
+        .expect_err("GSSAPI is not built in");
+        assert_eq!(e.setting, "KAFKA_SASL_MECHANISM");
     }
 
     #[test]
