@@ -142,6 +142,10 @@ impl Admission {
         }
         metrics::counter!(telemetry::CONNECTIONS_REJECTED, "reason" => "unauthorized").increment(0);
         metrics::gauge!(telemetry::BREAKER_STATE).set(0.0);
+        metrics::gauge!(telemetry::MEMORY_LIMIT).set(cfg.memory_limit.unwrap_or(0) as f64);
+        if let Some(rss) = backpressure::rss_bytes() {
+            metrics::gauge!(telemetry::PROCESS_RSS).set(rss as f64);
+        }
         metrics::gauge!(telemetry::BACKPRESSURE_LEVEL).set(0.0);
         metrics::gauge!(telemetry::BACKPRESSURE_CATEGORY).set(0.0);
         let breaker = Mutex::new(Breaker::new(cfg.breaker, Instant::now()));
@@ -250,8 +254,14 @@ impl Admission {
         metrics::gauge!(telemetry::BREAKER_STATE).set(b.state().gauge());
     }
 
+    /// Resident set size against the memory limit (0 without a limit); also
+    /// exports the resident set size.
     pub fn memory_utilisation(&self) -> f64 {
-        match (self.cfg.memory_limit, backpressure::rss_bytes()) {
+        let rss = backpressure::rss_bytes();
+        if let Some(b) = rss {
+            metrics::gauge!(telemetry::PROCESS_RSS).set(b as f64);
+        }
+        match (self.cfg.memory_limit, rss) {
             (Some(limit), Some(rss)) if limit > 0 => rss as f64 / limit as f64,
             _ => 0.0,
         }

@@ -64,6 +64,8 @@ pub const KAFKA_CONNECTED: &str = "websocket_kafka_connected";
 pub const CONSUMER_PAUSED: &str = "websocket_consumer_paused";
 pub const RATE_LIMIT_EXCEEDED: &str = "dashstream_rate_limit_exceeded_total";
 pub const SHUTDOWN_DURATION: &str = "app_shutdown_duration_seconds";
+pub const PROCESS_RSS: &str = "process_resident_memory_bytes";
+pub const MEMORY_LIMIT: &str = "websocket_memory_limit_bytes";
 pub const BUILD_INFO: &str = "websocket_build_info";
 
 /// Reasons for `websocket_dlq_send_failures_total{reason}`.
@@ -311,6 +313,16 @@ fn describe_all() {
         REPLAY_DURATION,
         Unit::Seconds,
         "Time from a resume request to joining live delivery."
+    );
+    describe_gauge!(
+        PROCESS_RSS,
+        Unit::Bytes,
+        "Resident set size of the bridge process (read every 500 ms)."
+    );
+    describe_gauge!(
+        MEMORY_LIMIT,
+        Unit::Bytes,
+        "Memory limit the backpressure level measures against: MEMORY_LIMIT_BYTES, else the cgroup limit; 0 when none is known."
     );
     describe_gauge!(
         REPLAY_ACTIVE,
