@@ -201,9 +201,18 @@ async fn each_failure_kind_yields_exactly_one_dlq_record_with_documented_fields_
     );
     let total = cases.len() as u64 * 2 + 4;
     bridge.wait_processed(total, Duration::from_secs(10)).await;
+    // Each DLQ send is counted when the DLQ broker acknowledges it: wait for all of them.
     let m = wait_metric(
         &bridge,
-        |m| m["websocket_dlq_sends_total{error_type=\"thread_halted\"}"] >= 2.0,
+        |m| {
+            m["websocket_dlq_sends_total{error_type=\"thread_halted\"}"] >= 2.0
+                && cases.iter().all(|(kind, _, _)| {
+                    m.get(&format!(
+                        "websocket_dlq_sends_total{{error_type=\"{kind}\"}}"
+                    ))
+                    .is_some_and(|v| *v >= 1.0)
+                })
+        },
         "DLQ sends",
     )
     .await;
