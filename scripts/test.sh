@@ -22,4 +22,4 @@ source "$state_dir/env"
 echo "[test] broker $KWB_TEST_BROKERS, redis $KWB_TEST_REDIS_URL"
 
 # Integration tests mostly wait on the network: run more at once than cores.
-cargo test --all-targets "$@" -- --test-threads=4
+cargo test --all-targets --no-fail-fast "$@" -- --test-threads=4
