@@ -255,11 +255,18 @@ impl Breaker {
     }
 }
 
-/// Resident set size of this process, from /proc (Linux), in bytes.
+/// Resident set size of this process, from /proc (Linux), in bytes
+/// (`VmRSS`, in kB whatever the page size).
 pub fn rss_bytes() -> Option<u64> {
-    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    Some(pages * 4096)
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
 }
 
 /// The container's memory limit (cgroup v2 or v1), if one is set.

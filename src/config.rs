@@ -660,6 +660,12 @@ impl ServeArgs {
             self.replay_kafka_max_concurrent as u64,
         )?;
         positive("REPLAY_MAX_CONCURRENT", self.replay_max_concurrent as u64)?;
+        if self.memory_limit_bytes == Some(0) {
+            return Err(ConfigError::new(
+                "MEMORY_LIMIT_BYTES",
+                "must be > 0 (unset it to use the cgroup limit)",
+            ));
+        }
         if !(1..=10_000).contains(&self.replay_page_size) {
             return Err(ConfigError::new(
                 "REPLAY_PAGE_SIZE",
@@ -1046,5 +1052,13 @@ mod tests {
             .validate()
             .unwrap_err();
         assert!(e.to_string().contains("KAFKA_SASL_MECHANISM"), "{e}");
+        let e = parse(&["--memory-limit-bytes", "0"])
+            .validate()
+            .unwrap_err();
+        assert!(e.to_string().contains("MEMORY_LIMIT_BYTES"), "{e}");
+        let e = parse(&["--replay-max-concurrent", "0"])
+            .validate()
+            .unwrap_err();
+        assert!(e.to_string().contains("REPLAY_MAX_CONCURRENT"), "{e}");
     }
 }
