@@ -298,6 +298,12 @@ pub mod control {
             .to_string()
     }
 
+    /// A resume waits for a replay slot (`REPLAY_MAX_CONCURRENT` replays run at once).
+    pub fn replay_queued(waiting: usize, max_concurrent: usize) -> String {
+        json!({"type": "replay_queued", "waiting": waiting, "max_concurrent": max_concurrent})
+            .to_string()
+    }
+
     pub fn replay_complete(
         replayed: u64,
         recovered: bool,

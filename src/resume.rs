@@ -47,7 +47,78 @@ pub struct ReplayContext {
     pub limits: DecodeLimits,
     /// Replays running at once, at most (`REPLAY_MAX_CONCURRENT`); the rest
     /// wait their turn so a storm of resumes cannot starve live delivery.
-    pub replays: Arc<Semaphore>,
+    pub replays: ReplaySlots,
+}
+
+/// The replay slots and how many resumes wait for one.
+pub struct ReplaySlots {
+    permits: Semaphore,
+    max: usize,
+    waiting: std::sync::atomic::AtomicUsize,
+}
+
+/// While a resume waits for a slot it is told so, now and then again at this
+/// interval, so a client that watches for silence does not give up its turn.
+const QUEUED_NOTICE_EVERY: Duration = Duration::from_secs(5);
+
+impl ReplaySlots {
+    pub fn new(max: usize) -> Self {
+        Self {
+            permits: Semaphore::new(max),
+            max,
+            waiting: Default::default(),
+        }
+    }
+
+    /// Takes a slot; while none is free, sends `replay_queued` notices.
+    /// `Err`: the client went away.
+    async fn acquire<S>(&self, tx: &mut S) -> Result<tokio::sync::SemaphorePermit<'_>, ()>
+    where
+        S: Sink<Message> + Unpin,
+    {
+        if let Ok(p) = self.permits.try_acquire() {
+            return Ok(p);
+        }
+        // Counted as waiting until this returns or is dropped (shutdown).
+        let _waiting = Waiting::enter(&self.waiting);
+        let acquire = self.permits.acquire();
+        tokio::pin!(acquire);
+        loop {
+            let waiting = self.waiting.load(std::sync::atomic::Ordering::Relaxed);
+            flush_notice(tx, control::replay_queued(waiting, self.max)).await?;
+            tokio::select! {
+                p = &mut acquire => return p.map_err(|_| ()),
+                _ = tokio::time::sleep(QUEUED_NOTICE_EVERY) => {}
+            }
+        }
+    }
+}
+
+/// One resume waiting for a slot, in the count and in `replay_sessions_waiting`.
+struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize, metrics::Gauge);
+
+impl<'a> Waiting<'a> {
+    fn enter(n: &'a std::sync::atomic::AtomicUsize) -> Self {
+        n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let g = metrics::gauge!(telemetry::REPLAY_WAITING);
+        g.increment(1.0);
+        Self(n, g)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.1.decrement(1.0);
+    }
+}
+
+async fn flush_notice<S>(tx: &mut S, text: String) -> Result<(), ()>
+where
+    S: Sink<Message> + Unpin,
+{
+    feed(tx, Message::Text(text.into())).await?;
+    flush(tx).await
 }
 
 /// The last data offset a session sent per partition: nothing at or below
@@ -392,11 +463,7 @@ where
         ResumeFrom::Earliest => HashMap::new(),
         ResumeFrom::Cursor(c) => c.iter().map(|(p, o)| (*p, o.saturating_add(1))).collect(),
     };
-    let waiting = metrics::gauge!(telemetry::REPLAY_WAITING);
-    waiting.increment(1.0);
-    let permit = rc.replays.acquire().await;
-    waiting.decrement(1.0);
-    let Ok(_permit) = permit else { return Err(()) };
+    let _permit = rc.replays.acquire(tx).await?;
     let _active = ActiveReplay::enter();
     next.extend(initial.iter().map(|(p, o)| (*p, *o)));
     for (p, o) in &initial {

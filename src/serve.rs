@@ -118,7 +118,7 @@ pub async fn run(cfg: BridgeConfig, shutdown: CancellationToken) -> anyhow::Resu
         watermarks,
         page: cfg.replay.page,
         limits: cfg.limits,
-        replays: Arc::new(Semaphore::new(cfg.replay.max_concurrent)),
+        replays: crate::resume::ReplaySlots::new(cfg.replay.max_concurrent),
     };
     crate::session::set_write_timeout(cfg.write_timeout);
     let tracker = TaskTracker::new();

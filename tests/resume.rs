@@ -528,14 +528,26 @@ async fn replays_beyond_the_concurrency_bound_wait_their_turn_and_a_vanished_rep
     // A replays but never reads: its replay holds the only slot, blocked on its full socket.
     let (stalled, _) = connect(&bridge.ws_url("?resume=earliest")).await;
     wait_metric(&bridge, "replay_sessions_active", 1.0).await;
-    // B asks to resume meanwhile: it waits, and receives nothing out of order while it does.
+    // B asks to resume meanwhile: it waits its turn, and is told so (and nothing else).
     let (mut ws, _) = connect(&bridge.ws_url("?format=json&resume=earliest")).await;
     wait_metric(&bridge, "replay_sessions_waiting", 1.0).await;
+    match next_frame(&mut ws, Duration::from_secs(5)).await {
+        Some(Frame::Control(c)) => assert_eq!(
+            (
+                c["type"].as_str(),
+                c["waiting"].as_u64(),
+                c["max_concurrent"].as_u64()
+            ),
+            (Some("replay_queued"), Some(1), Some(1)),
+            "{c}"
+        ),
+        other => panic!("replay_queued expected, got {other:?}"),
+    }
     assert!(
         next_frame(&mut ws, Duration::from_millis(500))
             .await
             .is_none(),
-        "a waiting resume sends nothing before its replay"
+        "a waiting resume gets no data before its replay"
     );
     // A goes away mid-replay: its slot is released, and B's replay runs to the end.
     drop(stalled);
@@ -548,6 +560,10 @@ async fn replays_beyond_the_concurrency_bound_wait_their_turn_and_a_vanished_rep
         })
         .collect();
     assert_eq!(offsets, (0..5_000).collect::<Vec<i64>>(), "{control:?}");
+    assert!(
+        control.iter().all(|c| c["type"] == "replay_queued"),
+        "{control:?}"
+    );
     match next_frame(&mut ws, Duration::from_secs(5)).await {
         Some(Frame::Control(c)) => assert_eq!(
             (c["type"].as_str(), c["recovered"].as_bool()),
