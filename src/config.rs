@@ -899,46 +899,26 @@ mod tests {
     /// client with those settings is created (it connects lazily).
     #[test]
     fn tls_and_sasl_settings_build_real_kafka_clients() {
-        let cases: &[&[&str]] = &[
-            &["--kafka-security-protocol", "ssl"],
-            &[
+        let sasl = |protocol: &'static str, mechanism: &'static str| {
+            vec![
                 "--kafka-security-protocol",
-                "sasl_ssl",
+                protocol,
                 "--kafka-sasl-mechanism",
-                "SCRAM-SHA-512",
+                mechanism,
                 "--kafka-sasl-username",
                 "u",
                 "--kafka-sasl-password",
                 "p",
-            ],
-            &[
-                "--kafka-security-protocol",
-                "sasl_ssl",
-                "--kafka-sasl-mechanism",
-                "SCRAM-SHA-256",
-                "--kafka-sasl-username",
-                "u",
-                "--kafka-sasl-password",
-                "p",
-            ],
-            &[
-                "--kafka-security-protocol",
-                "sasl_plaintext",
-                "--kafka-sasl-mechanism",
-                "PLAIN",
-                "--kafka-sasl-username",
-                "u",
-                "--kafka-sasl-password",
-                "p",
-            ],
-            &[
-                "--kafka-security-protocol",
-                "sasl_ssl",
-                "--kafka-sasl-mechanism",
-                "OAUTHBEARER",
-            ],
+            ]
+        };
+        let cases = [
+            vec!["--kafka-security-protocol", "ssl"],
+            sasl("sasl_ssl", "SCRAM-SHA-512"),
+            sasl("sasl_ssl", "SCRAM-SHA-256"),
+            sasl("sasl_plaintext", "PLAIN"),
+            sasl("sasl_ssl", "OAUTHBEARER"),
         ];
-        for args in cases {
+        for args in &cases {
             let c = parse(args).validate().expect("valid");
             let mut cfg = rdkafka::ClientConfig::new();
             for (k, v) in &c.consumer_properties {

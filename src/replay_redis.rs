@@ -242,24 +242,22 @@ fn pipeline(tier: &RedisTier, prefix: &str, batch: &[Write]) -> redis::Pipeline 
         partitions.insert(w.partition);
     }
     let keep = -(tier.cfg.max_per_partition as i64) - 1;
-    for t in threads {
-        let key = format!("{prefix}:thread:{t}:sequences");
+    // Keep the newest max_per_partition entries of each index; older value keys expire by TTL.
+    let mut trim = |key: &str| {
         pipe.cmd("ZREMRANGEBYRANK")
-            .arg(&key)
+            .arg(key)
             .arg(0)
             .arg(keep)
             .ignore();
-        pipe.cmd("EXPIRE").arg(&key).arg(tier.cfg.ttl_secs).ignore();
+        pipe.cmd("EXPIRE").arg(key).arg(tier.cfg.ttl_secs).ignore();
+    };
+    for t in threads {
+        trim(&format!("{prefix}:thread:{t}:sequences"));
+    }
+    for p in &partitions {
+        trim(&tier.offsets_key(*p));
     }
     for p in partitions {
-        let key = tier.offsets_key(p);
-        // Keep the newest max_per_partition offsets; older value keys expire by TTL.
-        pipe.cmd("ZREMRANGEBYRANK")
-            .arg(&key)
-            .arg(0)
-            .arg(keep)
-            .ignore();
-        pipe.cmd("EXPIRE").arg(&key).arg(tier.cfg.ttl_secs).ignore();
         pipe.cmd("SADD")
             .arg(format!("{prefix}:partitions"))
             .arg(p)

@@ -111,26 +111,6 @@ fn dlq_headers(brokers: &str, dlq_topic: &str, n: usize) -> Vec<KeyAndHeaders> {
     out
 }
 
-async fn wait_metric(
-    bridge: &Bridge,
-    pred: impl Fn(&HashMap<String, f64>) -> bool,
-    what: &str,
-) -> HashMap<String, f64> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let m = bridge.metrics().await;
-        if pred(&m) {
-            return m;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}; log:\n{}",
-            bridge.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn each_failure_kind_yields_exactly_one_dlq_record_with_documented_fields_and_headers() {
     let topic = unique("dlqkinds");

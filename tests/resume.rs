@@ -495,19 +495,8 @@ async fn earliest_covers_unseen_partitions_filters_apply_and_resume_can_be_a_mes
 }
 
 /// Waits until the bridge's metric `name` equals `want`.
-async fn wait_metric(bridge: &Bridge, name: &str, want: f64) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let got = bridge.metrics().await.get(name).copied();
-        if got == Some(want) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{name} stayed {got:?}, expected {want}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+async fn wait_gauge(bridge: &Bridge, name: &str, want: f64) {
+    wait_metric(bridge, |m| m.get(name) == Some(&want), name).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -527,10 +516,10 @@ async fn replays_beyond_the_concurrency_bound_wait_their_turn_and_a_vanished_rep
     bridge.wait_processed(5_000, Duration::from_secs(10)).await;
     // A replays but never reads: its replay holds the only slot, blocked on its full socket.
     let (stalled, _) = connect(&bridge.ws_url("?resume=earliest")).await;
-    wait_metric(&bridge, "replay_sessions_active", 1.0).await;
+    wait_gauge(&bridge, "replay_sessions_active", 1.0).await;
     // B asks to resume meanwhile: it waits its turn, and is told so (and nothing else).
     let (mut ws, _) = connect(&bridge.ws_url("?format=json&resume=earliest")).await;
-    wait_metric(&bridge, "replay_sessions_waiting", 1.0).await;
+    wait_gauge(&bridge, "replay_sessions_waiting", 1.0).await;
     match next_frame(&mut ws, Duration::from_secs(5)).await {
         Some(Frame::Control(c)) => assert_eq!(
             (
@@ -571,6 +560,6 @@ async fn replays_beyond_the_concurrency_bound_wait_their_turn_and_a_vanished_rep
         ),
         other => panic!("replay_complete expected, got {other:?}"),
     }
-    wait_metric(&bridge, "replay_sessions_active", 0.0).await;
-    wait_metric(&bridge, "replay_sessions_waiting", 0.0).await;
+    wait_gauge(&bridge, "replay_sessions_active", 0.0).await;
+    wait_gauge(&bridge, "replay_sessions_waiting", 0.0).await;
 }

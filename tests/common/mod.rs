@@ -459,3 +459,24 @@ pub fn write_artifact(name: &str, content: &str) -> PathBuf {
     f.write_all(content.as_bytes()).expect("write");
     p
 }
+
+/// Waits (up to 30 s) until the bridge's metrics satisfy `pred`; returns them.
+pub async fn wait_metric(
+    bridge: &Bridge,
+    pred: impl Fn(&HashMap<String, f64>) -> bool,
+    what: &str,
+) -> HashMap<String, f64> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = bridge.metrics().await;
+        if pred(&m) {
+            return m;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; log:\n{}",
+            bridge.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
