@@ -241,23 +241,19 @@ fn pipeline(tier: &RedisTier, prefix: &str, batch: &[Write]) -> redis::Pipeline 
         }
         partitions.insert(w.partition);
     }
-    let keep = -(tier.cfg.max_per_partition as i64) - 1;
     // Keep the newest max_per_partition entries of each index; older value keys expire by TTL.
-    let mut trim = |key: &str| {
-        pipe.cmd("ZREMRANGEBYRANK")
-            .arg(key)
-            .arg(0)
-            .arg(keep)
-            .ignore();
-        pipe.cmd("EXPIRE").arg(key).arg(tier.cfg.ttl_secs).ignore();
-    };
+    let keep = -(tier.cfg.max_per_partition as i64) - 1;
+    let ttl = tier.cfg.ttl_secs;
     for t in threads {
-        trim(&format!("{prefix}:thread:{t}:sequences"));
-    }
-    for p in &partitions {
-        trim(&tier.offsets_key(*p));
+        trim(
+            &mut pipe,
+            &format!("{prefix}:thread:{t}:sequences"),
+            keep,
+            ttl,
+        );
     }
     for p in partitions {
+        trim(&mut pipe, &tier.offsets_key(p), keep, ttl);
         pipe.cmd("SADD")
             .arg(format!("{prefix}:partitions"))
             .arg(p)
@@ -268,6 +264,16 @@ fn pipeline(tier: &RedisTier, prefix: &str, batch: &[Write]) -> redis::Pipeline 
         .arg(tier.cfg.ttl_secs)
         .ignore();
     pipe
+}
+
+/// Trims a sorted-set index to its newest entries and renews its TTL.
+fn trim(pipe: &mut redis::Pipeline, key: &str, keep: i64, ttl: u64) {
+    pipe.cmd("ZREMRANGEBYRANK")
+        .arg(key)
+        .arg(0)
+        .arg(keep)
+        .ignore();
+    pipe.cmd("EXPIRE").arg(key).arg(ttl).ignore();
 }
 
 async fn writer(tier: Arc<RedisTier>, mut rx: mpsc::Receiver<Write>) {

@@ -9,6 +9,7 @@
 //! replay holds a bounded amount of memory.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,7 +25,7 @@ use crate::frame::{control, Cursor, Frame};
 use crate::replay::{GapReason, ResumeFrom, Slot};
 use crate::replay_kafka::KafkaReader;
 use crate::replay_redis::RedisTier;
-use crate::session::{feed, flush};
+use crate::session::{feed, flush, send};
 use crate::telemetry;
 
 /// High watermarks per partition from the consumer's statistics.
@@ -50,75 +51,85 @@ pub struct ReplayContext {
     pub replays: ReplaySlots,
 }
 
-/// The replay slots and how many resumes wait for one.
+/// The replay slots, and how many resumes hold or wait for one.
 pub struct ReplaySlots {
     permits: Semaphore,
     max: usize,
-    waiting: std::sync::atomic::AtomicUsize,
+    active: AtomicUsize,
+    waiting: AtomicUsize,
 }
 
 /// While a resume waits for a slot it is told so, now and then again at this
 /// interval, so a client that watches for silence does not give up its turn.
 const QUEUED_NOTICE_EVERY: Duration = Duration::from_secs(5);
 
+/// A replay slot, counted in `replay_sessions_active` until dropped.
+pub struct ReplaySlot<'a> {
+    _permit: tokio::sync::SemaphorePermit<'a>,
+    _active: Counted<'a>,
+}
+
 impl ReplaySlots {
     pub fn new(max: usize) -> Self {
         Self {
             permits: Semaphore::new(max),
             max,
-            waiting: Default::default(),
+            active: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
         }
     }
 
     /// Takes a slot; while none is free, sends `replay_queued` notices.
     /// `Err`: the client went away.
-    async fn acquire<S>(&self, tx: &mut S) -> Result<tokio::sync::SemaphorePermit<'_>, ()>
+    async fn acquire<S>(&self, tx: &mut S) -> Result<ReplaySlot<'_>, ()>
     where
         S: Sink<Message> + Unpin,
     {
-        if let Ok(p) = self.permits.try_acquire() {
-            return Ok(p);
-        }
-        // Counted as waiting until this returns or is dropped (shutdown).
-        let _waiting = Waiting::enter(&self.waiting);
-        let acquire = self.permits.acquire();
-        tokio::pin!(acquire);
-        loop {
-            let waiting = self.waiting.load(std::sync::atomic::Ordering::Relaxed);
-            flush_notice(tx, control::replay_queued(waiting, self.max)).await?;
-            tokio::select! {
-                p = &mut acquire => return p.map_err(|_| ()),
-                _ = tokio::time::sleep(QUEUED_NOTICE_EVERY) => {}
+        let permit = match self.permits.try_acquire() {
+            Ok(p) => p,
+            Err(_) => {
+                // Counted as waiting until this returns or is dropped (shutdown).
+                let _waiting = Counted::enter(&self.waiting, telemetry::REPLAY_WAITING);
+                let acquire = self.permits.acquire();
+                tokio::pin!(acquire);
+                loop {
+                    let waiting = self.waiting.load(Ordering::Relaxed);
+                    send(
+                        tx,
+                        Message::Text(control::replay_queued(waiting, self.max).into()),
+                    )
+                    .await?;
+                    tokio::select! {
+                        p = &mut acquire => break p.map_err(|_| ())?,
+                        _ = tokio::time::sleep(QUEUED_NOTICE_EVERY) => {}
+                    }
+                }
             }
-        }
+        };
+        Ok(ReplaySlot {
+            _permit: permit,
+            _active: Counted::enter(&self.active, telemetry::REPLAY_ACTIVE),
+        })
     }
 }
 
-/// One resume waiting for a slot, in the count and in `replay_sessions_waiting`.
-struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize, metrics::Gauge);
+/// Counted in `count` and in the gauge `name` while it lives (every exit path).
+struct Counted<'a>(&'a AtomicUsize, metrics::Gauge);
 
-impl<'a> Waiting<'a> {
-    fn enter(n: &'a std::sync::atomic::AtomicUsize) -> Self {
-        n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let g = metrics::gauge!(telemetry::REPLAY_WAITING);
+impl<'a> Counted<'a> {
+    fn enter(count: &'a AtomicUsize, name: &'static str) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        let g = metrics::gauge!(name);
         g.increment(1.0);
-        Self(n, g)
+        Self(count, g)
     }
 }
 
-impl Drop for Waiting<'_> {
+impl Drop for Counted<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.0.fetch_sub(1, Ordering::Relaxed);
         self.1.decrement(1.0);
     }
-}
-
-async fn flush_notice<S>(tx: &mut S, text: String) -> Result<(), ()>
-where
-    S: Sink<Message> + Unpin,
-{
-    feed(tx, Message::Text(text.into())).await?;
-    flush(tx).await
 }
 
 /// The last data offset a session sent per partition: nothing at or below
@@ -412,23 +423,6 @@ where
     }
 }
 
-/// Counts a running replay in `replay_sessions_active` while it lives.
-struct ActiveReplay(metrics::Gauge);
-
-impl ActiveReplay {
-    fn enter() -> Self {
-        let g = metrics::gauge!(telemetry::REPLAY_ACTIVE);
-        g.increment(1.0);
-        Self(g)
-    }
-}
-
-impl Drop for ActiveReplay {
-    fn drop(&mut self) {
-        self.0.decrement(1.0);
-    }
-}
-
 /// Replays what `from` asks for, then joins live delivery. `Err` means the
 /// client went away.
 pub async fn replay<S>(
@@ -463,8 +457,7 @@ where
         ResumeFrom::Earliest => HashMap::new(),
         ResumeFrom::Cursor(c) => c.iter().map(|(p, o)| (*p, o.saturating_add(1))).collect(),
     };
-    let _permit = rc.replays.acquire(tx).await?;
-    let _active = ActiveReplay::enter();
+    let _slot = rc.replays.acquire(tx).await?;
     next.extend(initial.iter().map(|(p, o)| (*p, *o)));
     for (p, o) in &initial {
         sent.advance(*p, o - 1);
