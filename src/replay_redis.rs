@@ -277,53 +277,33 @@ fn trim(pipe: &mut redis::Pipeline, key: &str, keep: i64, ttl: u64) {
 }
 
 async fn writer(tier: Arc<RedisTier>, mut rx: mpsc::Receiver<Write>) {
+    use futures_util::stream::{FuturesUnordered, StreamExt};
     let failures = metrics::counter!(telemetry::REPLAY_REDIS_WRITE_FAILURES);
     let written = metrics::counter!(telemetry::REPLAY_REDIS_WRITES);
     let prefix = key_prefix(&tier.cfg.namespace);
     let mut batch = Vec::with_capacity(tier.cfg.batch);
     let mut last_error_log: Option<std::time::Instant> = None;
-    let mut in_flight = tokio::task::JoinSet::new();
-    let mut settle = |r: Result<(usize, anyhow::Result<()>), tokio::task::JoinError>| {
-        let (n, result) = r.unwrap_or_else(|e| (0, Err(anyhow::anyhow!("writer task: {e}"))));
-        match result {
-            Ok(()) => {
-                written.increment(n as u64);
-                if !tier.healthy.swap(true, Ordering::Relaxed) {
-                    tracing::info!("redis replay writes recovered");
-                }
+    let mut settle = |(n, result): (usize, anyhow::Result<()>)| match result {
+        Ok(()) => {
+            written.increment(n as u64);
+            if !tier.healthy.swap(true, Ordering::Relaxed) {
+                tracing::info!("redis replay writes recovered");
             }
-            Err(e) => {
-                failures.increment(n as u64);
-                tier.healthy.store(false, Ordering::Relaxed);
-                let now = std::time::Instant::now();
-                if last_error_log.is_none_or(|t| now.duration_since(t) > Duration::from_secs(10)) {
-                    tracing::warn!(error = %e, lost = n, "redis replay write failed; delivery continues");
-                    last_error_log = Some(now);
-                }
+        }
+        Err(e) => {
+            failures.increment(n as u64);
+            tier.healthy.store(false, Ordering::Relaxed);
+            let now = std::time::Instant::now();
+            if last_error_log.is_none_or(|t| now.duration_since(t) > Duration::from_secs(10)) {
+                tracing::warn!(error = %e, lost = n, "redis replay write failed; delivery continues");
+                last_error_log = Some(now);
             }
         }
     };
-    loop {
-        batch.clear();
-        // Settle finished pipelines while waiting for the next batch.
-        let n = tokio::select! {
-            n = rx.recv_many(&mut batch, tier.cfg.batch) => n,
-            Some(r) = in_flight.join_next(), if !in_flight.is_empty() => {
-                settle(r);
-                continue;
-            }
-        };
-        if n == 0 {
-            break;
-        }
-        let pipe = pipeline(&tier, &prefix, &batch);
-        while in_flight.len() >= WRITER_PIPELINES {
-            if let Some(r) = in_flight.join_next().await {
-                settle(r);
-            }
-        }
-        let (t, n) = (tier.clone(), batch.len());
-        in_flight.spawn(async move {
+    // Pipelines run concurrently inside this task; each yields its entry count and result.
+    let send = |pipe: redis::Pipeline, n: usize| {
+        let t = tier.clone();
+        async move {
             let result = tokio::time::timeout(t.cfg.op_timeout, async {
                 let mut c = t.conn().await?;
                 pipe.query_async::<()>(&mut c).await?;
@@ -333,12 +313,30 @@ async fn writer(tier: Arc<RedisTier>, mut rx: mpsc::Receiver<Write>) {
             .map_err(|_| anyhow::anyhow!("timed out"))
             .and_then(|r| r);
             (n, result)
-        });
-        while let Some(r) = in_flight.try_join_next() {
-            settle(r);
         }
+    };
+    let mut in_flight = FuturesUnordered::new();
+    loop {
+        batch.clear();
+        // Settle finished pipelines while waiting for the next batch.
+        let n = tokio::select! {
+            n = rx.recv_many(&mut batch, tier.cfg.batch) => n,
+            Some(r) = in_flight.next(), if !in_flight.is_empty() => {
+                settle(r);
+                continue;
+            }
+        };
+        if n == 0 {
+            break;
+        }
+        while in_flight.len() >= WRITER_PIPELINES {
+            if let Some(r) = in_flight.next().await {
+                settle(r);
+            }
+        }
+        in_flight.push(send(pipeline(&tier, &prefix, &batch), n));
     }
-    while let Some(r) = in_flight.join_next().await {
+    while let Some(r) = in_flight.next().await {
         settle(r);
     }
 }
