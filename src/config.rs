@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
-use crate::sequence::GapPolicy;
+use crate::ingest::sequence::GapPolicy;
 
 /// Where consumption starts when the group has no committed offset.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -438,7 +438,7 @@ pub struct ReplayConfig {
     pub redis_ttl_secs: u64,
     pub redis_max_per_partition: u64,
     pub redis_queue: usize,
-    pub memory: crate::replay::RingLimits,
+    pub memory: crate::hub::ring::RingLimits,
     pub kafka: bool,
     pub kafka_max_concurrent: usize,
     pub max_concurrent: usize,
@@ -471,9 +471,9 @@ pub struct BridgeConfig {
     pub group_id: String,
     pub consumer_properties: Vec<(String, String)>,
     pub listen: SocketAddr,
-    pub limits: crate::decode::DecodeLimits,
+    pub limits: crate::record::decode::DecodeLimits,
     pub gap_policy: GapPolicy,
-    pub sequence: crate::sequence::ValidatorConfig,
+    pub sequence: crate::ingest::sequence::ValidatorConfig,
     pub halt_max_held: usize,
     pub client_queue_frames: usize,
     pub max_incoming_bytes: usize,
@@ -481,16 +481,16 @@ pub struct BridgeConfig {
     pub admin_token: Option<String>,
     pub resume_namespace: Option<String>,
     pub shutdown_timeout: Duration,
-    pub dlq: crate::dlq::DlqConfig,
+    pub dlq: crate::dlq::sink::DlqConfig,
     pub replay: ReplayConfig,
-    pub queue: crate::fanout::QueueLimits,
-    pub admission: crate::admission::AdmissionConfig,
+    pub queue: crate::hub::QueueLimits,
+    pub admission: crate::http::admission::AdmissionConfig,
     pub slow_client_disconnect: Duration,
     pub write_timeout: Duration,
     pub send_buffer: Option<usize>,
-    pub auth: crate::auth::AuthConfig,
-    pub tenant_default_rate: Option<crate::ratelimit::Rate>,
-    pub tenant_rate_overrides: std::collections::BTreeMap<String, crate::ratelimit::Rate>,
+    pub auth: crate::http::auth::AuthConfig,
+    pub tenant_default_rate: Option<crate::ingest::ratelimit::Rate>,
+    pub tenant_rate_overrides: std::collections::BTreeMap<String, crate::ingest::ratelimit::Rate>,
 }
 
 fn validate_topic(setting: &'static str, topic: &str) -> Result<(), ConfigError> {
@@ -705,15 +705,15 @@ impl ServeArgs {
             .iter()
             .map(|s| s.trim())
             .filter(|s| !s.is_empty())
-            .map(crate::admission::IpNet::parse)
+            .map(crate::http::admission::IpNet::parse)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| ConfigError::new("WEBSOCKET_TRUSTED_PROXY_IPS", e))?;
-        let priorities = crate::fanout::PriorityTable::parse(&self.message_priorities)
+        let priorities = crate::hub::PriorityTable::parse(&self.message_priorities)
             .map_err(|e| ConfigError::new("MESSAGE_PRIORITIES", e))?;
         let weights = if self.backpressure_weights.trim().is_empty() {
-            crate::backpressure::Weights::default()
+            crate::http::backpressure::Weights::default()
         } else {
-            crate::backpressure::Weights::parse(&self.backpressure_weights)
+            crate::http::backpressure::Weights::parse(&self.backpressure_weights)
                 .map_err(|e| ConfigError::new("BACKPRESSURE_WEIGHTS", e))?
         };
         if !(0.0 < self.breaker_recovery
@@ -748,7 +748,7 @@ impl ServeArgs {
         let tenant_default_rate = match self.tenant_rate_limit {
             None => None,
             Some(r) => {
-                let rate = crate::ratelimit::Rate {
+                let rate = crate::ingest::ratelimit::Rate {
                     messages_per_second: r,
                     burst: self.tenant_rate_burst.unwrap_or(r),
                 };
@@ -757,8 +757,9 @@ impl ServeArgs {
                 Some(rate)
             }
         };
-        let tenant_rate_overrides = crate::ratelimit::parse_overrides(&self.tenant_rate_limits)
-            .map_err(|e| ConfigError::new("TENANT_RATE_LIMITS", e))?;
+        let tenant_rate_overrides =
+            crate::ingest::ratelimit::parse_overrides(&self.tenant_rate_limits)
+                .map_err(|e| ConfigError::new("TENANT_RATE_LIMITS", e))?;
         props.push(("group.id".into(), self.kafka_group_id.clone()));
         props.push((
             "auto.offset.reset".into(),
@@ -789,12 +790,12 @@ impl ServeArgs {
             group_id: self.kafka_group_id.clone(),
             consumer_properties: props,
             listen: SocketAddr::new(self.websocket_host, self.websocket_port),
-            limits: crate::decode::DecodeLimits {
+            limits: crate::record::decode::DecodeLimits {
                 max_record_bytes: self.max_message_bytes,
                 max_decompressed_bytes: self.max_decompressed_bytes,
             },
             gap_policy: self.gap_policy,
-            sequence: crate::sequence::ValidatorConfig {
+            sequence: crate::ingest::sequence::ValidatorConfig {
                 window: self.sequence_window,
                 max_threads: self.sequence_max_threads,
                 idle: Duration::from_secs(self.sequence_thread_idle_secs),
@@ -806,17 +807,17 @@ impl ServeArgs {
             admin_token: self.admin_token.clone(),
             resume_namespace: self.resume_namespace.clone(),
             shutdown_timeout: Duration::from_secs(self.shutdown_timeout_secs),
-            queue: crate::fanout::QueueLimits {
+            queue: crate::hub::QueueLimits {
                 frames: self.websocket_client_queue_frames,
                 bytes: self.websocket_client_queue_bytes,
                 priorities,
             },
-            admission: crate::admission::AdmissionConfig {
+            admission: crate::http::admission::AdmissionConfig {
                 max_connections: self.websocket_max_connections,
                 max_per_ip: self.websocket_max_connections_per_ip,
                 trusted_proxies,
                 weights,
-                breaker: crate::backpressure::BreakerConfig {
+                breaker: crate::http::backpressure::BreakerConfig {
                     critical: self.breaker_critical,
                     recovery: self.breaker_recovery,
                     open_for: Duration::from_secs(self.breaker_open_secs),
@@ -824,14 +825,14 @@ impl ServeArgs {
                 },
                 memory_limit: self
                     .memory_limit_bytes
-                    .or_else(crate::backpressure::cgroup_memory_limit),
+                    .or_else(crate::http::backpressure::cgroup_memory_limit),
             },
             slow_client_disconnect: Duration::from_secs(self.websocket_slow_client_disconnect_secs),
             write_timeout: Duration::from_secs(self.websocket_write_timeout_secs.max(1)),
             send_buffer: self.websocket_send_buffer_bytes,
             tenant_default_rate,
             tenant_rate_overrides,
-            auth: crate::auth::AuthConfig {
+            auth: crate::http::auth::AuthConfig {
                 static_tokens: self
                     .websocket_auth_tokens
                     .iter()
@@ -855,7 +856,7 @@ impl ServeArgs {
                 redis_ttl_secs: self.replay_redis_ttl_secs,
                 redis_max_per_partition: self.replay_redis_max_per_partition,
                 redis_queue: self.replay_redis_queue,
-                memory: crate::replay::RingLimits {
+                memory: crate::hub::ring::RingLimits {
                     max_per_partition: self.replay_memory_max_per_partition,
                     max_bytes_per_partition: self.replay_memory_max_bytes_per_partition,
                 },
@@ -865,7 +866,7 @@ impl ServeArgs {
                 page: self.replay_page_size,
                 resume_grace: Duration::from_millis(self.resume_grace_ms),
             },
-            dlq: crate::dlq::DlqConfig {
+            dlq: crate::dlq::sink::DlqConfig {
                 topic: dlq_topic,
                 producer_properties: dlq_props,
                 max_in_flight: self.max_concurrent_dlq_sends,

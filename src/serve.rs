@@ -13,18 +13,18 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::admission::{self, Admission};
-use crate::backpressure::Utilisation;
 use crate::config::BridgeConfig;
-use crate::consume;
-use crate::dlq::{DlqHealth, DlqSink};
-use crate::fanout::Hub;
-use crate::health::Status;
+use crate::dlq::sink::{DlqHealth, DlqSink};
+use crate::http::admission::{self, Admission};
+use crate::http::backpressure::Utilisation;
+use crate::http::health::Status;
 use crate::http::{self, AdminAuth, AppState};
-use crate::pipeline::{Pipeline, PipelineConfig};
-use crate::ratelimit::TenantRateLimiter;
-use crate::replay_redis::{RedisTier, RedisTierConfig};
-use crate::resume::{KafkaTier, ReplayContext, Watermarks};
+use crate::hub::Hub;
+use crate::ingest::consume;
+use crate::ingest::pipeline::{Pipeline, PipelineConfig};
+use crate::ingest::ratelimit::TenantRateLimiter;
+use crate::replay::driver::{KafkaTier, ReplayContext, Watermarks};
+use crate::replay::redis::{RedisTier, RedisTierConfig};
 use crate::session::{SessionContext, SessionSettings};
 use crate::telemetry;
 use tokio::sync::Semaphore;
@@ -118,7 +118,7 @@ pub async fn run(cfg: BridgeConfig, shutdown: CancellationToken) -> anyhow::Resu
         watermarks,
         page: cfg.replay.page,
         limits: cfg.limits,
-        replays: crate::resume::ReplaySlots::new(cfg.replay.max_concurrent),
+        replays: crate::replay::driver::ReplaySlots::new(cfg.replay.max_concurrent),
     };
     crate::session::set_write_timeout(cfg.write_timeout);
     let tracker = TaskTracker::new();

@@ -39,9 +39,9 @@ use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
 use clap::Parser;
 use futures_util::StreamExt;
-use kafka_ws_bridge::decode::{decode, DecodeLimits};
-use kafka_ws_bridge::frame::parse_envelope;
-use kafka_ws_bridge::synth::{Generator, SynthConfig};
+use kafka_ws_bridge::cli::synth::{Generator, SynthConfig};
+use kafka_ws_bridge::record::decode::{decode, DecodeLimits};
+use kafka_ws_bridge::record::frame::parse_envelope;
 use kafka_ws_bridge::telemetry;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
@@ -231,7 +231,7 @@ fn unix_ms() -> u128 {
 }
 
 fn now_us() -> i64 {
-    kafka_ws_bridge::synth::now_us()
+    kafka_ws_bridge::cli::synth::now_us()
 }
 
 // ---------------------------------------------------------------------------

@@ -25,7 +25,7 @@ use deadpool_redis::{Pool, PoolConfig, Runtime, Timeouts};
 use metrics::Counter;
 use tokio::sync::mpsc;
 
-use crate::frame::Frame;
+use crate::record::frame::Frame;
 use crate::telemetry;
 
 #[derive(Clone, Debug)]

@@ -4,11 +4,17 @@
 //! Every query parameter is bounded and validated before a WebSocket upgrade;
 //! bad input gets a 400 with a JSON body naming the problem.
 
+pub mod admission;
+pub mod auth;
+pub mod backpressure;
+pub mod health;
+pub mod web;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use crate::admission::{Admission, Refusal};
-use crate::auth::{self, AuthConfig};
+use crate::http::admission::{Admission, Refusal};
+use crate::http::auth::AuthConfig;
 use crate::telemetry;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocketUpgrade};
 use axum::extract::ConnectInfo;
@@ -24,12 +30,12 @@ use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::task::TaskTracker;
 
-use crate::consume::AdminCommand;
-use crate::fanout::{Filter, Format};
-use crate::health::Status;
-use crate::pipeline::ResumeError;
+use crate::http::health::Status;
+use crate::hub::{Filter, Format};
+use crate::ingest::consume::AdminCommand;
+use crate::ingest::pipeline::ResumeError;
+use crate::replay::driver;
 use crate::replay::ResumeFrom;
-use crate::resume;
 use crate::session::{self, SessionContext};
 
 /// Longest thread id accepted by the admin API.
@@ -110,11 +116,14 @@ fn error(status: StatusCode, code: &str, message: &str) -> Response {
 
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route("/", get(crate::web::index))
-        .route("/app.js", get(crate::web::app_js))
-        .route("/style.css", get(crate::web::style_css))
-        .route("/client.js", get(crate::web::client_js))
-        .route("/client.classic.js", get(crate::web::client_classic_js))
+        .route("/", get(crate::http::web::index))
+        .route("/app.js", get(crate::http::web::app_js))
+        .route("/style.css", get(crate::http::web::style_css))
+        .route("/client.js", get(crate::http::web::client_js))
+        .route(
+            "/client.classic.js",
+            get(crate::http::web::client_classic_js),
+        )
         .route("/api", get(index))
         .route("/ws", get(ws))
         .route("/health", get(health))
@@ -230,7 +239,7 @@ async fn ws(
         (Some("earliest"), _) => Some(ResumeFrom::Earliest),
         (Some("latest"), _) => Some(ResumeFrom::Latest),
         (Some("cursor") | None, Some(raw)) => {
-            match resume::parse_offsets_param(raw, app.sessions.settings.max_resume_partitions) {
+            match driver::parse_offsets_param(raw, app.sessions.settings.max_resume_partitions) {
                 Ok(m) => Some(ResumeFrom::Cursor(m)),
                 Err(e) => {
                     return error(
@@ -362,7 +371,7 @@ async fn set_rate_limit(
     State(app): State<AppState>,
     headers: HeaderMap,
     Path(tenant): Path<String>,
-    body: Result<Json<crate::ratelimit::Rate>, axum::extract::rejection::JsonRejection>,
+    body: Result<Json<crate::ingest::ratelimit::Rate>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
     if let Err(r) = app.admin.check(&headers) {
         return *r;
@@ -394,7 +403,7 @@ async fn clear_rate_limit(
 async fn change_rate_limit(
     app: &AppState,
     tenant: String,
-    rate: Option<crate::ratelimit::Rate>,
+    rate: Option<crate::ingest::ratelimit::Rate>,
 ) -> Response {
     if tenant.is_empty() || tenant.len() > 256 {
         return error(

@@ -424,7 +424,7 @@ pub fn clear_unknown_enums(body: &mut Message) {
 pub fn original_info(
     value: Option<&[u8]>,
     limits: &DecodeLimits,
-) -> Option<crate::dlq::OriginalInfo> {
+) -> Option<crate::dlq::sink::OriginalInfo> {
     let value = value.filter(|v| !v.is_empty() && v.len() <= limits.max_record_bytes)?;
     let decompressed;
     let body: &[u8] = match value[0] {
@@ -445,7 +445,7 @@ pub fn original_info(
         framing: Framing::Protobuf,
     };
     let h = d.header();
-    Some(crate::dlq::OriginalInfo {
+    Some(crate::dlq::sink::OriginalInfo {
         thread_id: d.thread_id().to_string(),
         tenant_id: d.tenant_id().to_string(),
         sequence: d.sequence(),

@@ -44,7 +44,7 @@ pub struct HaltedThread {
 }
 
 pub struct Status {
-    dlq: std::sync::Arc<crate::dlq::DlqHealth>,
+    dlq: std::sync::Arc<crate::dlq::sink::DlqHealth>,
     dlq_fail_closed: bool,
     kafka: AtomicU8,
     assigned_partitions: AtomicUsize,
@@ -54,8 +54,8 @@ pub struct Status {
     pub last_record_unix_ms: AtomicI64,
     halted: RwLock<Vec<HaltedThread>>,
     namespace: OnceLock<String>,
-    redis: OnceLock<Option<std::sync::Arc<crate::replay_redis::RedisTier>>>,
-    admission: OnceLock<std::sync::Arc<crate::admission::Admission>>,
+    redis: OnceLock<Option<std::sync::Arc<crate::replay::redis::RedisTier>>>,
+    admission: OnceLock<std::sync::Arc<crate::http::admission::Admission>>,
 }
 
 impl Default for Status {
@@ -65,7 +65,7 @@ impl Default for Status {
 }
 
 impl Status {
-    pub fn new(dlq: std::sync::Arc<crate::dlq::DlqHealth>, dlq_fail_closed: bool) -> Self {
+    pub fn new(dlq: std::sync::Arc<crate::dlq::sink::DlqHealth>, dlq_fail_closed: bool) -> Self {
         Self {
             dlq,
             dlq_fail_closed,
@@ -115,11 +115,11 @@ impl Status {
     pub fn set_namespace(&self, ns: String) {
         let _ = self.namespace.set(ns);
     }
-    pub fn set_admission(&self, a: std::sync::Arc<crate::admission::Admission>) {
+    pub fn set_admission(&self, a: std::sync::Arc<crate::http::admission::Admission>) {
         let _ = self.admission.set(a);
     }
 
-    pub fn set_redis(&self, r: Option<std::sync::Arc<crate::replay_redis::RedisTier>>) {
+    pub fn set_redis(&self, r: Option<std::sync::Arc<crate::replay::redis::RedisTier>>) {
         let _ = self.redis.set(r);
     }
 
@@ -147,7 +147,7 @@ impl Status {
         } else if self
             .admission
             .get()
-            .is_some_and(|a| a.breaker_state() == crate::backpressure::BreakerState::Open)
+            .is_some_and(|a| a.breaker_state() == crate::http::backpressure::BreakerState::Open)
         {
             Some("circuit breaker open: backpressure critical, new clients refused (1013)")
         } else if self.assigned_partitions() == 0 {
@@ -175,7 +175,7 @@ impl Status {
         } else if self
             .admission
             .get()
-            .is_some_and(|a| a.breaker_state() == crate::backpressure::BreakerState::Open)
+            .is_some_and(|a| a.breaker_state() == crate::http::backpressure::BreakerState::Open)
         {
             ("degraded", Some("circuit breaker open: new WebSocket clients are refused with 1013 until the backpressure level recovers".to_string()))
         } else if !halted.is_empty() {
@@ -201,7 +201,7 @@ impl Status {
                 let level = a.level();
                 serde_json::json!({
                     "level": level,
-                    "category": crate::backpressure::category_name(crate::backpressure::category(level)),
+                    "category": crate::http::backpressure::category_name(crate::http::backpressure::category(level)),
                     "circuit_breaker": a.breaker_state().as_str(),
                 })
             }),

@@ -14,6 +14,8 @@
 //! ([`Hub::subscribe_caught_up`]). So every frame is either in the ring the
 //! session replays from, or delivered to it live: no hole at the seam.
 
+pub mod ring;
+
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -23,9 +25,9 @@ use metrics::Counter;
 use parking_lot::RwLock;
 use tokio::sync::mpsc;
 
-use crate::decode::MessageKind;
-use crate::frame::Frame;
-use crate::replay::{MemoryRings, RingLimits, Slot};
+use crate::hub::ring::{MemoryRings, RingLimits, Slot};
+use crate::record::decode::MessageKind;
+use crate::record::frame::Frame;
 use crate::telemetry;
 
 /// Wire format chosen per connection.
@@ -569,10 +571,10 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decode::{decode, encode_record, DecodeLimits};
-    use crate::frame::Cursor;
     use crate::proto::dash_stream_message::Message;
     use crate::proto::{DashStreamMessage, Error as PbError, Event, Header};
+    use crate::record::decode::{decode, encode_record, DecodeLimits};
+    use crate::record::frame::Cursor;
 
     fn test_limits(frames: usize) -> QueueLimits {
         QueueLimits {

@@ -1,13 +1,6 @@
-//! Replay stage: the history a reconnecting client resumes from, in three
-//! tiers, and the reading of it in offset order per partition.
-//!
-//! 1. Memory: a bounded ring per partition (by count and bytes), filled by the
-//!    hub as frames are published ([`MemoryRings`]).
-//! 2. Redis: written by a batching background writer (bounded queue, never
-//!    blocks the consumer); shared by every bridge instance on the same
-//!    namespace (`replay_redis`).
-//! 3. Kafka itself: records older than Redis holds are fetched by offset
-//!    while the topic still retains them (`replay_kafka`).
+//! The memory rings: per partition, the most recent history (bounded by
+//! count and bytes), appended by the hub as frames are published. They are
+//! the first replay tier (see `replay`).
 //!
 //! Every consumed offset leaves a slot: a frame, or a tombstone for a record
 //! that was not deliverable (it went to the DLQ), so a missing slot is a real
@@ -16,7 +9,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use crate::frame::Frame;
+use crate::record::frame::Frame;
 
 /// One offset of a partition's history.
 #[derive(Clone)]
@@ -123,45 +116,13 @@ impl MemoryRings {
     }
 }
 
-/// Where a client asks to resume from.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ResumeFrom {
-    /// After each partition's last applied offset; partitions not listed
-    /// start at the earliest record any tier holds.
-    Cursor(HashMap<i32, i64>),
-    Earliest,
-    Latest,
-}
-
-/// Why a range could not be replayed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum GapReason {
-    /// Not in memory or Redis, and the Kafka tier is off.
-    NotInReplayBuffer,
-    RedisUnavailable,
-    /// Older than the topic's retention.
-    KafkaRetention,
-    KafkaUnavailable,
-}
-
-impl GapReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            GapReason::NotInReplayBuffer => "not_in_replay_buffer",
-            GapReason::RedisUnavailable => "redis_unavailable",
-            GapReason::KafkaRetention => "kafka_retention",
-            GapReason::KafkaUnavailable => "kafka_unavailable",
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decode::{decode, encode_record, DecodeLimits};
-    use crate::frame::Cursor;
     use crate::proto::dash_stream_message::Message;
     use crate::proto::{DashStreamMessage, Event, Header};
+    use crate::record::decode::{decode, encode_record, DecodeLimits};
+    use crate::record::frame::Cursor;
 
     fn frame(o: i64) -> Slot {
         let v = encode_record(

@@ -1,4 +1,4 @@
-//! `produce`: sends synthetic DashStream records (see [`crate::synth`]) to a
+//! `produce`: sends synthetic DashStream records (see [`crate::cli::synth`]) to a
 //! topic at a fixed rate, for demos, tests and load. Prints a JSON summary of
 //! what it sent and injected.
 
@@ -11,8 +11,8 @@ use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedPr
 use rdkafka::types::RDKafkaErrorCode;
 use tokio_util::sync::CancellationToken;
 
+use crate::cli::synth::{parse_mix, Generator, SynthConfig};
 use crate::config::KafkaArgs;
-use crate::synth::{parse_mix, Generator, SynthConfig};
 
 #[derive(Args, Clone, Debug)]
 pub struct ProduceArgs {

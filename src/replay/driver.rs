@@ -19,12 +19,13 @@ use metrics::Counter;
 use parking_lot::Mutex;
 use tokio::sync::Semaphore;
 
-use crate::decode::{self, DecodeLimits};
-use crate::fanout::{Filter, Format, Hub, Subscription};
-use crate::frame::{control, Cursor, Frame};
-use crate::replay::{GapReason, ResumeFrom, Slot};
-use crate::replay_kafka::KafkaReader;
-use crate::replay_redis::RedisTier;
+use crate::hub::ring::Slot;
+use crate::hub::{Filter, Format, Hub, Subscription};
+use crate::record::decode::{self, DecodeLimits};
+use crate::record::frame::{control, Cursor, Frame};
+use crate::replay::kafka::KafkaReader;
+use crate::replay::redis::RedisTier;
+use crate::replay::{GapReason, ResumeFrom};
 use crate::session::{feed, flush, send};
 use crate::telemetry;
 

@@ -21,10 +21,10 @@ use futures_util::{SinkExt, StreamExt};
 use metrics::{Counter, Histogram};
 use tokio_util::sync::CancellationToken;
 
-use crate::fanout::{Filter, Format, Hub, Outbound, Subscription};
-use crate::frame::control;
+use crate::hub::{Filter, Format, Hub, Outbound, Subscription};
+use crate::record::frame::control;
+use crate::replay::driver::{self, ReplayContext, Sent};
 use crate::replay::ResumeFrom;
-use crate::resume::{self, ReplayContext, Sent};
 use crate::telemetry;
 
 /// Close code sent when the server shuts down ("going away").
@@ -123,7 +123,7 @@ where
         Some(Ok(Message::Text(t))) => {
             if let Ok(v) = serde_json::from_str::<serde_json::Value>(&t) {
                 if v["type"] == "resume" {
-                    return match resume::parse_resume_message(
+                    return match driver::parse_resume_message(
                         &v,
                         ctx.settings.max_resume_partitions,
                     ) {
@@ -200,7 +200,7 @@ pub async fn run(
             drop(early);
             let started = std::time::Instant::now();
             let replayed = tokio::select! {
-                r = resume::replay(&ctx.replay, &mut tx, format, filter, from, &mut sent) => r,
+                r = driver::replay(&ctx.replay, &mut tx, format, filter, from, &mut sent) => r,
                 _ = ctx.shutdown.cancelled() => Err(()),
             };
             if ctx.shutdown.is_cancelled() {
@@ -553,13 +553,13 @@ mod tests {
         /// either parse or give a reason.
         #[test]
         fn handshake_inputs_never_panic(a in "(?s).{0,600}", b in "(?s).{0,600}", c in "(?s).{0,600}") {
-            let _ = crate::fanout::Filter::parse(Some(&a), Some(&b), Some(&c), 256);
-            if let Err(e) = crate::resume::parse_offsets_param(&a, 1024) {
+            let _ = crate::hub::Filter::parse(Some(&a), Some(&b), Some(&c), 256);
+            if let Err(e) = crate::replay::driver::parse_offsets_param(&a, 1024) {
                 proptest::prop_assert!(!e.is_empty());
             }
-            let _ = crate::admission::IpNet::parse(&b);
+            let _ = crate::http::admission::IpNet::parse(&b);
             if let Ok(v) = serde_json::from_str::<serde_json::Value>(&c) {
-                let _ = crate::resume::parse_resume_message(&v, 1024);
+                let _ = crate::replay::driver::parse_resume_message(&v, 1024);
             }
         }
 
@@ -568,7 +568,7 @@ mod tests {
         fn resume_messages_validate_every_entry(p in proptest::collection::vec(("[-0-9a-z]{0,12}", proptest::num::i64::ANY), 0..40)) {
             let obj: serde_json::Map<String, serde_json::Value> = p.into_iter().map(|(k, v)| (k, serde_json::Value::from(v))).collect();
             let v = serde_json::json!({"type": "resume", "from": "cursor", "lastOffsets": obj});
-            match crate::resume::parse_resume_message(&v, 1024) {
+            match crate::replay::driver::parse_resume_message(&v, 1024) {
                 Ok(crate::replay::ResumeFrom::Cursor(m)) => proptest::prop_assert!(m.iter().all(|(p, o)| *p >= 0 && *o >= -1)),
                 Ok(_) => proptest::prop_assert!(false, "cursor expected"),
                 Err(e) => proptest::prop_assert!(!e.is_empty()),

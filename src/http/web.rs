@@ -9,10 +9,10 @@ use std::sync::LazyLock;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 
-pub const INDEX_HTML: &str = include_str!("../web/index.html");
-pub const APP_JS: &str = include_str!("../web/app.js");
-pub const STYLE_CSS: &str = include_str!("../web/style.css");
-pub const CLIENT_JS: &str = include_str!("../web/client.js");
+pub const INDEX_HTML: &str = include_str!("../../web/index.html");
+pub const APP_JS: &str = include_str!("../../web/app.js");
+pub const STYLE_CSS: &str = include_str!("../../web/style.css");
+pub const CLIENT_JS: &str = include_str!("../../web/client.js");
 
 const HTML: &str = "text/html; charset=utf-8";
 const JS: &str = "text/javascript; charset=utf-8";

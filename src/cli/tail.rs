@@ -7,8 +7,8 @@ use clap::Args;
 use futures_util::StreamExt;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::decode::DecodeLimits;
-use crate::frame::envelope_to_json;
+use crate::record::decode::DecodeLimits;
+use crate::record::frame::envelope_to_json;
 
 #[derive(Args, Clone, Debug)]
 pub struct TailArgs {

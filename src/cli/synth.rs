@@ -12,12 +12,12 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::decode::{encode_record, MessageKind};
 use crate::proto::dash_stream_message::Message;
 use crate::proto::{
     attribute_value, AttributeValue, DashStreamMessage, Error as PbError, Event, Header,
     MetricValue, Metrics, StateDiff, TokenChunk, ToolExecution,
 };
+use crate::record::decode::{encode_record, MessageKind};
 
 #[derive(Clone, Debug)]
 pub struct SynthConfig {
@@ -310,7 +310,7 @@ pub fn now_us() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decode::{decode, DecodeLimits};
+    use crate::record::decode::{decode, DecodeLimits};
 
     #[test]
     fn clean_stream_has_consecutive_sequences_per_thread() {
@@ -329,7 +329,7 @@ mod tests {
 
     #[test]
     fn injected_faults_are_what_the_validator_sees() {
-        use crate::sequence::{SequenceValidator, ValidatorConfig, Verdict};
+        use crate::ingest::sequence::{SequenceValidator, ValidatorConfig, Verdict};
         let mut g = Generator::new(SynthConfig {
             threads: 4,
             gap_every: 17,

@@ -1,6 +1,6 @@
 //! Admission of new WebSocket clients: global and per-IP connection slots,
 //! the client address (with `X-Forwarded-For` honoured only from trusted
-//! proxies), and the circuit breaker (see [`crate::backpressure`]).
+//! proxies), and the circuit breaker (see [`crate::http::backpressure`]).
 //!
 //! A slot is a [`ConnectionPermit`] guard, taken before the upgrade and moved
 //! into the session: it is released on every path (refused request, failed or
@@ -16,7 +16,7 @@ use axum::http::HeaderMap;
 use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
-use crate::backpressure::{self, Breaker, BreakerConfig, BreakerState, Utilisation, Weights};
+use crate::http::backpressure::{self, Breaker, BreakerConfig, BreakerState, Utilisation, Weights};
 use crate::telemetry;
 
 /// An IP network (`10.0.0.0/8`, `::1/128`, or a bare address).

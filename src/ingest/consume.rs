@@ -24,12 +24,14 @@ use rdkafka::types::RDKafkaErrorCode;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::decode;
-use crate::dlq::{self, DlqSink, FailClosedEvent, Failure, SourceRecord};
-use crate::health::{KafkaState, Status};
-use crate::offsets::Progress;
-use crate::pipeline::{trace_id_from_traceparent, Outcome, Pipeline, RecordView, ResumeError};
-use crate::resume::Watermarks;
+use crate::dlq::sink::{self, DlqSink, FailClosedEvent, Failure, SourceRecord};
+use crate::http::health::{KafkaState, Status};
+use crate::ingest::offsets::Progress;
+use crate::ingest::pipeline::{
+    trace_id_from_traceparent, Outcome, Pipeline, RecordView, ResumeError,
+};
+use crate::record::decode;
+use crate::replay::driver::Watermarks;
 use crate::telemetry;
 
 /// Per-partition figures from the latest librdkafka statistics.
@@ -164,7 +166,7 @@ pub enum AdminCommand {
     },
     SetRateLimit {
         tenant: String,
-        rate: Option<crate::ratelimit::Rate>,
+        rate: Option<crate::ingest::ratelimit::Rate>,
         reply: oneshot::Sender<serde_json::Value>,
     },
     ResumeThread {
@@ -337,7 +339,7 @@ pub async fn run(r: Runner) -> Instant {
                             headers: msg.headers().map(|h| h.iter().map(|x| (x.key, x.value)).collect()).unwrap_or_default(),
                             trace_id: trace.as_deref(),
                         };
-                        let rec = dlq::build_record(&src, &failure, dlq.config(), &group_id);
+                        let rec = sink::build_record(&src, &failure, dlq.config(), &group_id);
                         if dlq.fail_closed() {
                             pipeline.offsets_mut().hold(view.partition, view.offset);
                             fc_pending += 1;

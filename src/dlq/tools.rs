@@ -21,7 +21,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use serde_json::Value;
 
 use crate::config::KafkaArgs;
-use crate::dlq::REDRIVE_ATTEMPT_HEADER;
+use crate::dlq::sink::REDRIVE_ATTEMPT_HEADER;
 
 #[derive(Subcommand, Clone, Debug)]
 pub enum DlqCommand {

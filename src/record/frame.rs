@@ -16,8 +16,8 @@ use axum::extract::ws::Utf8Bytes;
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::ser::{Serialize, Serializer};
 
-use crate::decode::{DecodeError, DecodeLimits, Decoded, MessageKind};
 use crate::proto::dash_stream_message::Message;
+use crate::record::decode::{DecodeError, DecodeLimits, Decoded, MessageKind};
 
 pub const ENVELOPE_VERSION: u8 = 1;
 pub const ENVELOPE_HEADER_LEN: usize = 21;
@@ -114,7 +114,7 @@ impl Frame {
     /// Rebuilds a frame from a stored binary envelope (replay tiers).
     pub fn from_envelope(b: &[u8], limits: &DecodeLimits) -> Result<Frame, EnvelopeError> {
         let env = parse_envelope(b)?;
-        let decoded = crate::decode::decode(Some(env.value), limits)?;
+        let decoded = crate::record::decode::decode(Some(env.value), limits)?;
         Ok(Frame::new(
             env.cursor,
             env.kafka_timestamp_ms,
@@ -191,7 +191,7 @@ pub fn encode_json(
         // the binary format still carries the original value.
         Err(_) => {
             let mut body = d.body.clone();
-            crate::decode::clear_unknown_enums(&mut body);
+            crate::record::decode::clear_unknown_enums(&mut body);
             serde_json::to_string(&frame(&body))
                 .unwrap_or_else(|e| control::error("encode_failed", &e.to_string()))
         }
@@ -244,7 +244,7 @@ pub fn parse_envelope(b: &[u8]) -> Result<Envelope<'_>, EnvelopeError> {
 /// Turns a binary data frame into the JSON data frame a JSON client would get.
 pub fn envelope_to_json(b: &[u8], limits: &DecodeLimits) -> Result<String, EnvelopeError> {
     let env = parse_envelope(b)?;
-    let decoded = crate::decode::decode(Some(env.value), limits)?;
+    let decoded = crate::record::decode::decode(Some(env.value), limits)?;
     Ok(encode_json(
         env.cursor,
         env.kafka_timestamp_ms,
@@ -326,8 +326,8 @@ pub mod control {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decode::{decode, encode_record};
     use crate::proto::{DashStreamMessage, Event, Header};
+    use crate::record::decode::{decode, encode_record};
 
     fn record() -> Vec<u8> {
         encode_record(

@@ -10,14 +10,14 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use crate::decode::{self, DecodeLimits, Framing};
-use crate::fanout::Hub;
-use crate::frame::{control, Cursor, Frame};
-use crate::health::{HaltedThread, Status};
-use crate::offsets::OffsetBook;
-use crate::ratelimit::TenantRateLimiter;
-use crate::replay_redis::RedisTier;
-use crate::sequence::{GapPolicy, SequenceValidator, ValidatorConfig, Verdict};
+use crate::http::health::{HaltedThread, Status};
+use crate::hub::Hub;
+use crate::ingest::offsets::OffsetBook;
+use crate::ingest::ratelimit::TenantRateLimiter;
+use crate::ingest::sequence::{GapPolicy, SequenceValidator, ValidatorConfig, Verdict};
+use crate::record::decode::{self, DecodeLimits, Framing};
+use crate::record::frame::{control, Cursor, Frame};
+use crate::replay::redis::RedisTier;
 use crate::telemetry::{self, PipelineMetrics};
 
 /// One Kafka record, borrowed from the client.
@@ -420,10 +420,10 @@ impl LogThrottle {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decode::encode_record;
-    use crate::fanout::{Filter, Outbound};
+    use crate::hub::{Filter, Outbound};
     use crate::proto::dash_stream_message::Message;
     use crate::proto::{DashStreamMessage, Event, Header};
+    use crate::record::decode::encode_record;
 
     fn rec(thread: &str, seq: u64) -> Vec<u8> {
         encode_record(
@@ -443,12 +443,12 @@ mod tests {
 
     fn pipeline(policy: GapPolicy) -> (Pipeline, Arc<Hub>) {
         let hub = Hub::new(
-            crate::fanout::QueueLimits {
+            crate::hub::QueueLimits {
                 frames: 1000,
                 bytes: 1 << 30,
                 priorities: Default::default(),
             },
-            crate::replay::RingLimits {
+            crate::hub::ring::RingLimits {
                 max_per_partition: 1000,
                 max_bytes_per_partition: 1 << 24,
             },

@@ -1,0 +1,6 @@
+//! Dead-letter stage: the DLQ record format, the fail-open / fail-closed sink
+//! the consumer task hands rejected records to ([`sink`]), and the operator
+//! tools that read and redrive the topic ([`tools`]).
+
+pub mod sink;
+pub mod tools;

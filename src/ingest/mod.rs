@@ -1,0 +1,17 @@
+//! Ingest: the consumer task. Each Kafka record is decoded, its sequence
+//! numbers validated under the gap policy, held (halted thread), rate
+//! limited or delivered to the hub, and its offset stored once it is safe to
+//! commit. What cannot be delivered goes to the DLQ.
+//!
+//! - [`consume`]: the Kafka consumer, librdkafka callbacks, the record loop,
+//!   operator commands, offsets and lag.
+//! - [`pipeline`]: one record's path, returning an `Outcome`.
+//! - [`sequence`]: the per-thread sequence validator.
+//! - [`offsets`]: the commit point per partition.
+//! - [`ratelimit`]: per-tenant token buckets.
+
+pub mod consume;
+pub mod offsets;
+pub mod pipeline;
+pub mod ratelimit;
+pub mod sequence;

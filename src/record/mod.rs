@@ -1,0 +1,6 @@
+//! What a record is once read: the DashStream wire format ([`decode`]) and
+//! the [`frame::Frame`] built once per record and shared by every stage after
+//! ingest (hub, replay tiers, sessions), with the control frames clients get.
+
+pub mod decode;
+pub mod frame;

@@ -1,0 +1,50 @@
+//! Replay stage: the history a reconnecting client resumes from, in three
+//! tiers, and the reading of it in offset order per partition.
+//!
+//! 1. Memory: a bounded ring per partition (by count and bytes), filled by the
+//!    hub as frames are published (`hub::ring`).
+//! 2. Redis: written by a batching background writer (bounded queue, never
+//!    blocks the consumer); shared by every bridge instance on the same
+//!    namespace ([`redis`]).
+//! 3. Kafka itself: records older than Redis holds are fetched by offset
+//!    while the topic still retains them ([`kafka`]).
+//!
+//! [`driver`] reads them for one client and hands it over to live delivery.
+
+use std::collections::HashMap;
+
+pub mod driver;
+pub mod kafka;
+pub mod redis;
+
+/// Where a client asks to resume from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ResumeFrom {
+    /// After each partition's last applied offset; partitions not listed
+    /// start at the earliest record any tier holds.
+    Cursor(HashMap<i32, i64>),
+    Earliest,
+    Latest,
+}
+
+/// Why a range could not be replayed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GapReason {
+    /// Not in memory or Redis, and the Kafka tier is off.
+    NotInReplayBuffer,
+    RedisUnavailable,
+    /// Older than the topic's retention.
+    KafkaRetention,
+    KafkaUnavailable,
+}
+
+impl GapReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GapReason::NotInReplayBuffer => "not_in_replay_buffer",
+            GapReason::RedisUnavailable => "redis_unavailable",
+            GapReason::KafkaRetention => "kafka_retention",
+            GapReason::KafkaUnavailable => "kafka_unavailable",
+        }
+    }
+}
