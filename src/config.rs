@@ -11,13 +11,13 @@ use crate::ingest::sequence::GapPolicy;
 
 /// Where consumption starts when the group has no committed offset.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum OffsetReset {
+pub(crate) enum OffsetReset {
     Earliest,
     Latest,
 }
 
 impl OffsetReset {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             OffsetReset::Earliest => "earliest",
             OffsetReset::Latest => "latest",
@@ -26,7 +26,7 @@ impl OffsetReset {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum SecurityProtocol {
+pub(crate) enum SecurityProtocol {
     Plaintext,
     Ssl,
     #[value(name = "sasl_plaintext", alias = "sasl-plaintext")]
@@ -47,47 +47,47 @@ impl SecurityProtocol {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
+pub(crate) enum LogFormat {
     Text,
     Json,
 }
 
 /// Kafka connection settings shared by `serve`, `produce` and the tools.
 #[derive(Args, Clone, Debug)]
-pub struct KafkaArgs {
+pub(crate) struct KafkaArgs {
     /// Bootstrap servers, comma-separated host:port.
     #[arg(long, env = "KAFKA_BROKERS", default_value = "localhost:9092")]
-    pub kafka_brokers: String,
+    pub(crate) kafka_brokers: String,
     /// Topic of DashStream records.
     #[arg(long, env = "KAFKA_TOPIC", default_value = "dashstream-quality")]
-    pub kafka_topic: String,
+    pub(crate) kafka_topic: String,
     /// Extra librdkafka property, key=value (repeatable). Env: comma-separated list.
     #[arg(
         long = "kafka-property",
         env = "KAFKA_PROPERTIES",
         value_delimiter = ','
     )]
-    pub kafka_properties: Vec<String>,
+    pub(crate) kafka_properties: Vec<String>,
     #[arg(
         long,
         env = "KAFKA_SECURITY_PROTOCOL",
         value_enum,
         default_value = "plaintext"
     )]
-    pub kafka_security_protocol: SecurityProtocol,
+    pub(crate) kafka_security_protocol: SecurityProtocol,
     /// SASL mechanism, e.g. PLAIN, SCRAM-SHA-256, SCRAM-SHA-512.
     #[arg(long, env = "KAFKA_SASL_MECHANISM")]
-    pub kafka_sasl_mechanism: Option<String>,
+    pub(crate) kafka_sasl_mechanism: Option<String>,
     #[arg(long, env = "KAFKA_SASL_USERNAME")]
-    pub kafka_sasl_username: Option<String>,
+    pub(crate) kafka_sasl_username: Option<String>,
     #[arg(long, env = "KAFKA_SASL_PASSWORD", hide_env_values = true)]
-    pub kafka_sasl_password: Option<String>,
+    pub(crate) kafka_sasl_password: Option<String>,
     #[arg(long, env = "KAFKA_SSL_CA_LOCATION")]
-    pub kafka_ssl_ca_location: Option<String>,
+    pub(crate) kafka_ssl_ca_location: Option<String>,
     #[arg(long, env = "KAFKA_SSL_CERTIFICATE_LOCATION")]
-    pub kafka_ssl_certificate_location: Option<String>,
+    pub(crate) kafka_ssl_certificate_location: Option<String>,
     #[arg(long, env = "KAFKA_SSL_KEY_LOCATION")]
-    pub kafka_ssl_key_location: Option<String>,
+    pub(crate) kafka_ssl_key_location: Option<String>,
 }
 
 /// Pass-through properties that only a consumer understands (not given to producers).
@@ -133,7 +133,7 @@ const SASL_MECHANISMS: &[&str] = &["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "O
 impl KafkaArgs {
     /// The librdkafka properties every client of the bridge gets: brokers,
     /// security settings, then the validated pass-through properties.
-    pub fn client_properties(&self) -> Result<Vec<(String, String)>, ConfigError> {
+    pub(crate) fn client_properties(&self) -> Result<Vec<(String, String)>, ConfigError> {
         if self.kafka_brokers.trim().is_empty() {
             return Err(ConfigError::new(
                 "KAFKA_BROKERS (--kafka-brokers)",
@@ -238,171 +238,171 @@ impl KafkaArgs {
 
 /// Settings of the `serve` subcommand.
 #[derive(Args, Clone, Debug)]
-pub struct ServeArgs {
+pub(crate) struct ServeArgs {
     #[command(flatten)]
-    pub kafka: KafkaArgs,
+    pub(crate) kafka: KafkaArgs,
     #[arg(long, env = "KAFKA_GROUP_ID", default_value = "kafka-ws-bridge")]
-    pub kafka_group_id: String,
+    pub(crate) kafka_group_id: String,
     #[arg(
         long,
         env = "KAFKA_AUTO_OFFSET_RESET",
         value_enum,
         default_value = "earliest"
     )]
-    pub kafka_auto_offset_reset: OffsetReset,
+    pub(crate) kafka_auto_offset_reset: OffsetReset,
     /// How often librdkafka reports statistics (the source of offset lag).
     #[arg(long, env = "KAFKA_STATS_INTERVAL_MS", default_value_t = 1000)]
-    pub kafka_stats_interval_ms: u64,
+    pub(crate) kafka_stats_interval_ms: u64,
     #[arg(long, env = "WEBSOCKET_HOST", default_value = "0.0.0.0")]
-    pub websocket_host: IpAddr,
+    pub(crate) websocket_host: IpAddr,
     #[arg(long, env = "WEBSOCKET_PORT", default_value_t = 3002)]
-    pub websocket_port: u16,
+    pub(crate) websocket_port: u16,
     /// Largest Kafka record value accepted, in bytes (checked before any copy).
     #[arg(long, env = "MAX_MESSAGE_BYTES", default_value_t = 1_048_576)]
-    pub max_message_bytes: usize,
+    pub(crate) max_message_bytes: usize,
     /// Largest decompressed body accepted, in bytes.
     #[arg(long, env = "MAX_DECOMPRESSED_BYTES", default_value_t = 4 * 1_048_576)]
-    pub max_decompressed_bytes: usize,
+    pub(crate) max_decompressed_bytes: usize,
     #[arg(long, env = "GAP_POLICY", value_enum, default_value = "warn")]
-    pub gap_policy: GapPolicy,
+    pub(crate) gap_policy: GapPolicy,
     /// Recent sequences remembered per thread to tell duplicates from reorders.
     #[arg(long, env = "SEQUENCE_WINDOW", default_value_t = 1024)]
-    pub sequence_window: u32,
+    pub(crate) sequence_window: u32,
     /// Threads whose sequence state is tracked; the least recently seen is evicted beyond this.
     #[arg(long, env = "SEQUENCE_MAX_THREADS", default_value_t = 100_000)]
-    pub sequence_max_threads: usize,
+    pub(crate) sequence_max_threads: usize,
     /// A thread not seen for this long is forgotten (its next message sets a new baseline).
     #[arg(long, env = "SEQUENCE_THREAD_IDLE_SECS", default_value_t = 3600)]
-    pub sequence_thread_idle_secs: u64,
+    pub(crate) sequence_thread_idle_secs: u64,
     /// Records held per halted thread before further ones are dropped (and counted).
     #[arg(long, env = "HALT_MAX_HELD_MESSAGES", default_value_t = 10_000)]
-    pub halt_max_held_messages: usize,
+    pub(crate) halt_max_held_messages: usize,
     /// Frames queued per client before the client is considered behind.
     #[arg(long, env = "WEBSOCKET_CLIENT_QUEUE_FRAMES", default_value_t = 4096)]
-    pub websocket_client_queue_frames: usize,
+    pub(crate) websocket_client_queue_frames: usize,
     /// Largest message a client may send (control frames), in bytes.
     #[arg(long, env = "WEBSOCKET_MAX_INCOMING_BYTES", default_value_t = 65_536)]
-    pub websocket_max_incoming_bytes: usize,
+    pub(crate) websocket_max_incoming_bytes: usize,
     /// Most values in one filter list (?threads=, ?types=).
     #[arg(long, env = "WEBSOCKET_MAX_FILTER_VALUES", default_value_t = 256)]
-    pub websocket_max_filter_values: usize,
+    pub(crate) websocket_max_filter_values: usize,
     /// Bearer token for /admin endpoints. Without it, admin endpoints only answer on a loopback bind.
     #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
-    pub admin_token: Option<String>,
+    pub(crate) admin_token: Option<String>,
     /// Overrides the resume namespace (default: topic + Kafka cluster id).
     #[arg(long, env = "RESUME_NAMESPACE")]
-    pub resume_namespace: Option<String>,
+    pub(crate) resume_namespace: Option<String>,
     /// Upper bound for a graceful shutdown, in seconds.
     #[arg(long, env = "SHUTDOWN_TIMEOUT_SECS", default_value_t = 4)]
-    pub shutdown_timeout_secs: u64,
+    pub(crate) shutdown_timeout_secs: u64,
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
-    pub log_format: LogFormat,
+    pub(crate) log_format: LogFormat,
     /// Dead-letter topic (default: `${KAFKA_TOPIC}-dlq`).
     #[arg(long, env = "KAFKA_DLQ_TOPIC")]
-    pub kafka_dlq_topic: Option<String>,
+    pub(crate) kafka_dlq_topic: Option<String>,
     /// Brokers of the DLQ topic's cluster (default: KAFKA_BROKERS).
     #[arg(long, env = "KAFKA_DLQ_BROKERS")]
-    pub kafka_dlq_brokers: Option<String>,
+    pub(crate) kafka_dlq_brokers: Option<String>,
     /// DLQ sends in flight at most; beyond, fail-open drops (and counts) the DLQ record.
     #[arg(long, env = "MAX_CONCURRENT_DLQ_SENDS", default_value_t = 100)]
-    pub max_concurrent_dlq_sends: usize,
+    pub(crate) max_concurrent_dlq_sends: usize,
     /// Bound of one DLQ send, in seconds.
     #[arg(long, env = "DLQ_SEND_TIMEOUT_SECS", default_value_t = 5)]
-    pub dlq_send_timeout_secs: u64,
+    pub(crate) dlq_send_timeout_secs: u64,
     /// Hold a bad record's offset until the DLQ acknowledges it (pause while the DLQ fails).
     #[arg(long, env = "DLQ_FAIL_CLOSED", default_value_t = false, action = clap::ArgAction::Set)]
-    pub dlq_fail_closed: bool,
+    pub(crate) dlq_fail_closed: bool,
     /// Keep the original record (base64) in the DLQ document.
     #[arg(long, env = "DLQ_INCLUDE_PAYLOAD", default_value_t = true, action = clap::ArgAction::Set)]
-    pub dlq_include_payload: bool,
+    pub(crate) dlq_include_payload: bool,
     /// Largest original payload kept in a DLQ document, in bytes (longer ones are truncated and flagged).
     #[arg(long, env = "DLQ_PAYLOAD_MAX_BYTES", default_value_t = 262_144)]
-    pub dlq_payload_max_bytes: usize,
+    pub(crate) dlq_payload_max_bytes: usize,
     /// Redis for the shared replay tier (unset: memory and Kafka tiers only).
     #[arg(long, env = "REDIS_URL")]
-    pub redis_url: Option<String>,
+    pub(crate) redis_url: Option<String>,
     #[arg(long, env = "REPLAY_REDIS_TTL_SECS", default_value_t = 3600)]
-    pub replay_redis_ttl_secs: u64,
+    pub(crate) replay_redis_ttl_secs: u64,
     #[arg(
         long,
         env = "REPLAY_REDIS_MAX_PER_PARTITION",
         default_value_t = 100_000
     )]
-    pub replay_redis_max_per_partition: u64,
+    pub(crate) replay_redis_max_per_partition: u64,
     /// Entries waiting for the Redis writer before new ones are dropped (and counted).
     #[arg(long, env = "REPLAY_REDIS_QUEUE", default_value_t = 50_000)]
-    pub replay_redis_queue: usize,
+    pub(crate) replay_redis_queue: usize,
     #[arg(
         long,
         env = "REPLAY_MEMORY_MAX_PER_PARTITION",
         default_value_t = 10_000
     )]
-    pub replay_memory_max_per_partition: usize,
+    pub(crate) replay_memory_max_per_partition: usize,
     #[arg(long, env = "REPLAY_MEMORY_MAX_BYTES_PER_PARTITION", default_value_t = 32 * 1_048_576)]
-    pub replay_memory_max_bytes_per_partition: usize,
+    pub(crate) replay_memory_max_bytes_per_partition: usize,
     /// Read records older than memory and Redis back from Kafka by offset.
     #[arg(long, env = "REPLAY_KAFKA", default_value_t = true, action = clap::ArgAction::Set)]
-    pub replay_kafka: bool,
+    pub(crate) replay_kafka: bool,
     /// Clients replaying from Kafka at once, at most.
     #[arg(long, env = "REPLAY_KAFKA_MAX_CONCURRENT", default_value_t = 4)]
-    pub replay_kafka_max_concurrent: usize,
+    pub(crate) replay_kafka_max_concurrent: usize,
     /// Clients replaying at once, at most; further resumes wait their turn.
     #[arg(long, env = "REPLAY_MAX_CONCURRENT", default_value_t = 8)]
-    pub replay_max_concurrent: usize,
+    pub(crate) replay_max_concurrent: usize,
     /// Records per replay page (memory, Redis or Kafka).
     #[arg(long, env = "REPLAY_PAGE_SIZE", default_value_t = 500)]
-    pub replay_page_size: usize,
+    pub(crate) replay_page_size: usize,
     /// How long a client without ?resume= may take to send its first message before live delivery starts.
     #[arg(long, env = "RESUME_GRACE_MS", default_value_t = 250)]
-    pub resume_grace_ms: u64,
+    pub(crate) resume_grace_ms: u64,
     /// WebSocket clients at most (new ones get HTTP 503 beyond it).
     #[arg(long, env = "WEBSOCKET_MAX_CONNECTIONS", default_value_t = 10_000)]
-    pub websocket_max_connections: usize,
+    pub(crate) websocket_max_connections: usize,
     /// WebSocket clients per client IP at most (new ones get HTTP 429 beyond it).
     #[arg(
         long,
         env = "WEBSOCKET_MAX_CONNECTIONS_PER_IP",
         default_value_t = 1_000
     )]
-    pub websocket_max_connections_per_ip: usize,
+    pub(crate) websocket_max_connections_per_ip: usize,
     /// Proxies whose X-Forwarded-For is believed: comma-separated IPs or networks (10.0.0.0/8).
     #[arg(long, env = "WEBSOCKET_TRUSTED_PROXY_IPS", value_delimiter = ',')]
-    pub websocket_trusted_proxy_ips: Vec<String>,
+    pub(crate) websocket_trusted_proxy_ips: Vec<String>,
     /// Bytes queued per client at most (with WEBSOCKET_CLIENT_QUEUE_FRAMES).
     #[arg(long, env = "WEBSOCKET_CLIENT_QUEUE_BYTES", default_value_t = 16 * 1_048_576)]
-    pub websocket_client_queue_bytes: usize,
+    pub(crate) websocket_client_queue_bytes: usize,
     /// A client that keeps losing frames for this long is disconnected with close code 1008.
     #[arg(
         long,
         env = "WEBSOCKET_SLOW_CLIENT_DISCONNECT_SECS",
         default_value_t = 30
     )]
-    pub websocket_slow_client_disconnect_secs: u64,
+    pub(crate) websocket_slow_client_disconnect_secs: u64,
     /// Priority of message types for slow clients, e.g. `token_chunk=low,error=high`.
     #[arg(long, env = "MESSAGE_PRIORITIES", default_value = "")]
-    pub message_priorities: String,
+    pub(crate) message_priorities: String,
     /// Weights of the backpressure level: `connections=0.3,client_queues=0.25,pipeline_queues=0.25,memory=0.2`.
     #[arg(long, env = "BACKPRESSURE_WEIGHTS", default_value = "")]
-    pub backpressure_weights: String,
+    pub(crate) backpressure_weights: String,
     /// Level at which the circuit breaker opens.
     #[arg(long, env = "BREAKER_CRITICAL", default_value_t = 0.95)]
-    pub breaker_critical: f64,
+    pub(crate) breaker_critical: f64,
     /// Level below which a half-open breaker closes.
     #[arg(long, env = "BREAKER_RECOVERY", default_value_t = 0.70)]
-    pub breaker_recovery: f64,
+    pub(crate) breaker_recovery: f64,
     /// Seconds an open breaker waits before probing (half-open).
     #[arg(long, env = "BREAKER_OPEN_SECS", default_value_t = 10)]
-    pub breaker_open_secs: u64,
+    pub(crate) breaker_open_secs: u64,
     /// New connections admitted per second while half-open.
     #[arg(long, env = "BREAKER_HALF_OPEN_PROBES", default_value_t = 5)]
-    pub breaker_half_open_probes: u32,
+    pub(crate) breaker_half_open_probes: u32,
     /// A write to a client that takes longer than this ends its session (close 1008).
     #[arg(long, env = "WEBSOCKET_WRITE_TIMEOUT_SECS", default_value_t = 10)]
-    pub websocket_write_timeout_secs: u64,
+    pub(crate) websocket_write_timeout_secs: u64,
     /// Kernel send buffer per client socket, in bytes (default: the OS's autotuning). Bounds
     /// what a stalled client holds in the kernel; its backlog then shows in its queue.
     #[arg(long, env = "WEBSOCKET_SEND_BUFFER_BYTES")]
-    pub websocket_send_buffer_bytes: Option<usize>,
+    pub(crate) websocket_send_buffer_bytes: Option<usize>,
     /// Static tokens accepted for /ws (comma-separated); unset with no HMAC secret: no token needed.
     #[arg(
         long,
@@ -410,52 +410,52 @@ pub struct ServeArgs {
         value_delimiter = ',',
         hide_env_values = true
     )]
-    pub websocket_auth_tokens: Vec<String>,
+    pub(crate) websocket_auth_tokens: Vec<String>,
     /// Secret for HMAC-SHA256-signed /ws tokens with tenant/thread claims.
     #[arg(long, env = "WEBSOCKET_AUTH_HMAC_SECRET", hide_env_values = true)]
-    pub websocket_auth_hmac_secret: Option<String>,
+    pub(crate) websocket_auth_hmac_secret: Option<String>,
     /// Origins allowed to open /ws from a browser (comma-separated); unset: any.
     #[arg(long, env = "WEBSOCKET_ALLOWED_ORIGINS", value_delimiter = ',')]
-    pub websocket_allowed_origins: Vec<String>,
+    pub(crate) websocket_allowed_origins: Vec<String>,
     /// Default per-tenant rate limit, records per second (unset: no limit).
     #[arg(long, env = "TENANT_RATE_LIMIT")]
-    pub tenant_rate_limit: Option<f64>,
+    pub(crate) tenant_rate_limit: Option<f64>,
     /// Default per-tenant burst (default: the rate).
     #[arg(long, env = "TENANT_RATE_BURST")]
-    pub tenant_rate_burst: Option<f64>,
+    pub(crate) tenant_rate_burst: Option<f64>,
     /// Per-tenant overrides: `acme=100:200,beta=5:10` (tenant=rate:burst).
     #[arg(long, env = "TENANT_RATE_LIMITS", default_value = "")]
-    pub tenant_rate_limits: String,
+    pub(crate) tenant_rate_limits: String,
     /// Memory the process may use, for the backpressure level (default: the cgroup limit, if any).
     #[arg(long, env = "MEMORY_LIMIT_BYTES")]
-    pub memory_limit_bytes: Option<u64>,
+    pub(crate) memory_limit_bytes: Option<u64>,
 }
 
 /// Replay settings (validated).
 #[derive(Clone, Debug)]
-pub struct ReplayConfig {
-    pub redis_url: Option<String>,
-    pub redis_ttl_secs: u64,
-    pub redis_max_per_partition: u64,
-    pub redis_queue: usize,
-    pub memory: crate::hub::ring::RingLimits,
-    pub kafka: bool,
-    pub kafka_max_concurrent: usize,
-    pub max_concurrent: usize,
-    pub page: usize,
-    pub resume_grace: Duration,
+pub(crate) struct ReplayConfig {
+    pub(crate) redis_url: Option<String>,
+    pub(crate) redis_ttl_secs: u64,
+    pub(crate) redis_max_per_partition: u64,
+    pub(crate) redis_queue: usize,
+    pub(crate) memory: crate::hub::ring::RingLimits,
+    pub(crate) kafka: bool,
+    pub(crate) kafka_max_concurrent: usize,
+    pub(crate) max_concurrent: usize,
+    pub(crate) page: usize,
+    pub(crate) resume_grace: Duration,
 }
 
 /// A setting that failed validation; the message names it.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration: {setting}: {problem}")]
-pub struct ConfigError {
-    pub setting: &'static str,
-    pub problem: String,
+pub(crate) struct ConfigError {
+    pub(crate) setting: &'static str,
+    pub(crate) problem: String,
 }
 
 impl ConfigError {
-    pub fn new(setting: &'static str, problem: impl Into<String>) -> Self {
+    pub(crate) fn new(setting: &'static str, problem: impl Into<String>) -> Self {
         Self {
             setting,
             problem: problem.into(),
@@ -465,32 +465,32 @@ impl ConfigError {
 
 /// The validated configuration the bridge runs with.
 #[derive(Clone, Debug)]
-pub struct BridgeConfig {
-    pub brokers: String,
-    pub topic: String,
-    pub group_id: String,
-    pub consumer_properties: Vec<(String, String)>,
-    pub listen: SocketAddr,
-    pub limits: crate::record::decode::DecodeLimits,
-    pub gap_policy: GapPolicy,
-    pub sequence: crate::ingest::sequence::ValidatorConfig,
-    pub halt_max_held: usize,
-    pub client_queue_frames: usize,
-    pub max_incoming_bytes: usize,
-    pub max_filter_values: usize,
-    pub admin_token: Option<String>,
-    pub resume_namespace: Option<String>,
-    pub shutdown_timeout: Duration,
-    pub dlq: crate::dlq::sink::DlqConfig,
-    pub replay: ReplayConfig,
-    pub queue: crate::hub::QueueLimits,
-    pub admission: crate::http::admission::AdmissionConfig,
-    pub slow_client_disconnect: Duration,
-    pub write_timeout: Duration,
-    pub send_buffer: Option<usize>,
-    pub auth: crate::http::auth::AuthConfig,
-    pub tenant_default_rate: Option<crate::ingest::ratelimit::Rate>,
-    pub tenant_rate_overrides: std::collections::BTreeMap<String, crate::ingest::ratelimit::Rate>,
+pub(crate) struct BridgeConfig {
+    pub(crate) brokers: String,
+    pub(crate) topic: String,
+    pub(crate) group_id: String,
+    pub(crate) consumer_properties: Vec<(String, String)>,
+    pub(crate) listen: SocketAddr,
+    pub(crate) limits: crate::record::decode::DecodeLimits,
+    pub(crate) gap_policy: GapPolicy,
+    pub(crate) sequence: crate::ingest::sequence::ValidatorConfig,
+    pub(crate) halt_max_held: usize,
+    pub(crate) max_incoming_bytes: usize,
+    pub(crate) max_filter_values: usize,
+    pub(crate) admin_token: Option<String>,
+    pub(crate) resume_namespace: Option<String>,
+    pub(crate) shutdown_timeout: Duration,
+    pub(crate) dlq: crate::dlq::sink::DlqConfig,
+    pub(crate) replay: ReplayConfig,
+    pub(crate) queue: crate::hub::QueueLimits,
+    pub(crate) admission: crate::http::admission::AdmissionConfig,
+    pub(crate) slow_client_disconnect: Duration,
+    pub(crate) write_timeout: Duration,
+    pub(crate) send_buffer: Option<usize>,
+    pub(crate) auth: crate::http::auth::AuthConfig,
+    pub(crate) tenant_default_rate: Option<crate::ingest::ratelimit::Rate>,
+    pub(crate) tenant_rate_overrides:
+        std::collections::BTreeMap<String, crate::ingest::ratelimit::Rate>,
 }
 
 fn validate_topic(setting: &'static str, topic: &str) -> Result<(), ConfigError> {
@@ -520,7 +520,7 @@ fn positive(setting: &'static str, v: u64) -> Result<(), ConfigError> {
 }
 
 impl ServeArgs {
-    pub fn validate(&self) -> Result<BridgeConfig, ConfigError> {
+    pub(crate) fn validate(&self) -> Result<BridgeConfig, ConfigError> {
         let mut props = self.kafka.client_properties()?;
         if self.kafka_group_id.trim().is_empty() {
             return Err(ConfigError::new(
@@ -801,7 +801,6 @@ impl ServeArgs {
                 idle: Duration::from_secs(self.sequence_thread_idle_secs),
             },
             halt_max_held: self.halt_max_held_messages,
-            client_queue_frames: self.websocket_client_queue_frames,
             max_incoming_bytes: self.websocket_max_incoming_bytes,
             max_filter_values: self.websocket_max_filter_values,
             admin_token: self.admin_token.clone(),

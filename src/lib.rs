@@ -1,19 +1,36 @@
 //! kafka-ws-bridge: streams DashStream v1 telemetry from Kafka to WebSocket
 //! dashboards. See docs/ARCHITECTURE.md for the map of stages.
+//!
+//! The crate is the `kafka-ws-bridge` binary; what it exports here is what
+//! that binary, the benchmarks and the tests use: the command line, the wire
+//! format (encode, decode, the binary envelope), the synthetic producer and
+//! the signed-token helper.
 
-pub mod cli;
-pub mod config;
-pub mod dlq;
-pub mod http;
-pub mod hub;
-pub mod ingest;
-pub mod record;
-pub mod replay;
-pub mod serve;
-pub mod session;
-pub mod shutdown;
-pub mod telemetry;
-pub mod util;
+mod cli;
+mod config;
+mod dlq;
+mod http;
+mod hub;
+mod ingest;
+mod record;
+mod replay;
+mod serve;
+mod session;
+mod shutdown;
+mod telemetry;
+mod util;
+
+pub use cli::main;
+pub use cli::synth::{now_us, Generator, Injected, SynthConfig, SynthRecord};
+pub use http::auth::sign;
+pub use record::decode::MessageKind;
+pub use record::decode::{decode, encode_record, DecodeError, DecodeLimits, Decoded};
+pub use record::frame::{envelope_to_json, parse_envelope, Cursor, Envelope, EnvelopeError};
+
+/// Metric names the benchmarks read from `/metrics` (the catalog is `telemetry`).
+pub mod metric_names {
+    pub use crate::telemetry::{DROPPED_MESSAGES, DROP_CLIENT_QUEUE_FULL, FRAMES_SENT};
+}
 
 /// Generated DashStream v1 types (prost) with proto3-JSON serde impls (pbjson).
 pub mod proto {

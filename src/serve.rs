@@ -17,12 +17,13 @@ use crate::config::BridgeConfig;
 use crate::dlq::sink::{DlqHealth, DlqSink};
 use crate::http::admission::{self, Admission};
 use crate::http::backpressure::Utilisation;
-use crate::http::health::Status;
+use crate::http::health::Health;
 use crate::http::{self, AdminAuth, AppState};
 use crate::hub::Hub;
 use crate::ingest::consume;
 use crate::ingest::pipeline::{Pipeline, PipelineConfig};
 use crate::ingest::ratelimit::TenantRateLimiter;
+use crate::ingest::status::IngestStatus;
 use crate::replay::driver::{KafkaTier, ReplayContext, Watermarks};
 use crate::replay::redis::{RedisTier, RedisTierConfig};
 use crate::session::{SessionContext, SessionSettings};
@@ -38,19 +39,18 @@ const REPLAY_READER_SKIPS: &[&str] = &[
     "statistics.interval.ms",
 ];
 
-pub async fn run(cfg: BridgeConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub(crate) async fn run(cfg: BridgeConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     let started = Instant::now();
     let metrics = telemetry::install_recorder()?;
     telemetry::spawn_upkeep(metrics.clone());
     let dlq_health = Arc::new(DlqHealth::default());
-    let status = Arc::new(Status::new(dlq_health.clone(), cfg.dlq.fail_closed));
+    let status = Arc::new(IngestStatus::default());
     let dlq = Arc::new(
-        DlqSink::new(&cfg.dlq, dlq_health)
+        DlqSink::new(&cfg.dlq, dlq_health.clone())
             .context("creating the DLQ producer (check KAFKA_DLQ_BROKERS and KAFKA_PROPERTIES)")?,
     );
     let hub = Hub::new(cfg.queue.clone(), cfg.replay.memory);
     let admission = Admission::new(cfg.admission.clone());
-    status.set_admission(admission.clone());
     let watermarks: Watermarks = Default::default();
 
     let (consumer, rebalance_rx) = consume::create_consumer(
@@ -78,7 +78,6 @@ pub async fn run(cfg: BridgeConfig, shutdown: CancellationToken) -> anyhow::Resu
             resume_namespace(&cfg.topic, cluster.as_deref(), &cfg.brokers)
         }
     };
-    status.set_namespace(namespace.clone());
 
     let listener = tokio::select! {
         _ = shutdown.cancelled() => return Ok(()),
@@ -99,7 +98,14 @@ pub async fn run(cfg: BridgeConfig, shutdown: CancellationToken) -> anyhow::Resu
             op_timeout: Duration::from_secs(2),
         })?),
     };
-    status.set_redis(redis.clone());
+    let health = Arc::new(Health {
+        ingest: status.clone(),
+        dlq: dlq_health,
+        dlq_fail_closed: cfg.dlq.fail_closed,
+        redis: redis.clone(),
+        admission: admission.clone(),
+        namespace: namespace.clone(),
+    });
     let kafka_tier = cfg.replay.kafka.then(|| KafkaTier {
         props: cfg
             .consumer_properties
@@ -166,7 +172,7 @@ pub async fn run(cfg: BridgeConfig, shutdown: CancellationToken) -> anyhow::Resu
     }
     let (admin_tx, admin_rx) = mpsc::channel(16);
     let state = AppState {
-        status: status.clone(),
+        health,
         sessions,
         tracker: tracker.clone(),
         metrics,
@@ -255,7 +261,7 @@ pub async fn run(cfg: BridgeConfig, shutdown: CancellationToken) -> anyhow::Resu
 
 /// `{topic}.{cluster id}`, or `{topic}.b{hash of the sorted broker list}` when
 /// the cluster id is not available.
-pub fn resume_namespace(topic: &str, cluster_id: Option<&str>, brokers: &str) -> String {
+pub(crate) fn resume_namespace(topic: &str, cluster_id: Option<&str>, brokers: &str) -> String {
     let clean = |s: &str| {
         s.chars()
             .map(|c| {

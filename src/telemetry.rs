@@ -10,71 +10,72 @@ use std::time::Duration;
 use metrics::{describe_counter, describe_gauge, describe_histogram, Counter, Histogram, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-pub const KAFKA_MESSAGES: &str = "websocket_kafka_messages_total";
-pub const DECODE_ERRORS: &str = "websocket_decode_errors_total";
-pub const LEGACY_FRAMES: &str = "websocket_legacy_frames_total";
-pub const INFRA_ERRORS: &str = "websocket_infrastructure_errors_total";
-pub const CONSUMER_LAG: &str = "websocket_kafka_consumer_lag";
-pub const CONSUMER_LAG_SECONDS: &str = "websocket_kafka_consumer_lag_seconds";
-pub const ASSIGNED_PARTITIONS: &str = "websocket_kafka_assigned_partitions";
-pub const E2E_LATENCY_MS: &str = "websocket_e2e_latency_ms";
-pub const CONNECTED_CLIENTS: &str = "websocket_connected_clients";
-pub const CONNECTIONS_OPENED: &str = "websocket_connections_total";
+pub(crate) const KAFKA_MESSAGES: &str = "websocket_kafka_messages_total";
+pub(crate) const DECODE_ERRORS: &str = "websocket_decode_errors_total";
+pub(crate) const LEGACY_FRAMES: &str = "websocket_legacy_frames_total";
+pub(crate) const INFRA_ERRORS: &str = "websocket_infrastructure_errors_total";
+pub(crate) const CONSUMER_LAG: &str = "websocket_kafka_consumer_lag";
+pub(crate) const CONSUMER_LAG_SECONDS: &str = "websocket_kafka_consumer_lag_seconds";
+pub(crate) const ASSIGNED_PARTITIONS: &str = "websocket_kafka_assigned_partitions";
+pub(crate) const E2E_LATENCY_MS: &str = "websocket_e2e_latency_ms";
+pub(crate) const CONNECTED_CLIENTS: &str = "websocket_connected_clients";
+pub(crate) const CONNECTIONS_OPENED: &str = "websocket_connections_total";
 pub const FRAMES_SENT: &str = "websocket_frames_sent_total";
 pub const DROPPED_MESSAGES: &str = "websocket_dropped_messages_total";
-pub const CLIENT_LAG_MESSAGES: &str = "websocket_client_lag_messages_total";
-pub const CLIENT_PROTOCOL_ERRORS: &str = "websocket_client_protocol_errors_total";
-pub const SEQ_GAPS: &str = "dashstream_sequence_gaps_total";
-pub const SEQ_DUPLICATES: &str = "dashstream_sequence_duplicates_total";
-pub const SEQ_REORDERS: &str = "dashstream_sequence_reorders_total";
-pub const SEQ_GAP_SIZE: &str = "dashstream_sequence_gap_size";
-pub const SEQ_TRACKED_THREADS: &str = "dashstream_sequence_tracked_threads";
-pub const SEQ_EVICTED_THREADS: &str = "dashstream_sequence_evicted_threads_total";
-pub const HALTED_THREADS: &str = "dashstream_halted_threads";
-pub const HELD_MESSAGES: &str = "dashstream_halted_messages_held";
-pub const DLQ_SENDS: &str = "websocket_dlq_sends_total";
-pub const DLQ_SEND_FAILURES: &str = "websocket_dlq_send_failures_total";
-pub const DLQ_IN_FLIGHT: &str = "websocket_dlq_in_flight";
-pub const REPLAY_MEMORY_HITS: &str = "replay_buffer_memory_hits_total";
-pub const REPLAY_REDIS_HITS: &str = "replay_buffer_redis_hits_total";
-pub const REPLAY_KAFKA_HITS: &str = "replay_buffer_kafka_hits_total";
-pub const REPLAY_MISSES: &str = "replay_buffer_misses_total";
-pub const REPLAY_REDIS_WRITES: &str = "replay_buffer_redis_writes_total";
-pub const REPLAY_REDIS_WRITE_FAILURES: &str = "replay_buffer_redis_write_failures_total";
-pub const REPLAY_REDIS_WRITE_DROPPED: &str = "replay_buffer_redis_write_dropped_total";
-pub const REPLAY_REDIS_QUEUE: &str = "replay_buffer_redis_queue_depth";
-pub const REPLAY_MEMORY_ENTRIES: &str = "replay_buffer_memory_entries";
-pub const REPLAY_MEMORY_BYTES: &str = "replay_buffer_memory_bytes";
-pub const REPLAY_REQUESTS: &str = "replay_requests_total";
-pub const REPLAY_DURATION: &str = "replay_duration_seconds";
-pub const REPLAY_ACTIVE: &str = "replay_sessions_active";
-pub const REPLAY_WAITING: &str = "replay_sessions_waiting";
-pub const MAX_CONNECTIONS: &str = "websocket_max_connections";
-pub const MAX_CONNECTIONS_PER_IP: &str = "websocket_max_connections_per_ip";
-pub const CONNECTIONS_REJECTED: &str = "websocket_connections_rejected_total";
-pub const BACKPRESSURE_LEVEL: &str = "websocket_backpressure_level";
-pub const BACKPRESSURE_CATEGORY: &str = "websocket_backpressure_category";
-pub const BREAKER_STATE: &str = "websocket_circuit_breaker_state";
-pub const BREAKER_TRANSITIONS: &str = "websocket_circuit_breaker_transitions_total";
-pub const CLIENT_QUEUE_MAX_FRAMES: &str = "websocket_client_queue_max_frames";
-pub const CLIENT_QUEUE_MAX_BYTES: &str = "websocket_client_queue_max_bytes";
-pub const CLIENT_QUEUE_AGE: &str = "websocket_client_queue_age_seconds";
-pub const SLOW_CLIENT_DISCONNECTS: &str = "websocket_slow_client_disconnects_total";
-pub const KAFKA_CONNECTED: &str = "websocket_kafka_connected";
-pub const CONSUMER_PAUSED: &str = "websocket_consumer_paused";
-pub const RATE_LIMIT_EXCEEDED: &str = "dashstream_rate_limit_exceeded_total";
-pub const SHUTDOWN_DURATION: &str = "app_shutdown_duration_seconds";
-pub const PROCESS_RSS: &str = "process_resident_memory_bytes";
-pub const MEMORY_LIMIT: &str = "websocket_memory_limit_bytes";
-pub const BUILD_INFO: &str = "websocket_build_info";
+pub(crate) const CLIENT_LAG_MESSAGES: &str = "websocket_client_lag_messages_total";
+pub(crate) const CLIENT_PROTOCOL_ERRORS: &str = "websocket_client_protocol_errors_total";
+pub(crate) const SEQ_GAPS: &str = "dashstream_sequence_gaps_total";
+pub(crate) const SEQ_DUPLICATES: &str = "dashstream_sequence_duplicates_total";
+pub(crate) const SEQ_REORDERS: &str = "dashstream_sequence_reorders_total";
+pub(crate) const SEQ_GAP_SIZE: &str = "dashstream_sequence_gap_size";
+pub(crate) const SEQ_TRACKED_THREADS: &str = "dashstream_sequence_tracked_threads";
+pub(crate) const SEQ_EVICTED_THREADS: &str = "dashstream_sequence_evicted_threads_total";
+pub(crate) const HALTED_THREADS: &str = "dashstream_halted_threads";
+pub(crate) const HELD_MESSAGES: &str = "dashstream_halted_messages_held";
+pub(crate) const DLQ_SENDS: &str = "websocket_dlq_sends_total";
+pub(crate) const DLQ_SEND_FAILURES: &str = "websocket_dlq_send_failures_total";
+pub(crate) const DLQ_IN_FLIGHT: &str = "websocket_dlq_in_flight";
+pub(crate) const REPLAY_MEMORY_HITS: &str = "replay_buffer_memory_hits_total";
+pub(crate) const REPLAY_REDIS_HITS: &str = "replay_buffer_redis_hits_total";
+pub(crate) const REPLAY_KAFKA_HITS: &str = "replay_buffer_kafka_hits_total";
+pub(crate) const REPLAY_MISSES: &str = "replay_buffer_misses_total";
+pub(crate) const REPLAY_REDIS_WRITES: &str = "replay_buffer_redis_writes_total";
+pub(crate) const REPLAY_REDIS_WRITE_FAILURES: &str = "replay_buffer_redis_write_failures_total";
+pub(crate) const REPLAY_REDIS_WRITE_DROPPED: &str = "replay_buffer_redis_write_dropped_total";
+pub(crate) const REPLAY_REDIS_QUEUE: &str = "replay_buffer_redis_queue_depth";
+pub(crate) const REPLAY_MEMORY_ENTRIES: &str = "replay_buffer_memory_entries";
+pub(crate) const REPLAY_MEMORY_BYTES: &str = "replay_buffer_memory_bytes";
+pub(crate) const REPLAY_REQUESTS: &str = "replay_requests_total";
+pub(crate) const REPLAY_DURATION: &str = "replay_duration_seconds";
+pub(crate) const REPLAY_ACTIVE: &str = "replay_sessions_active";
+pub(crate) const REPLAY_WAITING: &str = "replay_sessions_waiting";
+pub(crate) const MAX_CONNECTIONS: &str = "websocket_max_connections";
+pub(crate) const MAX_CONNECTIONS_PER_IP: &str = "websocket_max_connections_per_ip";
+pub(crate) const CONNECTIONS_REJECTED: &str = "websocket_connections_rejected_total";
+pub(crate) const BACKPRESSURE_LEVEL: &str = "websocket_backpressure_level";
+pub(crate) const BACKPRESSURE_CATEGORY: &str = "websocket_backpressure_category";
+pub(crate) const BREAKER_STATE: &str = "websocket_circuit_breaker_state";
+pub(crate) const BREAKER_TRANSITIONS: &str = "websocket_circuit_breaker_transitions_total";
+pub(crate) const CLIENT_QUEUE_MAX_FRAMES: &str = "websocket_client_queue_max_frames";
+pub(crate) const CLIENT_QUEUE_MAX_BYTES: &str = "websocket_client_queue_max_bytes";
+pub(crate) const CLIENT_QUEUE_AGE: &str = "websocket_client_queue_age_seconds";
+pub(crate) const SLOW_CLIENT_DISCONNECTS: &str = "websocket_slow_client_disconnects_total";
+pub(crate) const KAFKA_CONNECTED: &str = "websocket_kafka_connected";
+pub(crate) const CONSUMER_PAUSED: &str = "websocket_consumer_paused";
+pub(crate) const RATE_LIMIT_EXCEEDED: &str = "dashstream_rate_limit_exceeded_total";
+pub(crate) const SHUTDOWN_DURATION: &str = "app_shutdown_duration_seconds";
+pub(crate) const PROCESS_RSS: &str = "process_resident_memory_bytes";
+pub(crate) const MEMORY_LIMIT: &str = "websocket_memory_limit_bytes";
+pub(crate) const BUILD_INFO: &str = "websocket_build_info";
 
 /// Reasons for `websocket_dlq_send_failures_total{reason}`.
-pub const DLQ_FAILURE_REASONS: &[&str] = &["timeout", "kafka_error", "backpressure", "shutdown"];
+pub(crate) const DLQ_FAILURE_REASONS: &[&str] =
+    &["timeout", "kafka_error", "backpressure", "shutdown"];
 /// error_type values of DLQ records that are not decode errors.
-pub const DLQ_EXTRA_ERROR_TYPES: &[&str] = &["thread_halted", "rate_limited"];
+pub(crate) const DLQ_EXTRA_ERROR_TYPES: &[&str] = &["thread_halted", "rate_limited"];
 
 /// Decode error kinds, as exported in `websocket_decode_errors_total{error_type}`.
-pub const DECODE_ERROR_TYPES: &[&str] = &[
+pub(crate) const DECODE_ERROR_TYPES: &[&str] = &[
     "empty_payload",
     "payload_too_large",
     "decompression_failure",
@@ -87,32 +88,32 @@ pub const DECODE_ERROR_TYPES: &[&str] = &[
 /// Reasons for `websocket_dropped_messages_total{reason}`.
 /// A client's queue was full (the name operators' alerts use: a lagging receiver).
 pub const DROP_CLIENT_QUEUE_FULL: &str = "lagged_receiver";
-pub const DROP_HALT_BUFFER_FULL: &str = "halt_buffer_full";
+pub(crate) const DROP_HALT_BUFFER_FULL: &str = "halt_buffer_full";
 
 /// E2E latency buckets in milliseconds: resolve 1 ms, reach 60 s.
-pub const E2E_BUCKETS_MS: &[f64] = &[
+pub(crate) const E2E_BUCKETS_MS: &[f64] = &[
     1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 25.0, 50.0, 75.0, 100.0, 150.0, 250.0, 500.0, 750.0,
     1000.0, 2500.0, 5000.0, 10000.0, 30000.0, 60000.0,
 ];
 
 /// Queue age buckets in seconds.
-pub const QUEUE_AGE_BUCKETS: &[f64] = &[
+pub(crate) const QUEUE_AGE_BUCKETS: &[f64] = &[
     0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 /// Shutdown duration buckets in seconds.
-pub const SHUTDOWN_BUCKETS: &[f64] = &[0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 10.0, 30.0];
+pub(crate) const SHUTDOWN_BUCKETS: &[f64] = &[0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 10.0, 30.0];
 
 /// Replay duration buckets in seconds.
-pub const REPLAY_DURATION_BUCKETS: &[f64] = &[
+pub(crate) const REPLAY_DURATION_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
 ];
 
 /// Gap size buckets (messages missing per detected gap).
-pub const GAP_SIZE_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 50.0, 100.0, 1000.0, 10000.0];
+pub(crate) const GAP_SIZE_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 50.0, 100.0, 1000.0, 10000.0];
 
 /// Installs the Prometheus recorder as the global `metrics` recorder and
 /// returns the handle `/metrics` renders from. Call once per process.
-pub fn install_recorder() -> anyhow::Result<PrometheusHandle> {
+pub(crate) fn install_recorder() -> anyhow::Result<PrometheusHandle> {
     let recorder = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full(E2E_LATENCY_MS.into()), E2E_BUCKETS_MS)?
         .set_buckets_for_metric(Matcher::Full(SEQ_GAP_SIZE.into()), GAP_SIZE_BUCKETS)?
@@ -132,7 +133,7 @@ pub fn install_recorder() -> anyhow::Result<PrometheusHandle> {
 
 /// Drains histogram samples into their buckets regularly so memory stays flat
 /// between scrapes.
-pub fn spawn_upkeep(handle: PrometheusHandle) {
+pub(crate) fn spawn_upkeep(handle: PrometheusHandle) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
@@ -342,20 +343,20 @@ fn describe_all() {
 
 /// Pre-built handles for the per-record path.
 #[derive(Clone)]
-pub struct PipelineMetrics {
-    pub success: Counter,
-    pub error: Counter,
-    pub gaps: Counter,
-    pub duplicates: Counter,
-    pub reorders: Counter,
-    pub gap_size: Histogram,
-    pub legacy_bare: Counter,
-    pub legacy_zstd: Counter,
-    pub halt_buffer_full: Counter,
+pub(crate) struct PipelineMetrics {
+    pub(crate) success: Counter,
+    pub(crate) error: Counter,
+    pub(crate) gaps: Counter,
+    pub(crate) duplicates: Counter,
+    pub(crate) reorders: Counter,
+    pub(crate) gap_size: Histogram,
+    pub(crate) legacy_bare: Counter,
+    pub(crate) legacy_zstd: Counter,
+    pub(crate) halt_buffer_full: Counter,
 }
 
 impl PipelineMetrics {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let m = Self {
             success: metrics::counter!(KAFKA_MESSAGES, "status" => "success"),
             error: metrics::counter!(KAFKA_MESSAGES, "status" => "error"),
@@ -419,7 +420,7 @@ impl PipelineMetrics {
         m
     }
 
-    pub fn decode_error(error_type: &'static str) {
+    pub(crate) fn decode_error(error_type: &'static str) {
         metrics::counter!(DECODE_ERRORS, "error_type" => error_type).increment(1);
     }
 }
@@ -431,7 +432,7 @@ impl Default for PipelineMetrics {
 }
 
 /// Structured logs to stdout; `RUST_LOG` filters, `json` switches the format.
-pub fn init_logging(json: bool) {
+pub(crate) fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rdkafka=warn"));
     use std::io::IsTerminal;

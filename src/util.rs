@@ -3,7 +3,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Truncates to at most `max` bytes without splitting a UTF-8 character.
-pub fn truncate_on_char_boundary(s: &mut String, max: usize) {
+pub(crate) fn truncate_on_char_boundary(s: &mut String, max: usize) {
     if s.len() <= max {
         return;
     }
@@ -15,7 +15,7 @@ pub fn truncate_on_char_boundary(s: &mut String, max: usize) {
 }
 
 /// Milliseconds since the Unix epoch (0 if the clock is before it).
-pub fn unix_ms() -> i64 {
+pub(crate) fn unix_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use common::*;
-use kafka_ws_bridge::cli::synth::{Generator, SynthConfig};
+use kafka_ws_bridge::{Generator, SynthConfig};
 
 fn seq_of(json: &serde_json::Value) -> (String, u64) {
     (
@@ -137,10 +137,7 @@ async fn filters_select_threads_tenant_and_types_and_bad_filters_get_400() {
     .collect();
     let decoded: Vec<_> = recs
         .iter()
-        .map(|r| {
-            kafka_ws_bridge::record::decode::decode(Some(&r.value), &Default::default())
-                .expect("decodes")
-        })
+        .map(|r| kafka_ws_bridge::decode(Some(&r.value), &Default::default()).expect("decodes"))
         .collect();
     let want_thread = decoded
         .iter()

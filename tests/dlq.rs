@@ -10,9 +10,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
+use kafka_ws_bridge::encode_record;
 use kafka_ws_bridge::proto::dash_stream_message::Message;
 use kafka_ws_bridge::proto::{DashStreamMessage, Event, Header};
-use kafka_ws_bridge::record::decode::encode_record;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};

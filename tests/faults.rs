@@ -7,10 +7,10 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use kafka_ws_bridge::cli::synth::{Generator, SynthConfig};
+use kafka_ws_bridge::encode_record;
 use kafka_ws_bridge::proto::dash_stream_message::Message;
 use kafka_ws_bridge::proto::{DashStreamMessage, Event, EventBatch, Header};
-use kafka_ws_bridge::record::decode::encode_record;
+use kafka_ws_bridge::{Generator, SynthConfig};
 
 fn event(thread: &str, seq: u64, schema: u32) -> DashStreamMessage {
     DashStreamMessage {

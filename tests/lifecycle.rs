@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
-use kafka_ws_bridge::cli::synth::{Generator, SynthConfig};
+use kafka_ws_bridge::{Generator, SynthConfig};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn restart_continues_from_committed_offsets_without_skipping() {

@@ -6,7 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use kafka_ws_bridge::cli::synth::{Generator, SynthConfig};
+use kafka_ws_bridge::{Generator, SynthConfig};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn consumer_lag_in_offsets_and_seconds_rises_during_catch_up_and_returns_to_zero() {

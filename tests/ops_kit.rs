@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use futures_util::StreamExt;
-use kafka_ws_bridge::cli::synth::{Generator, SynthConfig};
+use kafka_ws_bridge::{Generator, SynthConfig};
 
 const ALERT_RULES: &str = "rules/kafka-ws-bridge.alerts.yml";
 const RECORDING_RULES: &str = "rules/kafka-ws-bridge.recording.yml";

@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use futures_util::StreamExt;
+use kafka_ws_bridge::encode_record;
 use kafka_ws_bridge::proto::dash_stream_message::Message;
 use kafka_ws_bridge::proto::{DashStreamMessage, Error as PbError, Header, TokenChunk};
-use kafka_ws_bridge::record::decode::encode_record;
 use tokio::io::AsyncWriteExt;
 
 async fn try_connect(url: &str) -> Result<Ws, u16> {

@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use kafka_ws_bridge::cli::synth::{Generator, SynthConfig};
+use kafka_ws_bridge::{Generator, SynthConfig};
 use rand::Rng;
 
 /// A Redis server owned by one test (so it can be stopped mid-stream).

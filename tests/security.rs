@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::*;
-use kafka_ws_bridge::cli::synth::{Generator, SynthConfig};
+use kafka_ws_bridge::{Generator, SynthConfig};
 
 const SECRET: &str = "0123456789abcdef0123456789abcdef";
 
@@ -17,7 +17,7 @@ fn token(tenant: &str) -> String {
         .expect("clock")
         .as_secs()
         + 600;
-    kafka_ws_bridge::http::auth::sign(
+    kafka_ws_bridge::sign(
         SECRET.as_bytes(),
         &format!(r#"{{"exp":{exp},"tenant":"{tenant}"}}"#),
     )

@@ -39,10 +39,10 @@ use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
 use clap::Parser;
 use futures_util::StreamExt;
-use kafka_ws_bridge::cli::synth::{Generator, SynthConfig};
-use kafka_ws_bridge::record::decode::{decode, DecodeLimits};
-use kafka_ws_bridge::record::frame::parse_envelope;
-use kafka_ws_bridge::telemetry;
+use kafka_ws_bridge::metric_names as telemetry;
+use kafka_ws_bridge::parse_envelope;
+use kafka_ws_bridge::{decode, DecodeLimits};
+use kafka_ws_bridge::{Generator, SynthConfig};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
@@ -231,7 +231,7 @@ fn unix_ms() -> u128 {
 }
 
 fn now_us() -> i64 {
-    kafka_ws_bridge::cli::synth::now_us()
+    kafka_ws_bridge::now_us()
 }
 
 // ---------------------------------------------------------------------------

@@ -2,9 +2,9 @@
 //! the runtime and the exit code. The other subcommands live here too:
 //! `produce` (synthetic records, [`synth`]) and `tail` (prints a bridge's frames).
 
-pub mod produce;
-pub mod synth;
-pub mod tail;
+pub(crate) mod produce;
+pub(crate) mod synth;
+pub(crate) mod tail;
 
 use std::process::ExitCode;
 use std::time::Duration;

@@ -15,42 +15,42 @@ use crate::cli::synth::{parse_mix, Generator, SynthConfig};
 use crate::config::KafkaArgs;
 
 #[derive(Args, Clone, Debug)]
-pub struct ProduceArgs {
+pub(crate) struct ProduceArgs {
     #[command(flatten)]
-    pub kafka: KafkaArgs,
+    pub(crate) kafka: KafkaArgs,
     /// Number of DashStream threads (each keyed to keep its order).
     #[arg(long, default_value_t = 10)]
-    pub threads: usize,
+    pub(crate) threads: usize,
     #[arg(long, default_value_t = 3)]
-    pub tenants: usize,
+    pub(crate) tenants: usize,
     #[arg(long, default_value = "thread")]
-    pub thread_prefix: String,
+    pub(crate) thread_prefix: String,
     /// Records per second (0 = as fast as possible).
     #[arg(long, default_value_t = 100.0)]
-    pub rate: f64,
+    pub(crate) rate: f64,
     /// Records to send (0 = until interrupted).
     #[arg(long, default_value_t = 0)]
-    pub count: u64,
+    pub(crate) count: u64,
     /// Message mix as type=weight pairs.
     #[arg(
         long,
         default_value = "event=5,token_chunk=3,state_diff=1,tool_execution=1,metrics=1,error=1"
     )]
-    pub mix: String,
+    pub(crate) mix: String,
     /// zstd-compress bodies at this level (frame byte 0x01).
     #[arg(long)]
-    pub zstd_level: Option<i32>,
+    pub(crate) zstd_level: Option<i32>,
     #[arg(long, default_value_t = 0)]
-    pub gap_every: u64,
+    pub(crate) gap_every: u64,
     #[arg(long, default_value_t = 0)]
-    pub duplicate_every: u64,
+    pub(crate) duplicate_every: u64,
     #[arg(long, default_value_t = 0)]
-    pub reorder_every: u64,
+    pub(crate) reorder_every: u64,
     #[arg(long, default_value_t = 0)]
-    pub garbage_every: u64,
+    pub(crate) garbage_every: u64,
 }
 
-pub async fn run(args: ProduceArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub(crate) async fn run(args: ProduceArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     let mix = parse_mix(&args.mix).map_err(|e| anyhow::anyhow!("--mix: {e}"))?;
     if args.threads == 0 {
         anyhow::bail!("--threads must be at least 1");

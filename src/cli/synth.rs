@@ -48,7 +48,7 @@ impl Default for SynthConfig {
     }
 }
 
-pub fn default_mix() -> Vec<(MessageKind, u32)> {
+pub(crate) fn default_mix() -> Vec<(MessageKind, u32)> {
     vec![
         (MessageKind::Event, 5),
         (MessageKind::TokenChunk, 3),
@@ -60,7 +60,7 @@ pub fn default_mix() -> Vec<(MessageKind, u32)> {
 }
 
 /// Parses `event=5,token_chunk=3`.
-pub fn parse_mix(s: &str) -> Result<Vec<(MessageKind, u32)>, String> {
+pub(crate) fn parse_mix(s: &str) -> Result<Vec<(MessageKind, u32)>, String> {
     let mut v = vec![];
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (k, w) = part

@@ -11,19 +11,19 @@ use crate::record::decode::DecodeLimits;
 use crate::record::frame::envelope_to_json;
 
 #[derive(Args, Clone, Debug)]
-pub struct TailArgs {
+pub(crate) struct TailArgs {
     /// WebSocket URL, e.g. ws://127.0.0.1:3002/ws?format=json&threads=thread-1
     #[arg(long, default_value = "ws://127.0.0.1:3002/ws")]
-    pub url: String,
+    pub(crate) url: String,
     /// Exit after this many data frames (0 = never).
     #[arg(long, default_value_t = 0)]
-    pub count: u64,
+    pub(crate) count: u64,
     /// Exit after this many seconds (0 = never).
     #[arg(long, default_value_t = 0)]
-    pub timeout_secs: u64,
+    pub(crate) timeout_secs: u64,
 }
 
-pub async fn run(args: TailArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(args: TailArgs) -> anyhow::Result<()> {
     let (mut ws, _) = tokio_tungstenite::connect_async(args.url.as_str())
         .await
         .map_err(|e| anyhow::anyhow!("connecting to {}: {e}", args.url))?;

@@ -2,5 +2,5 @@
 //! the consumer task hands rejected records to ([`sink`]), and the operator
 //! tools that read and redrive the topic ([`tools`]).
 
-pub mod sink;
-pub mod tools;
+pub(crate) mod sink;
+pub(crate) mod tools;

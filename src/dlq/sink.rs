@@ -32,62 +32,62 @@ use tokio_util::task::TaskTracker;
 use crate::telemetry;
 
 /// Header a redriven record carries: how many times it was redriven.
-pub const REDRIVE_ATTEMPT_HEADER: &str = "x-dlq-redrive-attempt";
+pub(crate) const REDRIVE_ATTEMPT_HEADER: &str = "x-dlq-redrive-attempt";
 /// Longest `__connect.errors.exception.message` header value, in bytes.
-pub const MAX_ERROR_MESSAGE_BYTES: usize = 1024;
+pub(crate) const MAX_ERROR_MESSAGE_BYTES: usize = 1024;
 
 /// Settings of the DLQ stage (validated by `config`).
 #[derive(Clone, Debug)]
-pub struct DlqConfig {
-    pub topic: String,
-    pub producer_properties: Vec<(String, String)>,
-    pub max_in_flight: usize,
-    pub send_timeout: Duration,
-    pub fail_closed: bool,
-    pub include_payload: bool,
-    pub payload_max_bytes: usize,
+pub(crate) struct DlqConfig {
+    pub(crate) topic: String,
+    pub(crate) producer_properties: Vec<(String, String)>,
+    pub(crate) max_in_flight: usize,
+    pub(crate) send_timeout: Duration,
+    pub(crate) fail_closed: bool,
+    pub(crate) include_payload: bool,
+    pub(crate) payload_max_bytes: usize,
 }
 
 /// The record that could not be delivered, as read from Kafka.
-pub struct SourceRecord<'a> {
-    pub topic: &'a str,
-    pub partition: i32,
-    pub offset: i64,
-    pub timestamp_ms: Option<i64>,
-    pub key: Option<&'a [u8]>,
-    pub value: Option<&'a [u8]>,
-    pub headers: Vec<(&'a str, Option<&'a [u8]>)>,
-    pub trace_id: Option<&'a str>,
+pub(crate) struct SourceRecord<'a> {
+    pub(crate) topic: &'a str,
+    pub(crate) partition: i32,
+    pub(crate) offset: i64,
+    pub(crate) timestamp_ms: Option<i64>,
+    pub(crate) key: Option<&'a [u8]>,
+    pub(crate) value: Option<&'a [u8]>,
+    pub(crate) headers: Vec<(&'a str, Option<&'a [u8]>)>,
+    pub(crate) trace_id: Option<&'a str>,
 }
 
 /// What we know of the original message, as far as it could be decoded.
 #[derive(Clone, Debug, Default, serde::Serialize, PartialEq)]
-pub struct OriginalInfo {
-    pub thread_id: String,
-    pub tenant_id: String,
-    pub sequence: u64,
-    pub message_type: String,
-    pub schema_version: u32,
+pub(crate) struct OriginalInfo {
+    pub(crate) thread_id: String,
+    pub(crate) tenant_id: String,
+    pub(crate) sequence: u64,
+    pub(crate) message_type: String,
+    pub(crate) schema_version: u32,
 }
 
 /// Why a record goes to the DLQ.
 #[derive(Clone, Debug)]
-pub struct Failure {
-    pub error_type: &'static str,
-    pub stage: &'static str,
-    pub message: String,
-    pub original: Option<OriginalInfo>,
+pub(crate) struct Failure {
+    pub(crate) error_type: &'static str,
+    pub(crate) stage: &'static str,
+    pub(crate) message: String,
+    pub(crate) original: Option<OriginalInfo>,
 }
 
 /// A ready-to-send DLQ record.
 #[derive(Clone, Debug)]
-pub struct DlqRecord {
-    pub key: Option<Vec<u8>>,
-    pub value: Vec<u8>,
-    pub headers: Vec<(String, Vec<u8>)>,
-    pub error_type: &'static str,
-    pub partition: i32,
-    pub offset: i64,
+pub(crate) struct DlqRecord {
+    pub(crate) key: Option<Vec<u8>>,
+    pub(crate) value: Vec<u8>,
+    pub(crate) headers: Vec<(String, Vec<u8>)>,
+    pub(crate) error_type: &'static str,
+    pub(crate) partition: i32,
+    pub(crate) offset: i64,
 }
 
 fn now_ms() -> i64 {
@@ -109,7 +109,7 @@ fn truncate_utf8(s: &str, max: usize) -> &str {
 }
 
 /// Builds the DLQ document and headers for one failed record.
-pub fn build_record(
+pub(crate) fn build_record(
     src: &SourceRecord<'_>,
     failure: &Failure,
     cfg: &DlqConfig,
@@ -195,10 +195,10 @@ pub fn build_record(
 
 /// DLQ health as `/health` reports it.
 #[derive(Default)]
-pub struct DlqHealth {
+pub(crate) struct DlqHealth {
     last_success_ms: AtomicI64,
     last_failure_ms: AtomicI64,
-    pub in_flight: AtomicU64,
+    pub(crate) in_flight: AtomicU64,
 }
 
 /// A failure counts against health for this long after it happened.
@@ -213,7 +213,7 @@ impl DlqHealth {
     }
     /// `healthy`, or `degraded` while the latest outcome within the last
     /// minute was a failure.
-    pub fn state(&self) -> &'static str {
+    pub(crate) fn state(&self) -> &'static str {
         let f = self.last_failure_ms.load(Ordering::Relaxed);
         let s = self.last_success_ms.load(Ordering::Relaxed);
         if f > 0 && f >= s && now_ms() - f < DEGRADED_WINDOW_MS {
@@ -226,7 +226,7 @@ impl DlqHealth {
 
 /// Fail-closed progress reported back to the consumer loop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FailClosedEvent {
+pub(crate) enum FailClosedEvent {
     /// The DLQ acknowledged the record at (partition, offset).
     Acked { partition: i32, offset: i64 },
     /// An attempt failed; the record will be retried.
@@ -313,7 +313,7 @@ impl Inner {
 }
 
 /// The DLQ producer and its bounds. Cheap to share.
-pub struct DlqSink {
+pub(crate) struct DlqSink {
     cfg: DlqConfig,
     inner: Arc<Inner>,
     permits: Arc<Semaphore>,
@@ -324,7 +324,7 @@ pub struct DlqSink {
 }
 
 impl DlqSink {
-    pub fn new(cfg: &DlqConfig, health: Arc<DlqHealth>) -> Result<Self, KafkaError> {
+    pub(crate) fn new(cfg: &DlqConfig, health: Arc<DlqHealth>) -> Result<Self, KafkaError> {
         let mut c = ClientConfig::new();
         for (k, v) in &cfg.producer_properties {
             c.set(k, v);
@@ -358,23 +358,19 @@ impl DlqSink {
         })
     }
 
-    pub fn config(&self) -> &DlqConfig {
+    pub(crate) fn config(&self) -> &DlqConfig {
         &self.cfg
     }
 
-    pub fn health(&self) -> &DlqHealth {
-        &self.inner.health
-    }
-
-    pub fn fail_closed(&self) -> bool {
+    pub(crate) fn fail_closed(&self) -> bool {
         self.fail_closed
     }
 
-    pub fn in_flight(&self) -> usize {
+    pub(crate) fn in_flight(&self) -> usize {
         self.max_in_flight - self.permits.available_permits()
     }
 
-    pub fn export_gauges(&self) {
+    pub(crate) fn export_gauges(&self) {
         let n = self.in_flight();
         self.inner
             .health
@@ -385,7 +381,7 @@ impl DlqSink {
 
     /// Fail-open send: returns at once. Dropped and counted when the
     /// in-flight limit is reached.
-    pub fn send_fail_open(&self, rec: DlqRecord) {
+    pub(crate) fn send_fail_open(&self, rec: DlqRecord) {
         let Ok(permit) = self.permits.clone().try_acquire_owned() else {
             self.inner.backpressure.increment(1);
             self.inner.health.failure();
@@ -408,7 +404,11 @@ impl DlqSink {
     /// Fail-closed send: retried with backoff until acknowledged (or the
     /// bridge stops: then the record's offset stays uncommitted and it is
     /// read again after a restart). Progress goes to `events`.
-    pub fn send_fail_closed(&self, rec: DlqRecord, events: mpsc::UnboundedSender<FailClosedEvent>) {
+    pub(crate) fn send_fail_closed(
+        &self,
+        rec: DlqRecord,
+        events: mpsc::UnboundedSender<FailClosedEvent>,
+    ) {
         let inner = self.inner.clone();
         let permits = self.permits.clone();
         let cancel = self.cancel.clone();
@@ -447,7 +447,7 @@ impl DlqSink {
     }
 
     /// Waits for in-flight sends up to `budget`; counts what is abandoned.
-    pub async fn shutdown(&self, budget: Duration) {
+    pub(crate) async fn shutdown(&self, budget: Duration) {
         // Fail-closed retries stop now: their offsets were never committed.
         self.cancel.cancel();
         self.tracker.close();

@@ -24,7 +24,7 @@ use crate::config::KafkaArgs;
 use crate::dlq::sink::REDRIVE_ATTEMPT_HEADER;
 
 #[derive(Subcommand, Clone, Debug)]
-pub enum DlqCommand {
+pub(crate) enum DlqCommand {
     /// Summarise DLQ records, or print them as JSON lines.
     Inspect(InspectArgs),
     /// Re-produce selected DLQ records' original bytes to a topic.
@@ -32,40 +32,40 @@ pub enum DlqCommand {
 }
 
 #[derive(Args, Clone, Debug)]
-pub struct Selection {
+pub(crate) struct Selection {
     #[command(flatten)]
-    pub kafka: KafkaArgs,
+    pub(crate) kafka: KafkaArgs,
     /// DLQ topic (default: `${KAFKA_TOPIC}-dlq`).
     #[arg(long, env = "KAFKA_DLQ_TOPIC")]
-    pub dlq_topic: Option<String>,
+    pub(crate) dlq_topic: Option<String>,
     /// Brokers of the DLQ topic's cluster, when it is not the main one (KAFKA_BROKERS).
     #[arg(long, env = "KAFKA_DLQ_BROKERS")]
-    pub dlq_brokers: Option<String>,
+    pub(crate) dlq_brokers: Option<String>,
     /// Only these error types (repeatable).
     #[arg(long = "error-type")]
-    pub error_types: Vec<String>,
+    pub(crate) error_types: Vec<String>,
     /// Only records of this thread (original_message.thread_id).
     #[arg(long)]
-    pub thread: Option<String>,
+    pub(crate) thread: Option<String>,
     /// Only records from this source partition.
     #[arg(long)]
-    pub source_partition: Option<i32>,
+    pub(crate) source_partition: Option<i32>,
     /// Only source offsets in this inclusive range, e.g. 100-200.
     #[arg(long, value_parser = parse_range)]
-    pub source_offsets: Option<(i64, i64)>,
+    pub(crate) source_offsets: Option<(i64, i64)>,
     /// Only records written to the DLQ at or after this time (Unix ms, or RFC 3339 UTC like 2026-01-02T03:04:05Z).
     #[arg(long, value_parser = parse_time)]
-    pub since: Option<i64>,
+    pub(crate) since: Option<i64>,
     /// Only records written to the DLQ before this time (same formats).
     #[arg(long, value_parser = parse_time)]
-    pub until: Option<i64>,
+    pub(crate) until: Option<i64>,
     /// Give up reading after this long without a record.
     #[arg(long, default_value_t = 10_000)]
-    pub idle_timeout_ms: u64,
+    pub(crate) idle_timeout_ms: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum InspectFormat {
+pub(crate) enum InspectFormat {
     /// Human-readable summary.
     Summary,
     /// Summary as one JSON document.
@@ -75,29 +75,29 @@ pub enum InspectFormat {
 }
 
 #[derive(Args, Clone, Debug)]
-pub struct InspectArgs {
+pub(crate) struct InspectArgs {
     #[command(flatten)]
-    pub select: Selection,
+    pub(crate) select: Selection,
     #[arg(long, value_enum, default_value = "summary")]
-    pub format: InspectFormat,
+    pub(crate) format: InspectFormat,
 }
 
 #[derive(Args, Clone, Debug)]
-pub struct RedriveArgs {
+pub(crate) struct RedriveArgs {
     #[command(flatten)]
-    pub select: Selection,
+    pub(crate) select: Selection,
     /// Target topic (default: each record's source topic).
     #[arg(long)]
-    pub to_topic: Option<String>,
+    pub(crate) to_topic: Option<String>,
     /// Show what would be redriven without producing anything.
     #[arg(long)]
-    pub dry_run: bool,
+    pub(crate) dry_run: bool,
     /// Records per second at most.
     #[arg(long, default_value_t = 100.0)]
-    pub rate: f64,
+    pub(crate) rate: f64,
     /// Refuse records already redriven this many times.
     #[arg(long, default_value_t = 3)]
-    pub max_attempts: u32,
+    pub(crate) max_attempts: u32,
 }
 
 fn parse_range(s: &str) -> Result<(i64, i64), String> {
@@ -157,13 +157,13 @@ fn parse_time(s: &str) -> Result<i64, String> {
 }
 
 /// One DLQ record as read back.
-pub struct Entry {
-    pub doc: Value,
-    pub key: Option<Vec<u8>>,
-    pub headers: Vec<(String, Vec<u8>)>,
-    pub dlq_partition: i32,
-    pub dlq_offset: i64,
-    pub timestamp_ms: Option<i64>,
+pub(crate) struct Entry {
+    pub(crate) doc: Value,
+    pub(crate) key: Option<Vec<u8>>,
+    pub(crate) headers: Vec<(String, Vec<u8>)>,
+    pub(crate) dlq_partition: i32,
+    pub(crate) dlq_offset: i64,
+    pub(crate) timestamp_ms: Option<i64>,
 }
 
 impl Selection {
@@ -209,7 +209,7 @@ impl Selection {
 
 /// Reads the DLQ topic from the beginning to its end, calling `f` for every
 /// selected record. Returns (read, selected).
-pub fn read(sel: &Selection, mut f: impl FnMut(Entry)) -> anyhow::Result<(u64, u64)> {
+pub(crate) fn read(sel: &Selection, mut f: impl FnMut(Entry)) -> anyhow::Result<(u64, u64)> {
     let topic = sel.dlq_topic();
     let mut cfg = ClientConfig::new();
     let mut kafka = sel.kafka.clone();
@@ -313,7 +313,7 @@ struct Summary {
     last_dlq_timestamp_ms: Option<i64>,
 }
 
-pub fn inspect(args: &InspectArgs) -> anyhow::Result<()> {
+pub(crate) fn inspect(args: &InspectArgs) -> anyhow::Result<()> {
     let mut s = Summary::default();
     let jsonl = args.format == InspectFormat::Jsonl;
     let (read, selected) = read(&args.select, |e| {
@@ -408,7 +408,7 @@ fn refusal(doc: &Value, max_attempts: u32) -> Option<&'static str> {
     None
 }
 
-pub async fn redrive(args: &RedriveArgs) -> anyhow::Result<()> {
+pub(crate) async fn redrive(args: &RedriveArgs) -> anyhow::Result<()> {
     if !(args.rate > 0.0 && args.rate.is_finite()) {
         anyhow::bail!("--rate must be a positive number");
     }

@@ -21,13 +21,13 @@ use crate::telemetry;
 
 /// An IP network (`10.0.0.0/8`, `::1/128`, or a bare address).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct IpNet {
+pub(crate) struct IpNet {
     addr: IpAddr,
     prefix: u8,
 }
 
 impl IpNet {
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub(crate) fn parse(s: &str) -> Result<Self, String> {
         let (a, p) = match s.split_once('/') {
             Some((a, p)) => (a, Some(p)),
             None => (s, None),
@@ -49,7 +49,7 @@ impl IpNet {
         Ok(Self { addr, prefix })
     }
 
-    pub fn contains(&self, ip: IpAddr) -> bool {
+    pub(crate) fn contains(&self, ip: IpAddr) -> bool {
         let bits = |a: IpAddr| -> (u128, u8) {
             match a {
                 IpAddr::V4(v) => (u128::from(u32::from(v)), 32),
@@ -75,25 +75,25 @@ impl IpNet {
 }
 
 #[derive(Clone, Debug)]
-pub struct AdmissionConfig {
-    pub max_connections: usize,
-    pub max_per_ip: usize,
-    pub trusted_proxies: Vec<IpNet>,
-    pub weights: Weights,
-    pub breaker: BreakerConfig,
-    pub memory_limit: Option<u64>,
+pub(crate) struct AdmissionConfig {
+    pub(crate) max_connections: usize,
+    pub(crate) max_per_ip: usize,
+    pub(crate) trusted_proxies: Vec<IpNet>,
+    pub(crate) weights: Weights,
+    pub(crate) breaker: BreakerConfig,
+    pub(crate) memory_limit: Option<u64>,
 }
 
 /// Why a connection was refused (`websocket_connections_rejected_total{reason}`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     CircuitOpen,
     GlobalLimit,
     PerIpLimit,
 }
 
 impl Refusal {
-    pub fn reason(self) -> &'static str {
+    pub(crate) fn reason(self) -> &'static str {
         match self {
             Refusal::CircuitOpen => "circuit_open",
             Refusal::GlobalLimit => "global_limit",
@@ -102,7 +102,7 @@ impl Refusal {
     }
 }
 
-pub struct Admission {
+pub(crate) struct Admission {
     cfg: AdmissionConfig,
     total: AtomicUsize,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
@@ -111,7 +111,7 @@ pub struct Admission {
 }
 
 /// One admitted connection's slots; dropping it frees them.
-pub struct ConnectionPermit {
+pub(crate) struct ConnectionPermit {
     adm: Arc<Admission>,
     ip: IpAddr,
 }
@@ -130,7 +130,7 @@ impl Drop for ConnectionPermit {
 }
 
 impl Admission {
-    pub fn new(cfg: AdmissionConfig) -> Arc<Self> {
+    pub(crate) fn new(cfg: AdmissionConfig) -> Arc<Self> {
         metrics::gauge!(telemetry::MAX_CONNECTIONS).set(cfg.max_connections as f64);
         metrics::gauge!(telemetry::MAX_CONNECTIONS_PER_IP).set(cfg.max_per_ip as f64);
         for r in [
@@ -158,13 +158,9 @@ impl Admission {
         })
     }
 
-    pub fn max_connections(&self) -> usize {
-        self.cfg.max_connections
-    }
-
     /// The client's address: the peer, or for a trusted proxy the nearest
     /// untrusted address in `X-Forwarded-For`.
-    pub fn client_ip(&self, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
+    pub(crate) fn client_ip(&self, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
         let peer_ip = peer.ip();
         let trusted = |ip: IpAddr| self.cfg.trusted_proxies.iter().any(|n| n.contains(ip));
         if !trusted(peer_ip) {
@@ -190,7 +186,7 @@ impl Admission {
     }
 
     /// Takes a slot for `ip`, or says why not.
-    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<ConnectionPermit, Refusal> {
+    pub(crate) fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<ConnectionPermit, Refusal> {
         if !self.breaker.lock().admit(Instant::now()) {
             return Err(self.refuse(Refusal::CircuitOpen));
         }
@@ -218,16 +214,16 @@ impl Admission {
         r
     }
 
-    pub fn level(&self) -> f64 {
+    pub(crate) fn level(&self) -> f64 {
         f64::from_bits(self.level_bits.load(Ordering::Relaxed))
     }
 
-    pub fn breaker_state(&self) -> BreakerState {
+    pub(crate) fn breaker_state(&self) -> BreakerState {
         self.breaker.lock().state()
     }
 
     /// Operator reset of the breaker.
-    pub fn reset_breaker(&self) -> BreakerState {
+    pub(crate) fn reset_breaker(&self) -> BreakerState {
         let mut b = self.breaker.lock();
         let before = b.state();
         if let Some((from, to)) = b.reset(Instant::now()) {
@@ -237,7 +233,7 @@ impl Admission {
     }
 
     /// Feeds a new utilisation sample: level, category, breaker.
-    pub fn observe(&self, u: &Utilisation) {
+    pub(crate) fn observe(&self, u: &Utilisation) {
         let level = if self.cfg.memory_limit.is_some() {
             backpressure::level(&self.cfg.weights, u)
         } else {
@@ -256,7 +252,7 @@ impl Admission {
 
     /// Resident set size against the memory limit (0 without a limit); also
     /// exports the resident set size.
-    pub fn memory_utilisation(&self) -> f64 {
+    pub(crate) fn memory_utilisation(&self) -> f64 {
         let rss = backpressure::rss_bytes();
         if let Some(b) = rss {
             metrics::gauge!(telemetry::PROCESS_RSS).set(b as f64);
@@ -290,7 +286,7 @@ fn record_transition(from: BreakerState, to: BreakerState, why: &str) {
 }
 
 /// Samples utilisation every 500 ms until shutdown.
-pub fn spawn_monitor(
+pub(crate) fn spawn_monitor(
     adm: Arc<Admission>,
     sample: impl Fn() -> Utilisation + Send + 'static,
     shutdown: CancellationToken,

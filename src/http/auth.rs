@@ -22,31 +22,31 @@ use sha2::Sha256;
 use crate::hub::Filter;
 
 /// Longest token accepted, in bytes.
-pub const MAX_TOKEN_BYTES: usize = 4096;
+pub(crate) const MAX_TOKEN_BYTES: usize = 4096;
 
 #[derive(Clone, Debug, Default)]
-pub struct AuthConfig {
-    pub static_tokens: Vec<String>,
-    pub hmac_secret: Option<Vec<u8>>,
+pub(crate) struct AuthConfig {
+    pub(crate) static_tokens: Vec<String>,
+    pub(crate) hmac_secret: Option<Vec<u8>>,
     /// Empty: any Origin (and requests without one) may connect.
-    pub allowed_origins: Vec<String>,
+    pub(crate) allowed_origins: Vec<String>,
 }
 
 impl AuthConfig {
-    pub fn required(&self) -> bool {
+    pub(crate) fn required(&self) -> bool {
         !self.static_tokens.is_empty() || self.hmac_secret.is_some()
     }
 }
 
 /// What a valid token allows.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct Claims {
-    pub tenant: Option<String>,
-    pub threads: Option<Vec<String>>,
+pub(crate) struct Claims {
+    pub(crate) tenant: Option<String>,
+    pub(crate) threads: Option<Vec<String>>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum AuthError {
+pub(crate) enum AuthError {
     #[error("a token is required (Authorization: Bearer … or ?token=…)")]
     Missing,
     #[error("token is longer than {MAX_TOKEN_BYTES} bytes")]
@@ -63,7 +63,7 @@ pub enum AuthError {
 
 impl AuthError {
     /// HTTP status for the refusal.
-    pub fn status(&self) -> u16 {
+    pub(crate) fn status(&self) -> u16 {
         match self {
             AuthError::Missing | AuthError::TooLong | AuthError::Invalid | AuthError::Expired => {
                 401
@@ -98,14 +98,14 @@ pub fn sign(secret: &[u8], payload_json: &str) -> String {
 
 impl AuthConfig {
     /// Checks the Origin header against the allowlist.
-    pub fn check_origin(&self, origin: Option<&str>) -> Result<(), AuthError> {
+    pub(crate) fn check_origin(&self, origin: Option<&str>) -> Result<(), AuthError> {
         match origin {
             Some(o)
                 if !self.allowed_origins.is_empty()
                     && !self.allowed_origins.iter().any(|a| a == o) =>
             {
                 let mut shown = o.to_string();
-                crate::session::truncate_on_char_boundary(&mut shown, 200);
+                crate::util::truncate_on_char_boundary(&mut shown, 200);
                 Err(AuthError::Origin(shown))
             }
             _ => Ok(()),
@@ -113,7 +113,7 @@ impl AuthConfig {
     }
 
     /// Verifies a token; returns its claims.
-    pub fn verify(&self, token: Option<&str>) -> Result<Claims, AuthError> {
+    pub(crate) fn verify(&self, token: Option<&str>) -> Result<Claims, AuthError> {
         if !self.required() {
             return Ok(Claims::default());
         }
@@ -155,7 +155,7 @@ impl AuthConfig {
 }
 
 /// Narrows a requested filter to what the claims allow.
-pub fn enforce(claims: &Claims, filter: &mut Filter) -> Result<(), AuthError> {
+pub(crate) fn enforce(claims: &Claims, filter: &mut Filter) -> Result<(), AuthError> {
     if let Some(t) = &claims.tenant {
         match &filter.tenant {
             Some(req) if **req != **t => {

@@ -28,11 +28,11 @@
 use std::time::{Duration, Instant};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Weights {
-    pub connections: f64,
-    pub client_queues: f64,
-    pub pipeline_queues: f64,
-    pub memory: f64,
+pub(crate) struct Weights {
+    pub(crate) connections: f64,
+    pub(crate) client_queues: f64,
+    pub(crate) pipeline_queues: f64,
+    pub(crate) memory: f64,
 }
 
 impl Default for Weights {
@@ -49,7 +49,7 @@ impl Default for Weights {
 impl Weights {
     /// Parses `connections=0.3,client_queues=0.25,pipeline_queues=0.25,memory=0.2`
     /// (missing keys keep their default; the sum must be 1 ± 0.001).
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub(crate) fn parse(s: &str) -> Result<Self, String> {
         let mut w = Weights::default();
         for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let (k, v) = part
@@ -79,14 +79,14 @@ impl Weights {
 
 /// Utilisation of each component, 0–1.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct Utilisation {
-    pub connections: f64,
-    pub client_queues: f64,
-    pub pipeline_queues: f64,
-    pub memory: f64,
+pub(crate) struct Utilisation {
+    pub(crate) connections: f64,
+    pub(crate) client_queues: f64,
+    pub(crate) pipeline_queues: f64,
+    pub(crate) memory: f64,
 }
 
-pub fn level(w: &Weights, u: &Utilisation) -> f64 {
+pub(crate) fn level(w: &Weights, u: &Utilisation) -> f64 {
     let c = |x: f64| {
         if x.is_finite() {
             x.clamp(0.0, 1.0)
@@ -103,7 +103,7 @@ pub fn level(w: &Weights, u: &Utilisation) -> f64 {
 
 /// Like [`level`], for when memory cannot be measured: the memory weight is
 /// spread over the other components in proportion to theirs.
-pub fn level_without_memory(w: &Weights, u: &Utilisation) -> f64 {
+pub(crate) fn level_without_memory(w: &Weights, u: &Utilisation) -> f64 {
     let rest = w.connections + w.client_queues + w.pipeline_queues;
     if rest <= 0.0 {
         return 0.0;
@@ -118,7 +118,7 @@ pub fn level_without_memory(w: &Weights, u: &Utilisation) -> f64 {
 }
 
 /// 0 NORMAL, 1 ELEVATED, 2 HIGH, 3 CRITICAL.
-pub fn category(level: f64) -> u8 {
+pub(crate) fn category(level: f64) -> u8 {
     match level {
         l if l >= 0.95 => 3,
         l if l >= 0.85 => 2,
@@ -127,19 +127,19 @@ pub fn category(level: f64) -> u8 {
     }
 }
 
-pub fn category_name(c: u8) -> &'static str {
+pub(crate) fn category_name(c: u8) -> &'static str {
     ["NORMAL", "ELEVATED", "HIGH", "CRITICAL"][c.min(3) as usize]
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BreakerState {
+pub(crate) enum BreakerState {
     Closed,
     HalfOpen,
     Open,
 }
 
 impl BreakerState {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             BreakerState::Closed => "CLOSED",
             BreakerState::HalfOpen => "HALF_OPEN",
@@ -147,7 +147,7 @@ impl BreakerState {
         }
     }
     /// Gauge value: 0 CLOSED, 1 HALF_OPEN, 2 OPEN.
-    pub fn gauge(self) -> f64 {
+    pub(crate) fn gauge(self) -> f64 {
         match self {
             BreakerState::Closed => 0.0,
             BreakerState::HalfOpen => 1.0,
@@ -157,17 +157,17 @@ impl BreakerState {
 }
 
 #[derive(Clone, Copy, Debug)]
-pub struct BreakerConfig {
-    pub critical: f64,
-    pub recovery: f64,
-    pub open_for: Duration,
+pub(crate) struct BreakerConfig {
+    pub(crate) critical: f64,
+    pub(crate) recovery: f64,
+    pub(crate) open_for: Duration,
     /// Probe connections admitted per second while HALF_OPEN.
-    pub half_open_probes: u32,
+    pub(crate) half_open_probes: u32,
 }
 
 /// The breaker's state machine (pure: time is passed in).
 #[derive(Debug)]
-pub struct Breaker {
+pub(crate) struct Breaker {
     cfg: BreakerConfig,
     state: BreakerState,
     since: Instant,
@@ -176,7 +176,7 @@ pub struct Breaker {
 }
 
 impl Breaker {
-    pub fn new(cfg: BreakerConfig, now: Instant) -> Self {
+    pub(crate) fn new(cfg: BreakerConfig, now: Instant) -> Self {
         Self {
             cfg,
             state: BreakerState::Closed,
@@ -186,12 +186,8 @@ impl Breaker {
         }
     }
 
-    pub fn state(&self) -> BreakerState {
+    pub(crate) fn state(&self) -> BreakerState {
         self.state
-    }
-
-    pub fn since(&self) -> Instant {
-        self.since
     }
 
     fn go(&mut self, s: BreakerState, now: Instant) -> Option<(BreakerState, BreakerState)> {
@@ -207,7 +203,11 @@ impl Breaker {
     }
 
     /// Feeds the current level; returns a transition if one happened.
-    pub fn observe(&mut self, level: f64, now: Instant) -> Option<(BreakerState, BreakerState)> {
+    pub(crate) fn observe(
+        &mut self,
+        level: f64,
+        now: Instant,
+    ) -> Option<(BreakerState, BreakerState)> {
         match self.state {
             BreakerState::Closed if level >= self.cfg.critical => self.go(BreakerState::Open, now),
             BreakerState::Open if now.duration_since(self.since) >= self.cfg.open_for => {
@@ -230,7 +230,7 @@ impl Breaker {
     }
 
     /// May a new connection be admitted now?
-    pub fn admit(&mut self, now: Instant) -> bool {
+    pub(crate) fn admit(&mut self, now: Instant) -> bool {
         match self.state {
             BreakerState::Closed => true,
             BreakerState::Open => false,
@@ -250,14 +250,14 @@ impl Breaker {
     }
 
     /// Operator reset.
-    pub fn reset(&mut self, now: Instant) -> Option<(BreakerState, BreakerState)> {
+    pub(crate) fn reset(&mut self, now: Instant) -> Option<(BreakerState, BreakerState)> {
         self.go(BreakerState::Closed, now)
     }
 }
 
 /// Resident set size of this process, from /proc (Linux), in bytes
 /// (`VmRSS`, in kB whatever the page size).
-pub fn rss_bytes() -> Option<u64> {
+pub(crate) fn rss_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let kb: u64 = status
         .lines()
@@ -270,7 +270,7 @@ pub fn rss_bytes() -> Option<u64> {
 }
 
 /// The container's memory limit (cgroup v2 or v1), if one is set.
-pub fn cgroup_memory_limit() -> Option<u64> {
+pub(crate) fn cgroup_memory_limit() -> Option<u64> {
     for path in [
         "/sys/fs/cgroup/memory.max",
         "/sys/fs/cgroup/memory/memory.limit_in_bytes",

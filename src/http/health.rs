@@ -1,156 +1,54 @@
-//! Shared service status read by `/health` and `/health/ready`, written by the
-//! consumer (rare events: connection state, assignment, halts), never per record
-//! except two relaxed atomics.
+//! `/health` and `/health/ready`: one document built from what each stage
+//! reports (the consumer's [`IngestStatus`], DLQ health, the Redis writer,
+//! admission). Built once at start-up with everything it reads.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, AtomicUsize, Ordering};
-use std::sync::OnceLock;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
-use parking_lot::RwLock;
-use serde::Serialize;
+use crate::dlq::sink::DlqHealth;
+use crate::http::admission::Admission;
+use crate::http::backpressure::{self, BreakerState};
+use crate::ingest::status::{HaltedThread, IngestStatus, KafkaState};
+use crate::replay::redis::RedisTier;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-pub enum KafkaState {
-    Starting = 0,
-    Connected = 1,
-    Disconnected = 2,
+pub(crate) struct Health {
+    pub(crate) ingest: Arc<IngestStatus>,
+    pub(crate) dlq: Arc<DlqHealth>,
+    pub(crate) dlq_fail_closed: bool,
+    pub(crate) redis: Option<Arc<RedisTier>>,
+    pub(crate) admission: Arc<Admission>,
+    pub(crate) namespace: String,
 }
 
-impl KafkaState {
-    fn from_u8(v: u8) -> Self {
-        match v {
-            1 => KafkaState::Connected,
-            2 => KafkaState::Disconnected,
-            _ => KafkaState::Starting,
-        }
-    }
-    pub fn as_str(self) -> &'static str {
-        match self {
-            KafkaState::Starting => "starting",
-            KafkaState::Connected => "connected",
-            KafkaState::Disconnected => "disconnected",
-        }
-    }
-}
-
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
-pub struct HaltedThread {
-    pub thread_id: String,
-    pub held_messages: usize,
-    pub dropped_messages: u64,
-    pub missing: u64,
-    pub at_sequence: u64,
-    pub halted_at_unix_ms: i64,
-}
-
-pub struct Status {
-    dlq: std::sync::Arc<crate::dlq::sink::DlqHealth>,
-    dlq_fail_closed: bool,
-    kafka: AtomicU8,
-    assigned_partitions: AtomicUsize,
-    consuming: AtomicBool,
-    shutting_down: AtomicBool,
-    pub records_processed: AtomicU64,
-    pub last_record_unix_ms: AtomicI64,
-    halted: RwLock<Vec<HaltedThread>>,
-    namespace: OnceLock<String>,
-    redis: OnceLock<Option<std::sync::Arc<crate::replay::redis::RedisTier>>>,
-    admission: OnceLock<std::sync::Arc<crate::http::admission::Admission>>,
-}
-
-impl Default for Status {
-    fn default() -> Self {
-        Self::new(Default::default(), false)
-    }
-}
-
-impl Status {
-    pub fn new(dlq: std::sync::Arc<crate::dlq::sink::DlqHealth>, dlq_fail_closed: bool) -> Self {
-        Self {
-            dlq,
-            dlq_fail_closed,
-            kafka: AtomicU8::new(0),
-            assigned_partitions: AtomicUsize::new(0),
-            consuming: AtomicBool::new(false),
-            shutting_down: AtomicBool::new(false),
-            records_processed: AtomicU64::new(0),
-            last_record_unix_ms: AtomicI64::new(0),
-            halted: RwLock::new(Vec::new()),
-            namespace: OnceLock::new(),
-            redis: OnceLock::new(),
-            admission: OnceLock::new(),
-        }
+impl Health {
+    pub(crate) fn shutting_down(&self) -> bool {
+        self.ingest.shutting_down()
     }
 
-    pub fn kafka(&self) -> KafkaState {
-        KafkaState::from_u8(self.kafka.load(Ordering::Relaxed))
-    }
-    pub fn set_kafka(&self, s: KafkaState) {
-        self.kafka.store(s as u8, Ordering::Relaxed);
-    }
-    pub fn assigned_partitions(&self) -> usize {
-        self.assigned_partitions.load(Ordering::Relaxed)
-    }
-    pub fn set_assigned_partitions(&self, n: usize) {
-        self.assigned_partitions.store(n, Ordering::Relaxed);
-    }
-    pub fn set_consuming(&self, v: bool) {
-        self.consuming.store(v, Ordering::Relaxed);
-    }
-    pub fn consuming(&self) -> bool {
-        self.consuming.load(Ordering::Relaxed)
-    }
-    pub fn set_shutting_down(&self) {
-        self.shutting_down.store(true, Ordering::Relaxed);
-    }
-    pub fn shutting_down(&self) -> bool {
-        self.shutting_down.load(Ordering::Relaxed)
-    }
-    pub fn set_halted(&self, v: Vec<HaltedThread>) {
-        *self.halted.write() = v;
-    }
-    pub fn halted(&self) -> Vec<HaltedThread> {
-        self.halted.read().clone()
-    }
-    pub fn set_namespace(&self, ns: String) {
-        let _ = self.namespace.set(ns);
-    }
-    pub fn set_admission(&self, a: std::sync::Arc<crate::http::admission::Admission>) {
-        let _ = self.admission.set(a);
-    }
-
-    pub fn set_redis(&self, r: Option<std::sync::Arc<crate::replay::redis::RedisTier>>) {
-        let _ = self.redis.set(r);
+    pub(crate) fn halted(&self) -> Vec<HaltedThread> {
+        self.ingest.halted()
     }
 
     /// `not_configured`, `healthy`, or `degraded` while Redis writes fail.
-    pub fn redis_state(&self) -> &'static str {
-        match self.redis.get().and_then(|r| r.as_ref()) {
+    pub(crate) fn redis_state(&self) -> &'static str {
+        match self.redis.as_deref() {
             None => "not_configured",
             Some(r) if r.healthy() => "healthy",
             Some(_) => "degraded",
         }
     }
 
-    pub fn namespace(&self) -> &str {
-        self.namespace.get().map(String::as_str).unwrap_or("")
-    }
-
     /// Why the bridge is not ready to serve, if it is not.
-    pub fn not_ready_reason(&self) -> Option<&'static str> {
-        if self.shutting_down() {
+    pub(crate) fn not_ready_reason(&self) -> Option<&'static str> {
+        if self.ingest.shutting_down() {
             Some("shutting down")
-        } else if !self.consuming() {
+        } else if !self.ingest.consuming() {
             Some("consumer not started")
-        } else if self.kafka() == KafkaState::Disconnected {
+        } else if self.ingest.kafka() == KafkaState::Disconnected {
             Some("kafka brokers unreachable")
-        } else if self
-            .admission
-            .get()
-            .is_some_and(|a| a.breaker_state() == crate::http::backpressure::BreakerState::Open)
-        {
+        } else if self.admission.breaker_state() == BreakerState::Open {
             Some("circuit breaker open: backpressure critical, new clients refused (1013)")
-        } else if self.assigned_partitions() == 0 {
+        } else if self.ingest.assigned_partitions() == 0 {
             Some("no partitions assigned to this consumer yet")
         } else {
             None
@@ -159,9 +57,9 @@ impl Status {
 
     /// The `/health` document. An idle topic is healthy: health never depends
     /// on how recently a record arrived.
-    pub fn health_json(&self, connected_clients: usize) -> serde_json::Value {
-        let halted = self.halted();
-        let kafka = self.kafka();
+    pub(crate) fn health_json(&self, connected_clients: usize) -> serde_json::Value {
+        let halted = self.ingest.halted();
+        let kafka = self.ingest.kafka();
         let dlq = self.dlq.state();
         let (status, alert) = if kafka == KafkaState::Disconnected {
             ("unhealthy", Some("kafka brokers unreachable".to_string()))
@@ -172,39 +70,33 @@ impl Status {
                 "records that fail are not reaching the DLQ topic"
             };
             ("degraded", Some(format!("DLQ writes failing: {effect}")))
-        } else if self
-            .admission
-            .get()
-            .is_some_and(|a| a.breaker_state() == crate::http::backpressure::BreakerState::Open)
-        {
+        } else if self.admission.breaker_state() == BreakerState::Open {
             ("degraded", Some("circuit breaker open: new WebSocket clients are refused with 1013 until the backpressure level recovers".to_string()))
         } else if !halted.is_empty() {
             ("degraded", Some(format!("{} thread(s) halted by GAP_POLICY=halt; resume with POST /admin/threads/<id>/resume", halted.len())))
         } else {
             ("healthy", None)
         };
-        let last = self.last_record_unix_ms.load(Ordering::Relaxed);
+        let last = self.ingest.last_record_unix_ms.load(Ordering::Relaxed);
+        let level = self.admission.level();
         let mut doc = serde_json::json!({
             "status": status,
             "kafka_status": kafka.as_str(),
-            "websocket_status": if self.shutting_down() { "closing" } else { "serving" },
+            "websocket_status": if self.ingest.shutting_down() { "closing" } else { "serving" },
             "dlq_health": dlq,
             "dlq_mode": if self.dlq_fail_closed { "fail_closed" } else { "fail_open" },
             "dlq_in_flight": self.dlq.in_flight.load(Ordering::Relaxed),
             "connected_clients": connected_clients,
-            "assigned_partitions": self.assigned_partitions(),
-            "records_processed": self.records_processed.load(Ordering::Relaxed),
+            "assigned_partitions": self.ingest.assigned_partitions(),
+            "records_processed": self.ingest.records_processed.load(Ordering::Relaxed),
             "last_record_unix_ms": (last > 0).then_some(last),
             "halted_threads": halted,
             "replay_redis": self.redis_state(),
-            "backpressure": self.admission.get().map(|a| {
-                let level = a.level();
-                serde_json::json!({
-                    "level": level,
-                    "category": crate::http::backpressure::category_name(crate::http::backpressure::category(level)),
-                    "circuit_breaker": a.breaker_state().as_str(),
-                })
-            }),
+            "backpressure": {
+                "level": level,
+                "category": backpressure::category_name(backpressure::category(level)),
+                "circuit_breaker": self.admission.breaker_state().as_str(),
+            },
         });
         if let Some(a) = alert {
             doc["alert"] = a.into();

@@ -4,11 +4,11 @@
 //! Every query parameter is bounded and validated before a WebSocket upgrade;
 //! bad input gets a 400 with a JSON body naming the problem.
 
-pub mod admission;
-pub mod auth;
-pub mod backpressure;
-pub mod health;
-pub mod web;
+pub(crate) mod admission;
+pub(crate) mod auth;
+pub(crate) mod backpressure;
+pub(crate) mod health;
+pub(crate) mod web;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -30,7 +30,7 @@ use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::task::TaskTracker;
 
-use crate::http::health::Status;
+use crate::http::health::Health;
 use crate::hub::{Filter, Format};
 use crate::ingest::consume::AdminCommand;
 use crate::ingest::pipeline::ResumeError;
@@ -42,23 +42,23 @@ use crate::session::{self, SessionContext};
 const MAX_THREAD_ID_BYTES: usize = 256;
 
 #[derive(Clone)]
-pub struct AppState {
-    pub status: Arc<Status>,
-    pub sessions: Arc<SessionContext>,
-    pub tracker: TaskTracker,
-    pub metrics: PrometheusHandle,
-    pub admin_tx: mpsc::Sender<AdminCommand>,
-    pub admin: AdminAuth,
-    pub admission: Arc<Admission>,
-    pub auth: Arc<AuthConfig>,
-    pub max_incoming_bytes: usize,
-    pub max_filter_values: usize,
-    pub group_id: String,
+pub(crate) struct AppState {
+    pub(crate) health: Arc<Health>,
+    pub(crate) sessions: Arc<SessionContext>,
+    pub(crate) tracker: TaskTracker,
+    pub(crate) metrics: PrometheusHandle,
+    pub(crate) admin_tx: mpsc::Sender<AdminCommand>,
+    pub(crate) admin: AdminAuth,
+    pub(crate) admission: Arc<Admission>,
+    pub(crate) auth: Arc<AuthConfig>,
+    pub(crate) max_incoming_bytes: usize,
+    pub(crate) max_filter_values: usize,
+    pub(crate) group_id: String,
 }
 
 /// How admin endpoints are protected.
 #[derive(Clone, Debug)]
-pub enum AdminAuth {
+pub(crate) enum AdminAuth {
     Token(String),
     /// No token configured and bound to loopback: open to local callers.
     LoopbackOnly,
@@ -67,7 +67,7 @@ pub enum AdminAuth {
 }
 
 impl AdminAuth {
-    pub fn new(token: Option<String>, listen: SocketAddr) -> Self {
+    pub(crate) fn new(token: Option<String>, listen: SocketAddr) -> Self {
         match token {
             Some(t) => AdminAuth::Token(t),
             None if listen.ip().is_loopback() => AdminAuth::LoopbackOnly,
@@ -114,7 +114,7 @@ fn error(status: StatusCode, code: &str, message: &str) -> Response {
     (status, Json(json!({"error": code, "message": message}))).into_response()
 }
 
-pub fn router(state: AppState) -> Router {
+pub(crate) fn router(state: AppState) -> Router {
     Router::new()
         .route("/", get(crate::http::web::index))
         .route("/app.js", get(crate::http::web::app_js))
@@ -275,7 +275,7 @@ async fn ws(
             )
         }
     };
-    if app.status.shutting_down() {
+    if app.health.shutting_down() {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
             "shutting_down",
@@ -433,7 +433,7 @@ async fn reset_breaker(State(app): State<AppState>, headers: HeaderMap) -> Respo
 }
 
 async fn health(State(app): State<AppState>) -> Response {
-    let doc = app.status.health_json(app.sessions.hub.connected());
+    let doc = app.health.health_json(app.sessions.hub.connected());
     let code = if doc["status"] == "unhealthy" {
         StatusCode::SERVICE_UNAVAILABLE
     } else {
@@ -443,7 +443,7 @@ async fn health(State(app): State<AppState>) -> Response {
 }
 
 async fn ready(State(app): State<AppState>) -> Response {
-    match app.status.not_ready_reason() {
+    match app.health.not_ready_reason() {
         None => Json(json!({"ready": true})).into_response(),
         Some(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -460,7 +460,7 @@ async fn version(State(app): State<AppState>) -> impl IntoResponse {
         "protocol": 1,
         "topic": app.sessions.topic,
         "group_id": app.group_id,
-        "resume_namespace": app.status.namespace(),
+        "resume_namespace": app.health.namespace,
     }))
 }
 
@@ -475,7 +475,7 @@ async fn halted(State(app): State<AppState>, headers: HeaderMap) -> Response {
     if let Err(r) = app.admin.check(&headers) {
         return *r;
     }
-    Json(json!({"halted_threads": app.status.halted()})).into_response()
+    Json(json!({"halted_threads": app.health.halted()})).into_response()
 }
 
 async fn resume(

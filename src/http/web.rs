@@ -9,10 +9,10 @@ use std::sync::LazyLock;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 
-pub const INDEX_HTML: &str = include_str!("../../web/index.html");
-pub const APP_JS: &str = include_str!("../../web/app.js");
-pub const STYLE_CSS: &str = include_str!("../../web/style.css");
-pub const CLIENT_JS: &str = include_str!("../../web/client.js");
+pub(crate) const INDEX_HTML: &str = include_str!("../../web/index.html");
+pub(crate) const APP_JS: &str = include_str!("../../web/app.js");
+pub(crate) const STYLE_CSS: &str = include_str!("../../web/style.css");
+pub(crate) const CLIENT_JS: &str = include_str!("../../web/client.js");
 
 const HTML: &str = "text/html; charset=utf-8";
 const JS: &str = "text/javascript; charset=utf-8";
@@ -45,23 +45,23 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
         .into_response()
 }
 
-pub async fn index() -> Response {
+pub(crate) async fn index() -> Response {
     asset(HTML, INDEX_HTML)
 }
 
-pub async fn app_js() -> Response {
+pub(crate) async fn app_js() -> Response {
     asset(JS, APP_JS)
 }
 
-pub async fn style_css() -> Response {
+pub(crate) async fn style_css() -> Response {
     asset(CSS, STYLE_CSS)
 }
 
-pub async fn client_js() -> Response {
+pub(crate) async fn client_js() -> Response {
     asset(JS, CLIENT_JS)
 }
 
-pub async fn client_classic_js() -> Response {
+pub(crate) async fn client_classic_js() -> Response {
     asset(JS, CLIENT_CLASSIC_JS.as_str())
 }
 

@@ -14,7 +14,7 @@
 //! ([`Hub::subscribe_caught_up`]). So every frame is either in the ring the
 //! session replays from, or delivered to it live: no hole at the seam.
 
-pub mod ring;
+pub(crate) mod ring;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -32,13 +32,13 @@ use crate::telemetry;
 
 /// Wire format chosen per connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Format {
+pub(crate) enum Format {
     Binary,
     Json,
 }
 
 impl Format {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Format::Binary => "binary",
             Format::Json => "json",
@@ -48,15 +48,15 @@ impl Format {
 
 /// Server-side filter of one connection. Empty parts match everything.
 #[derive(Clone, Debug, Default)]
-pub struct Filter {
-    pub threads: Option<HashSet<Box<str>>>,
-    pub tenant: Option<Box<str>>,
+pub(crate) struct Filter {
+    pub(crate) threads: Option<HashSet<Box<str>>>,
+    pub(crate) tenant: Option<Box<str>>,
     /// Bit set of [`MessageKind::bit`].
-    pub kinds: Option<u16>,
+    pub(crate) kinds: Option<u16>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
-pub enum FilterError {
+pub(crate) enum FilterError {
     #[error("{param}: at most {max} values")]
     TooMany { param: &'static str, max: usize },
     #[error("{param}: value longer than {max} bytes")]
@@ -68,11 +68,11 @@ pub enum FilterError {
 }
 
 /// Longest thread or tenant id accepted in a filter.
-pub const MAX_FILTER_VALUE_BYTES: usize = 256;
+pub(crate) const MAX_FILTER_VALUE_BYTES: usize = 256;
 
 impl Filter {
     /// Parses the `threads`, `tenant` and `types` query parameters.
-    pub fn parse(
+    pub(crate) fn parse(
         threads: Option<&str>,
         tenant: Option<&str>,
         types: Option<&str>,
@@ -136,7 +136,7 @@ impl Filter {
         Ok(f)
     }
 
-    pub fn matches(&self, frame: &Frame) -> bool {
+    pub(crate) fn matches(&self, frame: &Frame) -> bool {
         if let Some(bits) = self.kinds {
             if bits & frame.kind().bit() == 0 {
                 return false;
@@ -166,11 +166,11 @@ impl Filter {
     }
 
     /// True if notices about `thread` concern this client.
-    pub fn wants_thread(&self, thread: &str) -> bool {
+    pub(crate) fn wants_thread(&self, thread: &str) -> bool {
         self.threads.as_ref().is_none_or(|t| t.contains(thread))
     }
 
-    pub fn describe(&self) -> serde_json::Value {
+    pub(crate) fn describe(&self) -> serde_json::Value {
         let mut threads: Option<Vec<&str>> = self
             .threads
             .as_ref()
@@ -190,7 +190,7 @@ impl Filter {
 }
 
 /// What a session task receives from the hub.
-pub enum Outbound {
+pub(crate) enum Outbound {
     /// A data frame and when it was queued (for the queue-age histogram).
     Data(Arc<Frame>, std::time::Instant),
     Control(Utf8Bytes),
@@ -199,7 +199,7 @@ pub enum Outbound {
 /// Delivery priority of a record for a client that falls behind: low ones
 /// are shed first, high ones are kept while there is any room.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Priority {
+pub(crate) enum Priority {
     Low,
     Normal,
     High,
@@ -208,7 +208,7 @@ pub enum Priority {
 /// Message kind → priority (`MESSAGE_PRIORITIES`), plus the event types that
 /// matter most or least whatever the kind's setting.
 #[derive(Clone, Debug)]
-pub struct PriorityTable {
+pub(crate) struct PriorityTable {
     by_kind: [Priority; 9],
 }
 
@@ -225,7 +225,7 @@ impl Default for PriorityTable {
 
 impl PriorityTable {
     /// Parses `token_chunk=low,error=high` over the defaults.
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub(crate) fn parse(s: &str) -> Result<Self, String> {
         let mut t = PriorityTable::default();
         for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let (k, v) = part
@@ -243,7 +243,7 @@ impl PriorityTable {
         Ok(t)
     }
 
-    pub fn of(&self, f: &Frame) -> Priority {
+    pub(crate) fn of(&self, f: &Frame) -> Priority {
         if let crate::proto::dash_stream_message::Message::Event(e) = &f.decoded.body {
             // GRAPH_END, GRAPH_ERROR, NODE_ERROR, LLM_ERROR, TOOL_ERROR: always kept.
             if matches!(e.event_type, 2 | 3 | 12 | 32 | 42) {
@@ -260,15 +260,15 @@ impl PriorityTable {
 
 /// What the hub and a session share about one client.
 #[derive(Default)]
-pub struct ClientState {
+pub(crate) struct ClientState {
     /// Frames dropped since the session last reported it to the client.
-    pub lagged: AtomicU64,
+    pub(crate) lagged: AtomicU64,
     /// Bytes of the frames in the queue.
-    pub queued_bytes: std::sync::atomic::AtomicUsize,
+    pub(crate) queued_bytes: std::sync::atomic::AtomicUsize,
     /// Exact offset ranges dropped for this client, not yet reported.
     lost: parking_lot::Mutex<Vec<(i32, i64, i64)>>,
     /// When the client started losing frames (Unix ms; 0: it is keeping up).
-    pub lagging_since_ms: std::sync::atomic::AtomicI64,
+    pub(crate) lagging_since_ms: std::sync::atomic::AtomicI64,
     /// Per partition, the last offset the client already has (set when a
     /// resumed session goes live): older frames are never queued for it.
     floor: HashMap<i32, i64>,
@@ -305,7 +305,7 @@ impl ClientState {
     }
 
     /// Takes the ranges lost since the last call.
-    pub fn take_lost(&self) -> Vec<(i32, i64, i64)> {
+    pub(crate) fn take_lost(&self) -> Vec<(i32, i64, i64)> {
         std::mem::take(&mut *self.lost.lock())
     }
 }
@@ -317,7 +317,7 @@ struct ClientSlot {
 }
 
 /// All connected clients.
-pub struct Hub {
+pub(crate) struct Hub {
     clients: RwLock<HashMap<u64, ClientSlot>>,
     rings: parking_lot::Mutex<MemoryRings>,
     next_id: AtomicU64,
@@ -331,17 +331,17 @@ pub struct Hub {
 
 /// Per-client queue bounds and the priority table.
 #[derive(Clone, Debug)]
-pub struct QueueLimits {
-    pub frames: usize,
-    pub bytes: usize,
-    pub priorities: PriorityTable,
+pub(crate) struct QueueLimits {
+    pub(crate) frames: usize,
+    pub(crate) bytes: usize,
+    pub(crate) priorities: PriorityTable,
 }
 
 /// A client's end: its queue and the registration guard that removes it
 /// from the hub when dropped (on every exit path of the session).
-pub struct Subscription {
-    pub rx: mpsc::Receiver<Outbound>,
-    pub state: Arc<ClientState>,
+pub(crate) struct Subscription {
+    pub(crate) rx: mpsc::Receiver<Outbound>,
+    pub(crate) state: Arc<ClientState>,
     _guard: Registration,
 }
 
@@ -358,7 +358,7 @@ impl Drop for Registration {
 
 /// Counts one connected WebSocket session for as long as it lives (on every
 /// exit path), whether it is replaying or live.
-pub struct SessionGuard {
+pub(crate) struct SessionGuard {
     hub: Arc<Hub>,
 }
 
@@ -370,7 +370,7 @@ impl Drop for SessionGuard {
 }
 
 impl Hub {
-    pub fn new(queue: QueueLimits, rings: RingLimits) -> Arc<Self> {
+    pub(crate) fn new(queue: QueueLimits, rings: RingLimits) -> Arc<Self> {
         metrics::gauge!(telemetry::CLIENT_QUEUE_MAX_FRAMES).set(queue.frames as f64);
         metrics::gauge!(telemetry::CLIENT_QUEUE_MAX_BYTES).set(queue.bytes as f64);
         Arc::new(Self {
@@ -387,18 +387,18 @@ impl Hub {
     }
 
     /// Registers a new WebSocket session (connected count, connections total).
-    pub fn enter_session(self: &Arc<Self>) -> SessionGuard {
+    pub(crate) fn enter_session(self: &Arc<Self>) -> SessionGuard {
         let n = self.connected.fetch_add(1, Ordering::Relaxed) + 1;
         metrics::gauge!(telemetry::CONNECTED_CLIENTS).set(n as f64);
         metrics::counter!(telemetry::CONNECTIONS_OPENED).increment(1);
         SessionGuard { hub: self.clone() }
     }
 
-    pub fn connected(&self) -> usize {
+    pub(crate) fn connected(&self) -> usize {
         self.connected.load(Ordering::Relaxed)
     }
 
-    pub fn subscribe(self: &Arc<Self>, filter: Filter) -> Subscription {
+    pub(crate) fn subscribe(self: &Arc<Self>, filter: Filter) -> Subscription {
         let mut clients = self.clients.write();
         self.insert_client(&mut clients, filter, HashMap::new())
     }
@@ -406,7 +406,7 @@ impl Hub {
     /// Joins live delivery only if `next` (per partition, the next offset the
     /// session would replay) is past every ring's head; otherwise hands the
     /// filter back so the session replays more first.
-    pub fn subscribe_caught_up(
+    pub(crate) fn subscribe_caught_up(
         self: &Arc<Self>,
         filter: Filter,
         next: &HashMap<i32, i64>,
@@ -460,7 +460,7 @@ impl Hub {
     /// gets low-priority frames only below half its capacity, normal ones
     /// below 90 %, and high-priority ones while there is any room; what it
     /// does not get is recorded as lost offset ranges for its session to report.
-    pub fn publish(&self, frame: &Arc<Frame>) -> usize {
+    pub(crate) fn publish(&self, frame: &Arc<Frame>) -> usize {
         let clients = self.clients.read();
         self.rings.lock().insert(
             frame.cursor.partition,
@@ -518,7 +518,7 @@ impl Hub {
     }
 
     /// Sum of queued frames and of queue capacity over all live clients.
-    pub fn queue_fill(&self) -> (usize, usize) {
+    pub(crate) fn queue_fill(&self) -> (usize, usize) {
         let clients = self.clients.read();
         let used: usize = clients
             .values()
@@ -529,31 +529,36 @@ impl Hub {
 
     /// Records an offset that is not delivered (now, or not yet: a record
     /// held for a halted thread), so replay does not report it as a hole.
-    pub fn skip(&self, partition: i32, offset: i64) {
+    pub(crate) fn skip(&self, partition: i32, offset: i64) {
         let _clients = self.clients.read();
         self.rings.lock().insert(partition, offset, Slot::Tombstone);
     }
 
     /// Memory-tier page: slots from `from` on, if the ring reaches back to it.
-    pub fn ring_page(&self, partition: i32, from: i64, limit: usize) -> Option<Vec<(i64, Slot)>> {
+    pub(crate) fn ring_page(
+        &self,
+        partition: i32,
+        from: i64,
+        limit: usize,
+    ) -> Option<Vec<(i64, Slot)>> {
         self.rings.lock().page(partition, from, limit)
     }
 
-    pub fn ring_first(&self, partition: i32) -> Option<i64> {
+    pub(crate) fn ring_first(&self, partition: i32) -> Option<i64> {
         self.rings.lock().first(partition)
     }
 
-    pub fn ring_heads(&self) -> HashMap<i32, i64> {
+    pub(crate) fn ring_heads(&self) -> HashMap<i32, i64> {
         self.rings.lock().heads()
     }
 
     /// (slots, approximate bytes) held in memory.
-    pub fn ring_stats(&self) -> (usize, usize) {
+    pub(crate) fn ring_stats(&self) -> (usize, usize) {
         self.rings.lock().stats()
     }
 
     /// Sends a control notice to the clients whose filter wants `thread`.
-    pub fn notify_thread(&self, thread: &str, text: &str) {
+    pub(crate) fn notify_thread(&self, thread: &str, text: &str) {
         let msg: Utf8Bytes = text.to_string().into();
         for slot in self.clients.read().values() {
             if slot.filter.wants_thread(thread) {

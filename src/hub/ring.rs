@@ -13,7 +13,7 @@ use crate::record::frame::Frame;
 
 /// One offset of a partition's history.
 #[derive(Clone)]
-pub enum Slot {
+pub(crate) enum Slot {
     Frame(Arc<Frame>),
     /// A record that was consumed but is not deliverable (DLQ).
     Tombstone,
@@ -30,9 +30,9 @@ impl Slot {
 }
 
 #[derive(Clone, Copy, Debug)]
-pub struct RingLimits {
-    pub max_per_partition: usize,
-    pub max_bytes_per_partition: usize,
+pub(crate) struct RingLimits {
+    pub(crate) max_per_partition: usize,
+    pub(crate) max_bytes_per_partition: usize,
 }
 
 #[derive(Default)]
@@ -44,20 +44,20 @@ struct Ring {
 }
 
 /// The memory tier: one ring per partition.
-pub struct MemoryRings {
+pub(crate) struct MemoryRings {
     rings: HashMap<i32, Ring>,
     limits: RingLimits,
 }
 
 impl MemoryRings {
-    pub fn new(limits: RingLimits) -> Self {
+    pub(crate) fn new(limits: RingLimits) -> Self {
         Self {
             rings: HashMap::new(),
             limits,
         }
     }
 
-    pub fn insert(&mut self, partition: i32, offset: i64, slot: Slot) {
+    pub(crate) fn insert(&mut self, partition: i32, offset: i64, slot: Slot) {
         let ring = self.rings.entry(partition).or_default();
         let size = slot.bytes();
         if let Some(old) = ring.slots.insert(offset, slot) {
@@ -76,7 +76,7 @@ impl MemoryRings {
     }
 
     /// Highest offset seen per partition.
-    pub fn heads(&self) -> HashMap<i32, i64> {
+    pub(crate) fn heads(&self) -> HashMap<i32, i64> {
         self.rings
             .iter()
             .filter_map(|(p, r)| Some((*p, r.head?)))
@@ -84,12 +84,12 @@ impl MemoryRings {
     }
 
     /// Lowest offset still held for `partition`.
-    pub fn first(&self, partition: i32) -> Option<i64> {
+    pub(crate) fn first(&self, partition: i32) -> Option<i64> {
         self.rings.get(&partition)?.slots.keys().next().copied()
     }
 
     /// Up to `limit` slots from `from` on, if the ring reaches back to `from`.
-    pub fn page(&self, partition: i32, from: i64, limit: usize) -> Option<Vec<(i64, Slot)>> {
+    pub(crate) fn page(&self, partition: i32, from: i64, limit: usize) -> Option<Vec<(i64, Slot)>> {
         let ring = self.rings.get(&partition)?;
         let first = *ring.slots.keys().next()?;
         if first > from {
@@ -104,15 +104,10 @@ impl MemoryRings {
         )
     }
 
-    pub fn stats(&self) -> (usize, usize) {
+    pub(crate) fn stats(&self) -> (usize, usize) {
         self.rings
             .values()
             .fold((0, 0), |(n, b), r| (n + r.slots.len(), b + r.bytes))
-    }
-
-    /// Forgets a partition (revoked).
-    pub fn forget(&mut self, partition: i32) {
-        self.rings.remove(&partition);
     }
 }
 

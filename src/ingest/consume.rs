@@ -25,11 +25,11 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::dlq::sink::{self, DlqSink, FailClosedEvent, Failure, SourceRecord};
-use crate::http::health::{KafkaState, Status};
 use crate::ingest::offsets::Progress;
 use crate::ingest::pipeline::{
     trace_id_from_traceparent, Outcome, Pipeline, RecordView, ResumeError,
 };
+use crate::ingest::status::{IngestStatus, KafkaState};
 use crate::record::decode;
 use crate::replay::driver::Watermarks;
 use crate::telemetry;
@@ -41,16 +41,16 @@ struct PartitionStats {
     consumer_lag: i64,
 }
 
-pub enum RebalanceEvent {
+pub(crate) enum RebalanceEvent {
     Assigned(Vec<i32>),
     Revoked(Vec<i32>),
 }
 
 /// Librdkafka callbacks. They run on librdkafka's threads and only touch
 /// small shared state (no per-record work).
-pub struct BridgeContext {
+pub(crate) struct BridgeContext {
     topic: String,
-    status: Arc<Status>,
+    status: Arc<IngestStatus>,
     stats: Mutex<HashMap<i32, PartitionStats>>,
     /// High watermarks shared with the replay driver.
     watermarks: Watermarks,
@@ -132,13 +132,13 @@ impl ConsumerContext for BridgeContext {
     }
 }
 
-pub type BridgeConsumer = StreamConsumer<BridgeContext>;
+pub(crate) type BridgeConsumer = StreamConsumer<BridgeContext>;
 
 /// Creates the consumer and subscribes it to `topic`.
-pub fn create_consumer(
+pub(crate) fn create_consumer(
     props: &[(String, String)],
     topic: &str,
-    status: Arc<Status>,
+    status: Arc<IngestStatus>,
     watermarks: Watermarks,
 ) -> Result<(BridgeConsumer, mpsc::UnboundedReceiver<RebalanceEvent>), KafkaError> {
     let mut cfg = ClientConfig::new();
@@ -160,7 +160,7 @@ pub fn create_consumer(
 }
 
 /// Operator commands executed by the consumer task (which owns the pipeline).
-pub enum AdminCommand {
+pub(crate) enum AdminCommand {
     RateLimits {
         reply: oneshot::Sender<serde_json::Value>,
     },
@@ -179,23 +179,23 @@ pub enum AdminCommand {
 const YIELD_EVERY: u32 = 64;
 
 /// What the consume loop works with besides the consumer itself.
-pub struct Runner {
-    pub consumer: Arc<BridgeConsumer>,
-    pub pipeline: Pipeline,
-    pub rebalance_rx: mpsc::UnboundedReceiver<RebalanceEvent>,
-    pub admin_rx: mpsc::Receiver<AdminCommand>,
-    pub status: Arc<Status>,
-    pub dlq: Arc<DlqSink>,
-    pub group_id: String,
-    pub shutdown: CancellationToken,
+pub(crate) struct Runner {
+    pub(crate) consumer: Arc<BridgeConsumer>,
+    pub(crate) pipeline: Pipeline,
+    pub(crate) rebalance_rx: mpsc::UnboundedReceiver<RebalanceEvent>,
+    pub(crate) admin_rx: mpsc::Receiver<AdminCommand>,
+    pub(crate) status: Arc<IngestStatus>,
+    pub(crate) dlq: Arc<DlqSink>,
+    pub(crate) group_id: String,
+    pub(crate) shutdown: CancellationToken,
     /// Shutdown budget for flushing DLQ sends and committing offsets.
-    pub stop_budget: Duration,
+    pub(crate) stop_budget: Duration,
 }
 
 /// Runs until `shutdown` fires, then flushes the DLQ and commits stored
 /// offsets (bounded).
 /// Returns when shutdown began, so the caller can keep to the overall bound.
-pub async fn run(r: Runner) -> Instant {
+pub(crate) async fn run(r: Runner) -> Instant {
     let Runner {
         consumer,
         mut pipeline,
@@ -478,7 +478,12 @@ fn export_lag(ctx: &BridgeContext, pipeline: &Pipeline) {
 /// Offset lag = high watermark - (last processed + 1); before the first
 /// record, librdkafka's own lag (from the committed offset). Time lag = age of
 /// the last processed record while offset lag > 0, else 0.
-pub fn lag_of(hi_offset: i64, librdkafka_lag: i64, progress: Progress, now_ms: i64) -> (i64, f64) {
+pub(crate) fn lag_of(
+    hi_offset: i64,
+    librdkafka_lag: i64,
+    progress: Progress,
+    now_ms: i64,
+) -> (i64, f64) {
     let lag = match progress.last_processed {
         Some(last) => hi_offset - (last + 1),
         None => librdkafka_lag,

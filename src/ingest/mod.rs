@@ -10,8 +10,9 @@
 //! - [`offsets`]: the commit point per partition.
 //! - [`ratelimit`]: per-tenant token buckets.
 
-pub mod consume;
-pub mod offsets;
-pub mod pipeline;
-pub mod ratelimit;
-pub mod sequence;
+pub(crate) mod consume;
+pub(crate) mod offsets;
+pub(crate) mod pipeline;
+pub(crate) mod ratelimit;
+pub(crate) mod sequence;
+pub(crate) mod status;

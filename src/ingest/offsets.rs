@@ -17,19 +17,19 @@ struct PartitionBook {
 }
 
 #[derive(Debug, Default)]
-pub struct OffsetBook {
+pub(crate) struct OffsetBook {
     partitions: HashMap<i32, PartitionBook>,
 }
 
 /// Progress of one partition, for lag computation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Progress {
-    pub last_processed: Option<i64>,
-    pub last_timestamp_ms: Option<i64>,
+pub(crate) struct Progress {
+    pub(crate) last_processed: Option<i64>,
+    pub(crate) last_timestamp_ms: Option<i64>,
 }
 
 impl OffsetBook {
-    pub fn processed(&mut self, partition: i32, offset: i64, timestamp_ms: Option<i64>) {
+    pub(crate) fn processed(&mut self, partition: i32, offset: i64, timestamp_ms: Option<i64>) {
         let p = self.partitions.entry(partition).or_default();
         if p.last_processed.is_none_or(|l| offset > l) {
             p.last_processed = Some(offset);
@@ -37,7 +37,7 @@ impl OffsetBook {
         }
     }
 
-    pub fn hold(&mut self, partition: i32, offset: i64) {
+    pub(crate) fn hold(&mut self, partition: i32, offset: i64) {
         *self
             .partitions
             .entry(partition)
@@ -47,7 +47,7 @@ impl OffsetBook {
             .or_insert(0) += 1;
     }
 
-    pub fn release(&mut self, partition: i32, offset: i64) {
+    pub(crate) fn release(&mut self, partition: i32, offset: i64) {
         if let Some(p) = self.partitions.get_mut(&partition) {
             if let Some(n) = p.held.get_mut(&offset) {
                 *n -= 1;
@@ -58,12 +58,8 @@ impl OffsetBook {
         }
     }
 
-    pub fn held(&self) -> usize {
-        self.partitions.values().map(|p| p.held.len()).sum()
-    }
-
     /// The next offset to consume after a restart (what to commit), if known.
-    pub fn commit_point(&self, partition: i32) -> Option<i64> {
+    pub(crate) fn commit_point(&self, partition: i32) -> Option<i64> {
         let p = self.partitions.get(&partition)?;
         p.held
             .keys()
@@ -72,7 +68,7 @@ impl OffsetBook {
             .or(p.last_processed.map(|o| o + 1))
     }
 
-    pub fn progress(&self, partition: i32) -> Progress {
+    pub(crate) fn progress(&self, partition: i32) -> Progress {
         let p = self.partitions.get(&partition);
         Progress {
             last_processed: p.and_then(|p| p.last_processed),
@@ -81,11 +77,11 @@ impl OffsetBook {
     }
 
     /// Forgets a partition (revoked, or newly assigned: its position comes from Kafka).
-    pub fn reset(&mut self, partition: i32) {
+    pub(crate) fn reset(&mut self, partition: i32) {
         self.partitions.remove(&partition);
     }
 
-    pub fn partitions(&self) -> impl Iterator<Item = i32> + '_ {
+    pub(crate) fn partitions(&self) -> impl Iterator<Item = i32> + '_ {
         self.partitions.keys().copied()
     }
 }

@@ -8,13 +8,13 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
-use crate::http::health::{HaltedThread, Status};
 use crate::hub::Hub;
 use crate::ingest::offsets::OffsetBook;
 use crate::ingest::ratelimit::TenantRateLimiter;
 use crate::ingest::sequence::{GapPolicy, SequenceValidator, ValidatorConfig, Verdict};
+use crate::ingest::status::{HaltedThread, IngestStatus};
 use crate::record::decode::{self, DecodeLimits, Framing};
 use crate::record::frame::{control, Cursor, Frame};
 use crate::replay::redis::RedisTier;
@@ -22,18 +22,18 @@ use crate::telemetry::{self, PipelineMetrics};
 
 /// One Kafka record, borrowed from the client.
 #[derive(Clone, Copy, Debug)]
-pub struct RecordView<'a> {
-    pub partition: i32,
-    pub offset: i64,
-    pub timestamp_ms: Option<i64>,
-    pub key: Option<&'a [u8]>,
-    pub value: Option<&'a [u8]>,
-    pub traceparent: Option<&'a [u8]>,
+pub(crate) struct RecordView<'a> {
+    pub(crate) partition: i32,
+    pub(crate) offset: i64,
+    pub(crate) timestamp_ms: Option<i64>,
+    pub(crate) key: Option<&'a [u8]>,
+    pub(crate) value: Option<&'a [u8]>,
+    pub(crate) traceparent: Option<&'a [u8]>,
 }
 
 /// What happened to a record.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     Delivered {
         clients: usize,
     },
@@ -51,11 +51,11 @@ pub enum Outcome {
     },
 }
 
-pub struct PipelineConfig {
-    pub limits: DecodeLimits,
-    pub gap_policy: GapPolicy,
-    pub sequence: ValidatorConfig,
-    pub halt_max_held: usize,
+pub(crate) struct PipelineConfig {
+    pub(crate) limits: DecodeLimits,
+    pub(crate) gap_policy: GapPolicy,
+    pub(crate) sequence: ValidatorConfig,
+    pub(crate) halt_max_held: usize,
 }
 
 struct Halt {
@@ -64,12 +64,12 @@ struct Halt {
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
-pub enum ResumeError {
+pub(crate) enum ResumeError {
     #[error("thread '{0}' is not halted")]
     NotHalted(String),
 }
 
-pub struct Pipeline {
+pub(crate) struct Pipeline {
     cfg: PipelineConfig,
     rate_limits: TenantRateLimiter,
     redis: Option<Arc<RedisTier>>,
@@ -77,13 +77,13 @@ pub struct Pipeline {
     halts: HashMap<Box<str>, Halt>,
     offsets: OffsetBook,
     hub: Arc<Hub>,
-    status: Arc<Status>,
+    status: Arc<IngestStatus>,
     m: PipelineMetrics,
     log_throttle: LogThrottle,
 }
 
 impl Pipeline {
-    pub fn new(cfg: PipelineConfig, hub: Arc<Hub>, status: Arc<Status>) -> Self {
+    pub(crate) fn new(cfg: PipelineConfig, hub: Arc<Hub>, status: Arc<IngestStatus>) -> Self {
         Self {
             rate_limits: TenantRateLimiter::new(None, Default::default()),
             redis: None,
@@ -98,18 +98,18 @@ impl Pipeline {
         }
     }
 
-    pub fn with_rate_limits(mut self, limits: TenantRateLimiter) -> Self {
+    pub(crate) fn with_rate_limits(mut self, limits: TenantRateLimiter) -> Self {
         self.rate_limits = limits;
         self
     }
 
-    pub fn rate_limits_mut(&mut self) -> &mut TenantRateLimiter {
+    pub(crate) fn rate_limits_mut(&mut self) -> &mut TenantRateLimiter {
         &mut self.rate_limits
     }
 
     /// Also write every delivered record (and a tombstone for every skipped
     /// one) to the Redis replay tier.
-    pub fn with_redis(mut self, redis: Option<Arc<RedisTier>>) -> Self {
+    pub(crate) fn with_redis(mut self, redis: Option<Arc<RedisTier>>) -> Self {
         self.redis = redis;
         self
     }
@@ -129,7 +129,7 @@ impl Pipeline {
         }
     }
 
-    pub fn export_replay_gauges(&self) {
+    pub(crate) fn export_replay_gauges(&self) {
         let (entries, bytes) = self.hub.ring_stats();
         metrics::gauge!(telemetry::REPLAY_MEMORY_ENTRIES).set(entries as f64);
         metrics::gauge!(telemetry::REPLAY_MEMORY_BYTES).set(bytes as f64);
@@ -138,19 +138,19 @@ impl Pipeline {
         }
     }
 
-    pub fn limits(&self) -> &DecodeLimits {
+    pub(crate) fn limits(&self) -> &DecodeLimits {
         &self.cfg.limits
     }
 
-    pub fn offsets(&self) -> &OffsetBook {
+    pub(crate) fn offsets(&self) -> &OffsetBook {
         &self.offsets
     }
 
-    pub fn offsets_mut(&mut self) -> &mut OffsetBook {
+    pub(crate) fn offsets_mut(&mut self) -> &mut OffsetBook {
         &mut self.offsets
     }
 
-    pub fn handle(&mut self, rec: RecordView<'_>, now: Instant) -> Outcome {
+    pub(crate) fn handle(&mut self, rec: RecordView<'_>, now: Instant) -> Outcome {
         let outcome = self.process(rec, now);
         self.offsets
             .processed(rec.partition, rec.offset, rec.timestamp_ms);
@@ -159,7 +159,7 @@ impl Pipeline {
             .fetch_add(1, Ordering::Relaxed);
         self.status
             .last_record_unix_ms
-            .store(unix_ms(), Ordering::Relaxed);
+            .store(crate::util::unix_ms(), Ordering::Relaxed);
         outcome
     }
 
@@ -244,7 +244,7 @@ impl Pipeline {
                         dropped_messages: 0,
                         missing,
                         at_sequence: seq,
-                        halted_at_unix_ms: unix_ms(),
+                        halted_at_unix_ms: crate::util::unix_ms(),
                     },
                     held: VecDeque::new(),
                 },
@@ -314,7 +314,7 @@ impl Pipeline {
     /// Operator action: releases a halted thread's held records to clients,
     /// in order, and resumes live delivery for it. Returns how many records
     /// were delivered.
-    pub fn resume_thread(&mut self, thread: &str) -> Result<usize, ResumeError> {
+    pub(crate) fn resume_thread(&mut self, thread: &str) -> Result<usize, ResumeError> {
         let halt = self
             .halts
             .remove(thread)
@@ -354,7 +354,7 @@ impl Pipeline {
     }
 
     /// Periodic upkeep: idle thread eviction and gauges.
-    pub fn tick(&mut self, now: Instant) {
+    pub(crate) fn tick(&mut self, now: Instant) {
         let idle = self.validator.evict_idle(now);
         if idle > 0 {
             metrics::counter!(telemetry::SEQ_EVICTED_THREADS, "reason" => "idle").increment(idle);
@@ -365,7 +365,7 @@ impl Pipeline {
 
     /// Held frames of a partition are dropped when it is revoked: the next
     /// owner re-reads them from the committed offset, which never passed them.
-    pub fn forget_partition(&mut self, partition: i32) {
+    pub(crate) fn forget_partition(&mut self, partition: i32) {
         for h in self.halts.values_mut() {
             h.held.retain(|f| f.cursor.partition != partition);
             h.info.held_messages = h.held.len();
@@ -376,7 +376,7 @@ impl Pipeline {
 }
 
 /// Extracts the 32-hex-digit trace id from a W3C `traceparent` header.
-pub fn trace_id_from_traceparent(v: &[u8]) -> Option<Box<str>> {
+pub(crate) fn trace_id_from_traceparent(v: &[u8]) -> Option<Box<str>> {
     let s = std::str::from_utf8(v).ok()?.trim();
     let mut parts = s.split('-');
     let (version, trace, span) = (parts.next()?, parts.next()?, parts.next()?);
@@ -385,13 +385,6 @@ pub fn trace_id_from_traceparent(v: &[u8]) -> Option<Box<str>> {
         return None;
     }
     Some(trace.to_ascii_lowercase().into_boxed_str())
-}
-
-fn unix_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// At most one log line per second for a repeated condition; reports how
@@ -461,7 +454,7 @@ mod tests {
                 halt_max_held: 100,
             },
             hub.clone(),
-            Arc::new(Status::default()),
+            Arc::new(IngestStatus::default()),
         );
         (p, hub)
     }

@@ -15,17 +15,17 @@ use lru::LruCache;
 
 use crate::telemetry;
 
-pub const MAX_TENANTS: usize = 100_000;
-pub const MAX_TENANT_LABELS: usize = 100;
+pub(crate) const MAX_TENANTS: usize = 100_000;
+pub(crate) const MAX_TENANT_LABELS: usize = 100;
 
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Rate {
-    pub messages_per_second: f64,
-    pub burst: f64,
+pub(crate) struct Rate {
+    pub(crate) messages_per_second: f64,
+    pub(crate) burst: f64,
 }
 
 impl Rate {
-    pub fn validate(&self) -> Result<(), String> {
+    pub(crate) fn validate(&self) -> Result<(), String> {
         let ok = |x: f64| x.is_finite() && x > 0.0 && x <= 10_000_000.0;
         if !ok(self.messages_per_second) || !ok(self.burst) {
             return Err(
@@ -40,7 +40,7 @@ impl Rate {
 }
 
 /// Parses `acme=100:200,beta=5:10` (tenant=rate:burst).
-pub fn parse_overrides(s: &str) -> Result<BTreeMap<String, Rate>, String> {
+pub(crate) fn parse_overrides(s: &str) -> Result<BTreeMap<String, Rate>, String> {
     let mut m = BTreeMap::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (t, r) = part
@@ -68,7 +68,7 @@ struct Bucket {
     at: Instant,
 }
 
-pub struct TenantRateLimiter {
+pub(crate) struct TenantRateLimiter {
     default: Option<Rate>,
     overrides: BTreeMap<String, Rate>,
     buckets: LruCache<Box<str>, Bucket>,
@@ -76,7 +76,7 @@ pub struct TenantRateLimiter {
 }
 
 impl TenantRateLimiter {
-    pub fn new(default: Option<Rate>, overrides: BTreeMap<String, Rate>) -> Self {
+    pub(crate) fn new(default: Option<Rate>, overrides: BTreeMap<String, Rate>) -> Self {
         let cap = NonZeroUsize::new(MAX_TENANTS).unwrap_or(NonZeroUsize::MIN);
         Self {
             default,
@@ -86,7 +86,7 @@ impl TenantRateLimiter {
         }
     }
 
-    pub fn enabled(&self) -> bool {
+    pub(crate) fn enabled(&self) -> bool {
         self.default.is_some() || !self.overrides.is_empty()
     }
 
@@ -95,7 +95,7 @@ impl TenantRateLimiter {
     }
 
     /// True if a record of `tenant` may be delivered now (takes a token).
-    pub fn allow(&mut self, tenant: &str, now: Instant) -> bool {
+    pub(crate) fn allow(&mut self, tenant: &str, now: Instant) -> bool {
         let Some(rate) = self.rate_of(tenant) else {
             return true;
         };
@@ -135,7 +135,7 @@ impl TenantRateLimiter {
     }
 
     /// Sets (Some) or removes (None) a tenant's override.
-    pub fn set(&mut self, tenant: &str, rate: Option<Rate>) {
+    pub(crate) fn set(&mut self, tenant: &str, rate: Option<Rate>) {
         match rate {
             Some(r) => {
                 self.overrides.insert(tenant.to_string(), r);
@@ -148,7 +148,7 @@ impl TenantRateLimiter {
         self.buckets.pop(tenant);
     }
 
-    pub fn describe(&self) -> serde_json::Value {
+    pub(crate) fn describe(&self) -> serde_json::Value {
         serde_json::json!({"default": self.default, "overrides": self.overrides})
     }
 }

@@ -25,7 +25,7 @@ use lru::LruCache;
 
 /// What happens to a thread when a gap is detected.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum GapPolicy {
+pub(crate) enum GapPolicy {
     /// Accept and move on silently (counted in metrics only).
     Continue,
     /// Accept, log a warning, count (default).
@@ -35,7 +35,7 @@ pub enum GapPolicy {
 }
 
 impl GapPolicy {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             GapPolicy::Continue => "continue",
             GapPolicy::Warn => "warn",
@@ -46,7 +46,7 @@ impl GapPolicy {
 
 /// The validator's judgement of one (thread, sequence).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// First sequence seen for this thread: it sets the baseline.
     Baseline,
     InOrder,
@@ -59,10 +59,10 @@ pub enum Verdict {
 }
 
 #[derive(Clone, Copy, Debug)]
-pub struct ValidatorConfig {
-    pub window: u32,
-    pub max_threads: usize,
-    pub idle: Duration,
+pub(crate) struct ValidatorConfig {
+    pub(crate) window: u32,
+    pub(crate) max_threads: usize,
+    pub(crate) idle: Duration,
 }
 
 impl Default for ValidatorConfig {
@@ -116,7 +116,7 @@ impl ThreadState {
 
 /// Tracks sequences for a bounded set of threads. Owned by the pipeline task:
 /// no locks, no sharing.
-pub struct SequenceValidator {
+pub(crate) struct SequenceValidator {
     threads: LruCache<Box<str>, ThreadState>,
     window: u64,
     idle: Duration,
@@ -124,13 +124,13 @@ pub struct SequenceValidator {
 
 /// Threads evicted by one call, by reason, for metrics.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct Evictions {
-    pub idle: u64,
-    pub capacity: u64,
+pub(crate) struct Evictions {
+    pub(crate) idle: u64,
+    pub(crate) capacity: u64,
 }
 
 impl SequenceValidator {
-    pub fn new(cfg: ValidatorConfig) -> Self {
+    pub(crate) fn new(cfg: ValidatorConfig) -> Self {
         // The window is a whole number of 64-bit words.
         let window = u64::from(cfg.window.max(64)).div_ceil(64) * 64;
         let cap = NonZeroUsize::new(cfg.max_threads.max(1)).unwrap_or(NonZeroUsize::MIN);
@@ -141,13 +141,13 @@ impl SequenceValidator {
         }
     }
 
-    pub fn tracked_threads(&self) -> usize {
+    pub(crate) fn tracked_threads(&self) -> usize {
         self.threads.len()
     }
 
     /// Judges `seq` for `thread` and records it. `seq` must be non-zero
     /// (0 means "not sequenced" and is never validated).
-    pub fn observe(&mut self, thread: &str, seq: u64, now: Instant) -> (Verdict, Evictions) {
+    pub(crate) fn observe(&mut self, thread: &str, seq: u64, now: Instant) -> (Verdict, Evictions) {
         let w = self.window;
         let mut ev = Evictions::default();
         let Some(st) = self.threads.get_mut(thread) else {
@@ -187,7 +187,7 @@ impl SequenceValidator {
     }
 
     /// Forgets threads not seen for longer than the idle timeout.
-    pub fn evict_idle(&mut self, now: Instant) -> u64 {
+    pub(crate) fn evict_idle(&mut self, now: Instant) -> u64 {
         let mut n = 0;
         while let Some((_, st)) = self.threads.peek_lru() {
             if now.saturating_duration_since(st.last_seen) <= self.idle {
@@ -197,11 +197,6 @@ impl SequenceValidator {
             n += 1;
         }
         n
-    }
-
-    /// Forgets one thread's state (its next message sets a new baseline).
-    pub fn forget(&mut self, thread: &str) {
-        self.threads.pop(thread);
     }
 }
 

@@ -15,7 +15,7 @@ use crate::proto::dash_stream_message::Message;
 use crate::proto::{DashStreamMessage, Event, Header};
 
 /// Highest `schema_version` this bridge understands (0 is read as 1).
-pub const SUPPORTED_SCHEMA_VERSION: u32 = 1;
+pub(crate) const SUPPORTED_SCHEMA_VERSION: u32 = 1;
 
 const FRAME_PROTOBUF: u8 = 0x00;
 const FRAME_ZSTD: u8 = 0x01;
@@ -25,8 +25,8 @@ const ZSTD_WINDOW_LOG_MAX: u32 = 24;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DecodeLimits {
-    pub max_record_bytes: usize,
-    pub max_decompressed_bytes: usize,
+    pub(crate) max_record_bytes: usize,
+    pub(crate) max_decompressed_bytes: usize,
 }
 
 impl Default for DecodeLimits {
@@ -40,7 +40,7 @@ impl Default for DecodeLimits {
 
 /// How the record value was framed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Framing {
+pub(crate) enum Framing {
     Protobuf,
     Zstd,
     LegacyBare,
@@ -71,7 +71,7 @@ pub enum DecodeError {
 }
 
 impl DecodeError {
-    pub fn error_type(&self) -> &'static str {
+    pub(crate) fn error_type(&self) -> &'static str {
         match self {
             DecodeError::Empty => "empty_payload",
             DecodeError::TooLarge { .. } => "payload_too_large",
@@ -84,7 +84,7 @@ impl DecodeError {
     }
 
     /// The pipeline stage that rejected the record (DLQ `stage`).
-    pub fn stage(&self) -> &'static str {
+    pub(crate) fn stage(&self) -> &'static str {
         match self {
             DecodeError::Empty | DecodeError::InvalidProtobuf(_) | DecodeError::MissingBody => {
                 "decode"
@@ -113,7 +113,7 @@ pub enum MessageKind {
 }
 
 impl MessageKind {
-    pub const ALL: [MessageKind; 9] = [
+    pub(crate) const ALL: [MessageKind; 9] = [
         MessageKind::Event,
         MessageKind::StateDiff,
         MessageKind::TokenChunk,
@@ -139,12 +139,12 @@ impl MessageKind {
         }
     }
 
-    pub fn parse(s: &str) -> Option<Self> {
+    pub(crate) fn parse(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|k| k.as_str() == s)
     }
 
     /// Bit for compact kind sets (filters).
-    pub fn bit(self) -> u16 {
+    pub(crate) fn bit(self) -> u16 {
         1 << (self as u16)
     }
 }
@@ -152,15 +152,15 @@ impl MessageKind {
 /// A decoded, schema-checked record body.
 #[derive(Debug, Clone)]
 pub struct Decoded {
-    pub body: Message,
-    pub framing: Framing,
+    pub(crate) body: Message,
+    pub(crate) framing: Framing,
 }
 
 /// One (thread, sequence) pair to validate: the message itself, or each event of a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SequenceUnit<'a> {
-    pub thread_id: &'a str,
-    pub sequence: u64,
+pub(crate) struct SequenceUnit<'a> {
+    pub(crate) thread_id: &'a str,
+    pub(crate) sequence: u64,
 }
 
 impl Decoded {
@@ -168,12 +168,12 @@ impl Decoded {
         kind_of(&self.body)
     }
 
-    pub fn header(&self) -> Option<&Header> {
+    pub(crate) fn header(&self) -> Option<&Header> {
         header_of(&self.body)
     }
 
     /// Inner events of an `event_batch`, empty for other kinds.
-    pub fn batch_events(&self) -> &[Event] {
+    pub(crate) fn batch_events(&self) -> &[Event] {
         match &self.body {
             Message::EventBatch(b) => &b.events,
             _ => &[],
@@ -229,12 +229,12 @@ impl Decoded {
     }
 
     /// The record's own sequence (0 for a batch, whose events carry theirs).
-    pub fn sequence(&self) -> u64 {
+    pub(crate) fn sequence(&self) -> u64 {
         self.header().map(|h| h.sequence).unwrap_or(0)
     }
 
     /// Every (thread, sequence) to validate. Unsequenced (0) entries are skipped.
-    pub fn sequence_units(&self) -> impl Iterator<Item = SequenceUnit<'_>> {
+    pub(crate) fn sequence_units(&self) -> impl Iterator<Item = SequenceUnit<'_>> {
         let own = self
             .header()
             .filter(|h| h.sequence != 0)
@@ -254,8 +254,9 @@ impl Decoded {
         own.into_iter().chain(inner)
     }
 
+    #[cfg(test)]
     /// True if this record touches `thread` (its own thread or any batch event's).
-    pub fn involves_thread(&self, thread: &str) -> bool {
+    pub(crate) fn involves_thread(&self, thread: &str) -> bool {
         self.thread_id() == thread
             || self
                 .batch_events()
@@ -368,7 +369,7 @@ pub fn decode(value: Option<&[u8]>, limits: &DecodeLimits) -> Result<Decoded, De
 
 /// Resets enum fields holding values this build does not know to 0
 /// (UNSPECIFIED), so the proto3 JSON mapping can name every value.
-pub fn clear_unknown_enums(body: &mut Message) {
+pub(crate) fn clear_unknown_enums(body: &mut Message) {
     use crate::proto::{
         CompressionType, DiffOp, ErrorSeverity, EventType, FinishReason, MessageType, ToolStage,
         ValueEncoding,
@@ -421,7 +422,7 @@ pub fn clear_unknown_enums(body: &mut Message) {
 
 /// What can be read of a rejected record's header, ignoring the schema
 /// check (for DLQ records). `None` when the body does not decode at all.
-pub fn original_info(
+pub(crate) fn original_info(
     value: Option<&[u8]>,
     limits: &DecodeLimits,
 ) -> Option<crate::dlq::sink::OriginalInfo> {

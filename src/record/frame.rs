@@ -19,8 +19,8 @@ use serde::ser::{Serialize, Serializer};
 use crate::proto::dash_stream_message::Message;
 use crate::record::decode::{DecodeError, DecodeLimits, Decoded, MessageKind};
 
-pub const ENVELOPE_VERSION: u8 = 1;
-pub const ENVELOPE_HEADER_LEN: usize = 21;
+pub(crate) const ENVELOPE_VERSION: u8 = 1;
+pub(crate) const ENVELOPE_HEADER_LEN: usize = 21;
 
 /// Where a record came from: its Kafka partition and offset.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,11 +30,11 @@ pub struct Cursor {
 }
 
 /// One record, ready for every client.
-pub struct Frame {
-    pub cursor: Cursor,
-    pub kafka_timestamp_ms: Option<i64>,
-    pub decoded: Decoded,
-    pub trace_id: Option<Box<str>>,
+pub(crate) struct Frame {
+    pub(crate) cursor: Cursor,
+    pub(crate) kafka_timestamp_ms: Option<i64>,
+    pub(crate) decoded: Decoded,
+    pub(crate) trace_id: Option<Box<str>>,
     binary: Bytes,
     json: OnceLock<Utf8Bytes>,
     latency_recorded: AtomicBool,
@@ -43,7 +43,7 @@ pub struct Frame {
 }
 
 impl Frame {
-    pub fn new(
+    pub(crate) fn new(
         cursor: Cursor,
         kafka_timestamp_ms: Option<i64>,
         value: &[u8],
@@ -68,27 +68,28 @@ impl Frame {
         }
     }
 
-    pub fn kind(&self) -> MessageKind {
+    pub(crate) fn kind(&self) -> MessageKind {
         self.decoded.kind()
     }
 
     /// The binary envelope (shared bytes, no copy).
-    pub fn binary(&self) -> Bytes {
+    pub(crate) fn binary(&self) -> Bytes {
         self.binary.clone()
     }
 
     /// Size of the binary envelope, without touching its reference count.
-    pub fn binary_len(&self) -> usize {
+    pub(crate) fn binary_len(&self) -> usize {
         self.binary.len()
     }
 
+    #[cfg(test)]
     /// The original Kafka record value.
-    pub fn record_value(&self) -> &[u8] {
+    pub(crate) fn record_value(&self) -> &[u8] {
         &self.binary[ENVELOPE_HEADER_LEN..]
     }
 
     /// The JSON text, encoded on first call and shared afterwards.
-    pub fn json(&self) -> Utf8Bytes {
+    pub(crate) fn json(&self) -> Utf8Bytes {
         self.json
             .get_or_init(|| {
                 encode_json(
@@ -102,17 +103,17 @@ impl Frame {
             .clone()
     }
 
-    pub fn mark_late(&self) {
+    pub(crate) fn mark_late(&self) {
         self.late.store(true, Ordering::Relaxed);
     }
 
     /// A record released by an operator after a halt (out of offset order).
-    pub fn is_late(&self) -> bool {
+    pub(crate) fn is_late(&self) -> bool {
         self.late.load(Ordering::Relaxed)
     }
 
     /// Rebuilds a frame from a stored binary envelope (replay tiers).
-    pub fn from_envelope(b: &[u8], limits: &DecodeLimits) -> Result<Frame, EnvelopeError> {
+    pub(crate) fn from_envelope(b: &[u8], limits: &DecodeLimits) -> Result<Frame, EnvelopeError> {
         let env = parse_envelope(b)?;
         let decoded = crate::record::decode::decode(Some(env.value), limits)?;
         Ok(Frame::new(
@@ -125,7 +126,7 @@ impl Frame {
     }
 
     /// True exactly once per frame: the caller records end-to-end latency.
-    pub fn claim_latency_sample(&self) -> bool {
+    pub(crate) fn claim_latency_sample(&self) -> bool {
         !self.latency_recorded.swap(true, Ordering::Relaxed)
     }
 }
@@ -166,7 +167,7 @@ struct JsonData<'a> {
 }
 
 /// The JSON data frame for one record.
-pub fn encode_json(
+pub(crate) fn encode_json(
     cursor: Cursor,
     kafka_timestamp_ms: Option<i64>,
     d: &Decoded,
@@ -254,10 +255,10 @@ pub fn envelope_to_json(b: &[u8], limits: &DecodeLimits) -> Result<String, Envel
 }
 
 /// JSON control frames (text messages in both formats).
-pub mod control {
+pub(crate) mod control {
     use serde_json::json;
 
-    pub fn hello(
+    pub(crate) fn hello(
         version: &str,
         topic: &str,
         namespace: &str,
@@ -277,34 +278,34 @@ pub mod control {
         .to_string()
     }
 
-    pub fn error(code: &str, message: &str) -> String {
+    pub(crate) fn error(code: &str, message: &str) -> String {
         json!({"type": "error", "code": code, "message": message}).to_string()
     }
 
-    pub fn lagged(dropped: u64) -> String {
+    pub(crate) fn lagged(dropped: u64) -> String {
         json!({"type": "lagged", "dropped": dropped}).to_string()
     }
 
-    pub fn thread_halted(thread_id: &str, missing: u64, sequence: u64) -> String {
+    pub(crate) fn thread_halted(thread_id: &str, missing: u64, sequence: u64) -> String {
         json!({"type": "thread_halted", "thread_id": thread_id, "missing": missing, "sequence": sequence}).to_string()
     }
 
-    pub fn thread_resumed(thread_id: &str, released: usize) -> String {
+    pub(crate) fn thread_resumed(thread_id: &str, released: usize) -> String {
         json!({"type": "thread_resumed", "thread_id": thread_id, "released": released}).to_string()
     }
 
-    pub fn gap(partition: i32, from: i64, to: i64, reason: &str) -> String {
+    pub(crate) fn gap(partition: i32, from: i64, to: i64, reason: &str) -> String {
         json!({"type": "gap", "partition": partition, "from": from, "to": to, "reason": reason})
             .to_string()
     }
 
     /// A resume waits for a replay slot (`REPLAY_MAX_CONCURRENT` replays run at once).
-    pub fn replay_queued(waiting: usize, max_concurrent: usize) -> String {
+    pub(crate) fn replay_queued(waiting: usize, max_concurrent: usize) -> String {
         json!({"type": "replay_queued", "waiting": waiting, "max_concurrent": max_concurrent})
             .to_string()
     }
 
-    pub fn replay_complete(
+    pub(crate) fn replay_complete(
         replayed: u64,
         recovered: bool,
         reason: Option<&str>,
@@ -318,7 +319,7 @@ pub mod control {
         v.to_string()
     }
 
-    pub fn pong() -> String {
+    pub(crate) fn pong() -> String {
         json!({"type": "pong"}).to_string()
     }
 }

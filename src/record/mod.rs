@@ -2,5 +2,5 @@
 //! the [`frame::Frame`] built once per record and shared by every stage after
 //! ingest (hub, replay tiers, sessions), with the control frames clients get.
 
-pub mod decode;
-pub mod frame;
+pub(crate) mod decode;
+pub(crate) mod frame;

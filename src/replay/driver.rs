@@ -30,30 +30,30 @@ use crate::session::{feed, flush, send};
 use crate::telemetry;
 
 /// High watermarks per partition from the consumer's statistics.
-pub type Watermarks = Arc<Mutex<HashMap<i32, i64>>>;
+pub(crate) type Watermarks = Arc<Mutex<HashMap<i32, i64>>>;
 
 /// Reading back from Kafka: client properties and a bound on concurrent readers.
-pub struct KafkaTier {
-    pub props: Vec<(String, String)>,
-    pub topic: String,
-    pub permits: Arc<Semaphore>,
-    pub timeout: Duration,
+pub(crate) struct KafkaTier {
+    pub(crate) props: Vec<(String, String)>,
+    pub(crate) topic: String,
+    pub(crate) permits: Arc<Semaphore>,
+    pub(crate) timeout: Duration,
 }
 
-pub struct ReplayContext {
-    pub hub: Arc<Hub>,
-    pub redis: Option<Arc<RedisTier>>,
-    pub kafka: Option<KafkaTier>,
-    pub watermarks: Watermarks,
-    pub page: usize,
-    pub limits: DecodeLimits,
+pub(crate) struct ReplayContext {
+    pub(crate) hub: Arc<Hub>,
+    pub(crate) redis: Option<Arc<RedisTier>>,
+    pub(crate) kafka: Option<KafkaTier>,
+    pub(crate) watermarks: Watermarks,
+    pub(crate) page: usize,
+    pub(crate) limits: DecodeLimits,
     /// Replays running at once, at most (`REPLAY_MAX_CONCURRENT`); the rest
     /// wait their turn so a storm of resumes cannot starve live delivery.
-    pub replays: ReplaySlots,
+    pub(crate) replays: ReplaySlots,
 }
 
 /// The replay slots, and how many resumes hold or wait for one.
-pub struct ReplaySlots {
+pub(crate) struct ReplaySlots {
     permits: Semaphore,
     max: usize,
     active: AtomicUsize,
@@ -65,13 +65,13 @@ pub struct ReplaySlots {
 const QUEUED_NOTICE_EVERY: Duration = Duration::from_secs(5);
 
 /// A replay slot, counted in `replay_sessions_active` until dropped.
-pub struct ReplaySlot<'a> {
+pub(crate) struct ReplaySlot<'a> {
     _permit: tokio::sync::SemaphorePermit<'a>,
     _active: Counted<'a>,
 }
 
 impl ReplaySlots {
-    pub fn new(max: usize) -> Self {
+    pub(crate) fn new(max: usize) -> Self {
         Self {
             permits: Semaphore::new(max),
             max,
@@ -136,10 +136,10 @@ impl Drop for Counted<'_> {
 /// The last data offset a session sent per partition: nothing at or below
 /// it is sent again (records released after a halt excepted).
 #[derive(Default)]
-pub struct Sent(HashMap<i32, i64>);
+pub(crate) struct Sent(HashMap<i32, i64>);
 
 impl Sent {
-    pub fn admit(&mut self, f: &Frame) -> bool {
+    pub(crate) fn admit(&mut self, f: &Frame) -> bool {
         if f.is_late() {
             return true;
         }
@@ -160,12 +160,12 @@ impl Sent {
 }
 
 /// The result of a resume.
-pub struct Resumed {
-    pub subscription: Subscription,
-    pub replayed: u64,
-    pub gaps: u64,
+pub(crate) struct Resumed {
+    pub(crate) subscription: Subscription,
+    pub(crate) replayed: u64,
+    pub(crate) gaps: u64,
     /// Some partition's cursor was older than every tier.
-    pub stale: bool,
+    pub(crate) stale: bool,
 }
 
 #[derive(Clone, Copy)]
@@ -426,7 +426,7 @@ where
 
 /// Replays what `from` asks for, then joins live delivery. `Err` means the
 /// client went away.
-pub async fn replay<S>(
+pub(crate) async fn replay<S>(
     rc: &ReplayContext,
     tx: &mut S,
     format: Format,
@@ -531,7 +531,7 @@ where
 }
 
 /// Parses `0:12,1:40` (partition:last applied offset).
-pub fn parse_offsets_param(s: &str, max: usize) -> Result<HashMap<i32, i64>, String> {
+pub(crate) fn parse_offsets_param(s: &str, max: usize) -> Result<HashMap<i32, i64>, String> {
     let mut m = HashMap::new();
     for part in s.split(',').map(str::trim).filter(|x| !x.is_empty()) {
         let (p, o) = part
@@ -559,7 +559,10 @@ pub fn parse_offsets_param(s: &str, max: usize) -> Result<HashMap<i32, i64>, Str
 
 /// Parses the `resume` client message:
 /// `{"type":"resume","from":"cursor"|"earliest"|"latest","lastOffsets":{"0":12}}`.
-pub fn parse_resume_message(v: &serde_json::Value, max: usize) -> Result<ResumeFrom, String> {
+pub(crate) fn parse_resume_message(
+    v: &serde_json::Value,
+    max: usize,
+) -> Result<ResumeFrom, String> {
     match v.get("from").and_then(|f| f.as_str()).unwrap_or("cursor") {
         "earliest" => Ok(ResumeFrom::Earliest),
         "latest" => Ok(ResumeFrom::Latest),

@@ -13,25 +13,25 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
 /// One record read back.
-pub struct KafkaRecord {
-    pub offset: i64,
-    pub timestamp_ms: Option<i64>,
-    pub value: Vec<u8>,
+pub(crate) struct KafkaRecord {
+    pub(crate) offset: i64,
+    pub(crate) timestamp_ms: Option<i64>,
+    pub(crate) value: Vec<u8>,
 }
 
 /// What one read returned.
-pub struct Fetched {
-    pub records: Vec<KafkaRecord>,
+pub(crate) struct Fetched {
+    pub(crate) records: Vec<KafkaRecord>,
     /// Offsets below the topic's earliest retained offset: `[from, to]`.
-    pub retention_gap: Option<(i64, i64)>,
+    pub(crate) retention_gap: Option<(i64, i64)>,
     /// The next offset to read after this page.
-    pub next: i64,
+    pub(crate) next: i64,
 }
 
 /// Farthest a reader polls forward (discarding) rather than seeking.
 const MAX_SKIP: i64 = 5_000;
 
-pub struct KafkaReader {
+pub(crate) struct KafkaReader {
     consumer: BaseConsumer,
     topic: String,
     /// Where the assigned consumer continues (partition, lowest offset it can
@@ -43,7 +43,7 @@ pub struct KafkaReader {
 }
 
 impl KafkaReader {
-    pub fn new(props: &[(String, String)], topic: &str) -> Result<Self, KafkaError> {
+    pub(crate) fn new(props: &[(String, String)], topic: &str) -> Result<Self, KafkaError> {
         let mut cfg = ClientConfig::new();
         for (k, v) in props {
             cfg.set(k, v);
@@ -96,7 +96,7 @@ impl KafkaReader {
 
     /// Reads offsets `[from, to]` of `partition`, at most `limit` records.
     /// Blocking: call from a blocking task.
-    pub fn read(
+    pub(crate) fn read(
         &mut self,
         partition: i32,
         from: i64,

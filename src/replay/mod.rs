@@ -13,13 +13,13 @@
 
 use std::collections::HashMap;
 
-pub mod driver;
-pub mod kafka;
-pub mod redis;
+pub(crate) mod driver;
+pub(crate) mod kafka;
+pub(crate) mod redis;
 
 /// Where a client asks to resume from.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ResumeFrom {
+pub(crate) enum ResumeFrom {
     /// After each partition's last applied offset; partitions not listed
     /// start at the earliest record any tier holds.
     Cursor(HashMap<i32, i64>),
@@ -29,7 +29,7 @@ pub enum ResumeFrom {
 
 /// Why a range could not be replayed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum GapReason {
+pub(crate) enum GapReason {
     /// Not in memory or Redis, and the Kafka tier is off.
     NotInReplayBuffer,
     RedisUnavailable,
@@ -39,7 +39,7 @@ pub enum GapReason {
 }
 
 impl GapReason {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             GapReason::NotInReplayBuffer => "not_in_replay_buffer",
             GapReason::RedisUnavailable => "redis_unavailable",

@@ -29,14 +29,14 @@ use crate::record::frame::Frame;
 use crate::telemetry;
 
 #[derive(Clone, Debug)]
-pub struct RedisTierConfig {
-    pub url: String,
-    pub namespace: String,
-    pub ttl_secs: u64,
-    pub max_per_partition: u64,
-    pub queue: usize,
-    pub batch: usize,
-    pub op_timeout: Duration,
+pub(crate) struct RedisTierConfig {
+    pub(crate) url: String,
+    pub(crate) namespace: String,
+    pub(crate) ttl_secs: u64,
+    pub(crate) max_per_partition: u64,
+    pub(crate) queue: usize,
+    pub(crate) batch: usize,
+    pub(crate) op_timeout: Duration,
 }
 
 /// One write for the background writer.
@@ -52,7 +52,7 @@ fn key_prefix(ns: &str) -> String {
     format!("dashstream-replay:{ns}")
 }
 
-pub struct RedisTier {
+pub(crate) struct RedisTier {
     pool: Pool,
     cfg: RedisTierConfig,
     tx: mpsc::Sender<Write>,
@@ -62,7 +62,7 @@ pub struct RedisTier {
 
 impl RedisTier {
     /// Connects lazily: Redis does not need to be up at start-up.
-    pub fn start(cfg: RedisTierConfig) -> anyhow::Result<Arc<Self>> {
+    pub(crate) fn start(cfg: RedisTierConfig) -> anyhow::Result<Arc<Self>> {
         let mut pc = deadpool_redis::Config::from_url(cfg.url.clone());
         pc.pool = Some(PoolConfig {
             max_size: 16,
@@ -88,16 +88,16 @@ impl RedisTier {
         Ok(tier)
     }
 
-    pub fn healthy(&self) -> bool {
+    pub(crate) fn healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
     }
 
-    pub fn queue_len(&self) -> usize {
+    pub(crate) fn queue_len(&self) -> usize {
         self.cfg.queue - self.tx.capacity()
     }
 
     /// Queues a delivered frame; never waits.
-    pub fn offer(&self, frame: &Frame) {
+    pub(crate) fn offer(&self, frame: &Frame) {
         let d = &frame.decoded;
         let thread = (!d.thread_id().is_empty() && d.sequence() > 0)
             .then(|| (d.thread_id().into(), d.sequence()));
@@ -110,7 +110,7 @@ impl RedisTier {
     }
 
     /// Queues a tombstone for a record that was not deliverable.
-    pub fn offer_tombstone(&self, partition: i32, offset: i64) {
+    pub(crate) fn offer_tombstone(&self, partition: i32, offset: i64) {
         self.push(Write {
             partition,
             offset,
@@ -152,7 +152,7 @@ impl RedisTier {
 
     /// Offsets in `[from, to]`, at most `limit`, with their values (`None`:
     /// the value expired; empty: a tombstone).
-    pub async fn page(
+    pub(crate) async fn page(
         &self,
         p: i32,
         from: i64,
@@ -182,7 +182,7 @@ impl RedisTier {
     }
 
     /// Highest offset Redis holds for `p`.
-    pub async fn last(&self, p: i32) -> anyhow::Result<Option<i64>> {
+    pub(crate) async fn last(&self, p: i32) -> anyhow::Result<Option<i64>> {
         self.bounded(async {
             let mut c = self.conn().await?;
             let v: Vec<i64> = redis::cmd("ZRANGE")
@@ -197,7 +197,7 @@ impl RedisTier {
     }
 
     /// Partitions Redis holds history for.
-    pub async fn partitions(&self) -> anyhow::Result<BTreeSet<i32>> {
+    pub(crate) async fn partitions(&self) -> anyhow::Result<BTreeSet<i32>> {
         self.bounded(async {
             let mut c = self.conn().await?;
             let v: Vec<i32> = redis::cmd("SMEMBERS")

@@ -28,35 +28,35 @@ use crate::replay::ResumeFrom;
 use crate::telemetry;
 
 /// Close code sent when the server shuts down ("going away").
-pub const CLOSE_GOING_AWAY: u16 = 1001;
+pub(crate) const CLOSE_GOING_AWAY: u16 = 1001;
 /// Close code for a client that cannot keep up with writes (policy violation).
-pub const CLOSE_SLOW_CLIENT: u16 = 1008;
+pub(crate) const CLOSE_SLOW_CLIENT: u16 = 1008;
 /// Close code for a new client refused while the circuit breaker is open.
-pub const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
+pub(crate) const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
 /// Close code for a client message over the size limit.
-pub const CLOSE_MESSAGE_TOO_BIG: u16 = 1009;
+pub(crate) const CLOSE_MESSAGE_TOO_BIG: u16 = 1009;
 
 /// Per-session limits.
 #[derive(Clone, Copy, Debug)]
-pub struct SessionSettings {
+pub(crate) struct SessionSettings {
     /// How long a client without `?resume=` may take to send its first message.
-    pub resume_grace: Duration,
+    pub(crate) resume_grace: Duration,
     /// Most partitions in one resume request.
-    pub max_resume_partitions: usize,
+    pub(crate) max_resume_partitions: usize,
     /// A client losing frames for longer than this is disconnected (1008).
-    pub slow_client_disconnect: Duration,
+    pub(crate) slow_client_disconnect: Duration,
     /// Frames per client queue.
-    pub queue_frames: usize,
+    pub(crate) queue_frames: usize,
 }
 
 /// What every session shares.
-pub struct SessionContext {
-    pub hub: Arc<Hub>,
-    pub replay: ReplayContext,
-    pub shutdown: CancellationToken,
-    pub topic: String,
-    pub namespace: String,
-    pub settings: SessionSettings,
+pub(crate) struct SessionContext {
+    pub(crate) hub: Arc<Hub>,
+    pub(crate) replay: ReplayContext,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) topic: String,
+    pub(crate) namespace: String,
+    pub(crate) settings: SessionSettings,
     e2e_latency: Histogram,
     queue_age: Histogram,
     frames_sent: Counter,
@@ -64,7 +64,7 @@ pub struct SessionContext {
 }
 
 impl SessionContext {
-    pub fn new(
+    pub(crate) fn new(
         hub: Arc<Hub>,
         replay: ReplayContext,
         shutdown: CancellationToken,
@@ -85,13 +85,6 @@ impl SessionContext {
             slow_disconnects: metrics::counter!(telemetry::SLOW_CLIENT_DISCONNECTS),
         }
     }
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// Messages a client may send. Unknown types get an `error` frame.
@@ -164,7 +157,7 @@ where
     }
 }
 
-pub async fn run(
+pub(crate) async fn run(
     socket: WebSocket,
     ctx: Arc<SessionContext>,
     format: Format,
@@ -369,7 +362,9 @@ where
         if sub.rx.len() * 2 < ctx.settings.queue_frames {
             // Caught up to below half its queue: no longer lagging.
             sub.state.lagging_since_ms.store(0, Ordering::Relaxed);
-        } else if now_ms() - since > ctx.settings.slow_client_disconnect.as_millis() as i64 {
+        } else if crate::util::unix_ms() - since
+            > ctx.settings.slow_client_disconnect.as_millis() as i64
+        {
             ctx.slow_disconnects.increment(1);
             return Err((CLOSE_SLOW_CLIENT, "slow client: stayed behind too long"));
         }
@@ -425,7 +420,7 @@ fn close_for_read_error(e: axum::Error) -> Option<(u16, &'static str)> {
 static WRITE_TIMEOUT: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
 
 /// Sets the per-write bound for every session (once, at start-up).
-pub fn set_write_timeout(d: Duration) {
+pub(crate) fn set_write_timeout(d: Duration) {
     let _ = WRITE_TIMEOUT.set(d);
 }
 
@@ -473,7 +468,7 @@ async fn bounded_write<E>(
 }
 
 /// Replies to one client text message. Never panics on any input.
-pub fn handle_client_text(text: &str) -> String {
+pub(crate) fn handle_client_text(text: &str) -> String {
     match serde_json::from_str::<ClientMessage>(text) {
         Ok(ClientMessage::Ping) => control::pong(),
         Err(_)
@@ -495,7 +490,7 @@ pub fn handle_client_text(text: &str) -> String {
 }
 
 /// Truncates to at most `max` bytes without splitting a UTF-8 character.
-pub fn truncate_on_char_boundary(s: &mut String, max: usize) {
+pub(crate) fn truncate_on_char_boundary(s: &mut String, max: usize) {
     if s.len() <= max {
         return;
     }

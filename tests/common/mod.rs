@@ -395,11 +395,11 @@ pub async fn next_frame(ws: &mut Ws, timeout: Duration) -> Option<Frame> {
         };
         return Some(match msg {
             Message::Binary(b) => {
-                let limits = kafka_ws_bridge::record::decode::DecodeLimits::default();
-                let text = kafka_ws_bridge::record::frame::envelope_to_json(&b, &limits)
-                    .expect("binary frame decodes");
+                let limits = kafka_ws_bridge::DecodeLimits::default();
+                let text =
+                    kafka_ws_bridge::envelope_to_json(&b, &limits).expect("binary frame decodes");
                 let json: serde_json::Value = serde_json::from_str(&text).expect("json");
-                let env = kafka_ws_bridge::record::frame::parse_envelope(&b).expect("envelope");
+                let env = kafka_ws_bridge::parse_envelope(&b).expect("envelope");
                 Frame::Data {
                     partition: env.cursor.partition,
                     offset: env.cursor.offset,

@@ -1,0 +1,89 @@
+//! What the consumer task tells the rest of the bridge about itself: the
+//! Kafka connection state, assignment, whether it consumes, the halted
+//! threads. Written on rare events (and two relaxed atomics per record), read
+//! by `/health` and `/health/ready` (`http::health`).
+
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+
+use parking_lot::RwLock;
+use serde::Serialize;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum KafkaState {
+    Starting = 0,
+    Connected = 1,
+    Disconnected = 2,
+}
+
+impl KafkaState {
+    fn from_u8(v: u8) -> Self {
+        match v {
+            1 => KafkaState::Connected,
+            2 => KafkaState::Disconnected,
+            _ => KafkaState::Starting,
+        }
+    }
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            KafkaState::Starting => "starting",
+            KafkaState::Connected => "connected",
+            KafkaState::Disconnected => "disconnected",
+        }
+    }
+}
+
+/// One halted thread as `/health` and `/admin/threads/halted` show it.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub(crate) struct HaltedThread {
+    pub(crate) thread_id: String,
+    pub(crate) held_messages: usize,
+    pub(crate) dropped_messages: u64,
+    pub(crate) missing: u64,
+    pub(crate) at_sequence: u64,
+    pub(crate) halted_at_unix_ms: i64,
+}
+
+#[derive(Default)]
+pub(crate) struct IngestStatus {
+    kafka: AtomicU8,
+    assigned_partitions: AtomicUsize,
+    consuming: AtomicBool,
+    shutting_down: AtomicBool,
+    pub(crate) records_processed: AtomicU64,
+    pub(crate) last_record_unix_ms: AtomicI64,
+    halted: RwLock<Vec<HaltedThread>>,
+}
+
+impl IngestStatus {
+    pub(crate) fn kafka(&self) -> KafkaState {
+        KafkaState::from_u8(self.kafka.load(Ordering::Relaxed))
+    }
+    pub(crate) fn set_kafka(&self, s: KafkaState) {
+        self.kafka.store(s as u8, Ordering::Relaxed);
+    }
+    pub(crate) fn assigned_partitions(&self) -> usize {
+        self.assigned_partitions.load(Ordering::Relaxed)
+    }
+    pub(crate) fn set_assigned_partitions(&self, n: usize) {
+        self.assigned_partitions.store(n, Ordering::Relaxed);
+    }
+    pub(crate) fn set_consuming(&self, v: bool) {
+        self.consuming.store(v, Ordering::Relaxed);
+    }
+    pub(crate) fn consuming(&self) -> bool {
+        self.consuming.load(Ordering::Relaxed)
+    }
+    pub(crate) fn set_shutting_down(&self) {
+        self.shutting_down.store(true, Ordering::Relaxed);
+    }
+    pub(crate) fn shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Relaxed)
+    }
+    pub(crate) fn set_halted(&self, v: Vec<HaltedThread>) {
+        *self.halted.write() = v;
+    }
+    pub(crate) fn halted(&self) -> Vec<HaltedThread> {
+        self.halted.read().clone()
+    }
+}
