@@ -24,20 +24,14 @@ use crate::ingest::consume;
 use crate::ingest::pipeline::{Pipeline, PipelineConfig};
 use crate::ingest::ratelimit::TenantRateLimiter;
 use crate::ingest::status::IngestStatus;
-use crate::replay::driver::{KafkaTier, ReplayContext, Watermarks};
-use crate::replay::redis::{RedisTier, RedisTierConfig};
+use crate::replay::driver::ReplayContext;
+use crate::replay::redis::{self, RedisTier, RedisTierConfig};
+use crate::replay::request::MAX_RESUME_PARTITIONS;
+use crate::replay::slots::ReplaySlots;
+use crate::replay::tiers::{KafkaTier, LiveTiers};
+use crate::replay::Watermarks;
 use crate::session::{SessionContext, SessionSettings};
 use crate::telemetry;
-use tokio::sync::Semaphore;
-
-/// Consumer properties the replay reader sets itself.
-const REPLAY_READER_SKIPS: &[&str] = &[
-    "group.id",
-    "enable.auto.commit",
-    "enable.auto.offset.store",
-    "auto.offset.reset",
-    "statistics.interval.ms",
-];
 
 pub(crate) async fn run(cfg: BridgeConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     let started = Instant::now();
@@ -94,8 +88,8 @@ pub(crate) async fn run(cfg: BridgeConfig, shutdown: CancellationToken) -> anyho
             ttl_secs: cfg.replay.redis_ttl_secs,
             max_per_partition: cfg.replay.redis_max_per_partition,
             queue: cfg.replay.redis_queue,
-            batch: 500,
-            op_timeout: Duration::from_secs(2),
+            batch: redis::WRITE_BATCH,
+            op_timeout: redis::OP_TIMEOUT,
         })?),
     };
     let health = Arc::new(Health {
@@ -106,27 +100,24 @@ pub(crate) async fn run(cfg: BridgeConfig, shutdown: CancellationToken) -> anyho
         admission: admission.clone(),
         namespace: namespace.clone(),
     });
-    let kafka_tier = cfg.replay.kafka.then(|| KafkaTier {
-        props: cfg
-            .consumer_properties
-            .iter()
-            .filter(|(k, _)| !REPLAY_READER_SKIPS.contains(&k.as_str()))
-            .cloned()
-            .collect(),
-        topic: cfg.topic.clone(),
-        permits: Arc::new(Semaphore::new(cfg.replay.kafka_max_concurrent)),
-        timeout: Duration::from_secs(10),
+    let kafka_tier = cfg.replay.kafka.then(|| {
+        KafkaTier::new(
+            &cfg.consumer_properties,
+            &cfg.topic,
+            cfg.replay.kafka_max_concurrent,
+        )
     });
     let replay = ReplayContext {
         hub: hub.clone(),
-        redis: redis.clone(),
-        kafka: kafka_tier,
+        tiers: LiveTiers {
+            redis: redis.clone(),
+            kafka: kafka_tier,
+        },
         watermarks,
         page: cfg.replay.page,
         limits: cfg.limits,
-        replays: crate::replay::driver::ReplaySlots::new(cfg.replay.max_concurrent),
+        replays: ReplaySlots::new(cfg.replay.max_concurrent),
     };
-    crate::session::set_write_timeout(cfg.write_timeout);
     let tracker = TaskTracker::new();
     let sessions = Arc::new(SessionContext::new(
         hub.clone(),
@@ -136,9 +127,10 @@ pub(crate) async fn run(cfg: BridgeConfig, shutdown: CancellationToken) -> anyho
         namespace,
         SessionSettings {
             resume_grace: cfg.replay.resume_grace,
-            max_resume_partitions: 1024,
+            max_resume_partitions: MAX_RESUME_PARTITIONS,
             slow_client_disconnect: cfg.slow_client_disconnect,
             queue_frames: cfg.queue.frames,
+            write_timeout: cfg.write_timeout,
         },
     ));
     {

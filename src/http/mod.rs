@@ -34,7 +34,6 @@ use crate::http::health::Health;
 use crate::hub::{Filter, Format};
 use crate::ingest::consume::AdminCommand;
 use crate::ingest::pipeline::ResumeError;
-use crate::replay::driver;
 use crate::replay::ResumeFrom;
 use crate::session::{self, SessionContext};
 
@@ -234,36 +233,13 @@ async fn ws(
             &e.to_string(),
         );
     }
-    let resume = match (params.resume.as_deref(), params.last_offsets.as_deref()) {
-        (None, None) => None,
-        (Some("earliest"), _) => Some(ResumeFrom::Earliest),
-        (Some("latest"), _) => Some(ResumeFrom::Latest),
-        (Some("cursor") | None, Some(raw)) => {
-            match driver::parse_offsets_param(raw, app.sessions.settings.max_resume_partitions) {
-                Ok(m) => Some(ResumeFrom::Cursor(m)),
-                Err(e) => {
-                    return error(
-                        StatusCode::BAD_REQUEST,
-                        "invalid_resume",
-                        &format!("last_offsets: {e}"),
-                    )
-                }
-            }
-        }
-        (Some("cursor"), None) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "invalid_resume",
-                "resume=cursor needs last_offsets=P:O,...",
-            )
-        }
-        (Some(_), _) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "invalid_resume",
-                "resume must be cursor, earliest or latest",
-            )
-        }
+    let resume = match ResumeFrom::from_query(
+        params.resume.as_deref(),
+        params.last_offsets.as_deref(),
+        app.sessions.settings.max_resume_partitions,
+    ) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_resume", &e),
     };
     let upgrade = match upgrade {
         Ok(u) => u,
@@ -289,7 +265,7 @@ async fn ws(
             // Overloaded: complete the handshake only to say "try again later" (1013).
             return upgrade.on_upgrade(|mut socket| async move {
                 let frame = CloseFrame {
-                    code: session::CLOSE_TRY_AGAIN_LATER,
+                    code: session::socket::CLOSE_TRY_AGAIN_LATER,
                     reason: Utf8Bytes::from_static("try again later: server overloaded"),
                 };
                 let _ = tokio::time::timeout(

@@ -31,7 +31,7 @@ use crate::ingest::pipeline::{
 };
 use crate::ingest::status::{IngestStatus, KafkaState};
 use crate::record::decode;
-use crate::replay::driver::Watermarks;
+use crate::replay::Watermarks;
 use crate::telemetry;
 
 /// Per-partition figures from the latest librdkafka statistics.

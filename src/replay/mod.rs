@@ -12,10 +12,20 @@
 //! [`driver`] reads them for one client and hands it over to live delivery.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 pub(crate) mod driver;
 pub(crate) mod kafka;
 pub(crate) mod redis;
+pub(crate) mod request;
+pub(crate) mod slots;
+pub(crate) mod tiers;
+
+/// High watermarks per partition from the consumer's statistics: the end of
+/// a partition this instance has not read yet.
+pub(crate) type Watermarks = Arc<Mutex<HashMap<i32, i64>>>;
 
 /// Where a client asks to resume from.
 #[derive(Clone, Debug, PartialEq, Eq)]

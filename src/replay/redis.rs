@@ -28,6 +28,11 @@ use tokio::sync::mpsc;
 use crate::record::frame::Frame;
 use crate::telemetry;
 
+/// Entries per write pipeline.
+pub(crate) const WRITE_BATCH: usize = 500;
+/// Limit of one Redis operation (a read, or one write pipeline).
+pub(crate) const OP_TIMEOUT: Duration = Duration::from_secs(2);
+
 #[derive(Clone, Debug)]
 pub(crate) struct RedisTierConfig {
     pub(crate) url: String,

@@ -16,25 +16,20 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures_util::{SinkExt, StreamExt};
+use axum::extract::ws::{Message, WebSocket};
+use futures_util::StreamExt;
 use metrics::{Counter, Histogram};
 use tokio_util::sync::CancellationToken;
 
 use crate::hub::{Filter, Format, Hub, Outbound, Subscription};
 use crate::record::frame::control;
-use crate::replay::driver::{self, ReplayContext, Sent};
+use crate::replay::driver::{self, Gone, ReplayContext, Sent};
 use crate::replay::ResumeFrom;
 use crate::telemetry;
 
-/// Close code sent when the server shuts down ("going away").
-pub(crate) const CLOSE_GOING_AWAY: u16 = 1001;
-/// Close code for a client that cannot keep up with writes (policy violation).
-pub(crate) const CLOSE_SLOW_CLIENT: u16 = 1008;
-/// Close code for a new client refused while the circuit breaker is open.
-pub(crate) const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
-/// Close code for a client message over the size limit.
-pub(crate) const CLOSE_MESSAGE_TOO_BIG: u16 = 1009;
+pub(crate) mod socket;
+
+use socket::{Socket, CLOSE_GOING_AWAY, CLOSE_MESSAGE_TOO_BIG, CLOSE_SLOW_CLIENT};
 
 /// Per-session limits.
 #[derive(Clone, Copy, Debug)]
@@ -45,6 +40,8 @@ pub(crate) struct SessionSettings {
     pub(crate) max_resume_partitions: usize,
     /// A client losing frames for longer than this is disconnected (1008).
     pub(crate) slow_client_disconnect: Duration,
+    /// Longest a single socket write may take (`WEBSOCKET_WRITE_TIMEOUT_SECS`).
+    pub(crate) write_timeout: Duration,
     /// Frames per client queue.
     pub(crate) queue_frames: usize,
 }
@@ -102,10 +99,10 @@ enum Intent {
 }
 
 /// Waits for the client's first message (up to the grace period).
-async fn first_message<R, S>(ctx: &SessionContext, rx: &mut R, tx: &mut S) -> Intent
+async fn first_message<R, S>(ctx: &SessionContext, rx: &mut R, tx: &mut Socket<S>) -> Intent
 where
     R: futures_util::Stream<Item = Result<Message, axum::Error>> + Unpin,
-    S: futures_util::Sink<Message> + Unpin,
+    S: futures_util::Sink<Message> + Unpin + Send,
 {
     let msg = tokio::select! {
         _ = tokio::time::sleep(ctx.settings.resume_grace) => return Intent::Live,
@@ -116,15 +113,12 @@ where
         Some(Ok(Message::Text(t))) => {
             if let Ok(v) = serde_json::from_str::<serde_json::Value>(&t) {
                 if v["type"] == "resume" {
-                    return match driver::parse_resume_message(
-                        &v,
-                        ctx.settings.max_resume_partitions,
-                    ) {
+                    return match ResumeFrom::from_message(&v, ctx.settings.max_resume_partitions) {
                         Ok(from) => Intent::Resume(from),
                         Err(e) => {
                             metrics::counter!(telemetry::CLIENT_PROTOCOL_ERRORS, "reason" => "invalid_resume").increment(1);
                             let err = control::error("invalid_resume", &e);
-                            if send(tx, Message::Text(err.into())).await.is_err() {
+                            if tx.send_text(err).await.is_err() {
                                 Intent::Gone
                             } else {
                                 Intent::Live
@@ -133,10 +127,7 @@ where
                     };
                 }
             }
-            if send(tx, Message::Text(handle_client_text(&t).into()))
-                .await
-                .is_err()
-            {
+            if tx.send_text(handle_client_text(&t)).await.is_err() {
                 Intent::Gone
             } else {
                 Intent::Live
@@ -147,7 +138,7 @@ where
             metrics::counter!(telemetry::CLIENT_PROTOCOL_ERRORS, "reason" => "binary_from_client")
                 .increment(1);
             let e = control::error("unsupported", "clients send JSON text messages only");
-            if send(tx, Message::Text(e.into())).await.is_err() {
+            if tx.send_text(e).await.is_err() {
                 Intent::Gone
             } else {
                 Intent::Live
@@ -176,8 +167,14 @@ pub(crate) async fn run(
     // until the client's first message or the grace period says whether it
     // resumes; if it does, this queue is dropped: replay covers those frames.
     let early = resume.is_none().then(|| ctx.hub.subscribe(filter.clone()));
-    let (mut tx, mut rx) = socket.split();
-    if send(&mut tx, Message::Text(hello.into())).await.is_err() {
+    let (tx, mut rx) = socket.split();
+    let mut tx = Socket::new(
+        tx,
+        format,
+        ctx.settings.write_timeout,
+        ctx.slow_disconnects.clone(),
+    );
+    if tx.send_text(hello).await.is_err() {
         return;
     }
     let intent = match resume {
@@ -193,19 +190,11 @@ pub(crate) async fn run(
             drop(early);
             let started = std::time::Instant::now();
             let replayed = tokio::select! {
-                r = driver::replay(&ctx.replay, &mut tx, format, filter, from, &mut sent) => r,
-                _ = ctx.shutdown.cancelled() => Err(()),
+                r = driver::replay(&ctx.replay, &mut tx, filter, from, &mut sent) => r,
+                _ = ctx.shutdown.cancelled() => Err(Gone),
             };
             if ctx.shutdown.is_cancelled() {
-                let frame = CloseFrame {
-                    code: CLOSE_GOING_AWAY,
-                    reason: Utf8Bytes::from_static("server shutting down"),
-                };
-                let _ = tokio::time::timeout(
-                    Duration::from_millis(500),
-                    tx.send(Message::Close(Some(frame))),
-                )
-                .await;
+                tx.close(CLOSE_GOING_AWAY, "server shutting down").await;
                 return;
             }
             let Ok(r) = replayed else { return };
@@ -223,7 +212,7 @@ pub(crate) async fn run(
                 r.gaps,
                 started.elapsed().as_millis() as u64,
             );
-            if send(&mut tx, Message::Text(done.into())).await.is_err() {
+            if tx.send_text(done).await.is_err() {
                 return;
             }
             r.subscription
@@ -241,7 +230,7 @@ pub(crate) async fn run(
                 let mut next = Some(out);
                 let mut verdict = Ok(());
                 while let Some(out) = next.take() {
-                    verdict = relay(&ctx, &mut sub, &mut sent, &mut tx, &mut batch, format, out).await;
+                    verdict = relay(&ctx, &mut sub, &mut sent, &mut tx, &mut batch, out).await;
                     if verdict.is_err() || batch.full() {
                         break;
                     }
@@ -250,7 +239,7 @@ pub(crate) async fn run(
                 if let Err(close) = verdict {
                     break Some(close);
                 }
-                if flush(&mut tx).await.is_err() {
+                if tx.flush().await.is_err() {
                     break Some((CLOSE_SLOW_CLIENT, "client too slow"));
                 }
                 batch.sent(&ctx);
@@ -260,14 +249,14 @@ pub(crate) async fn run(
                 Some(Err(e)) => break close_for_read_error(e),
                 Some(Ok(Message::Text(t))) => {
                     let reply = handle_client_text(&t);
-                    if send(&mut tx, Message::Text(reply.into())).await.is_err() {
+                    if tx.send_text(reply).await.is_err() {
                         break None;
                     }
                 }
                 Some(Ok(Message::Binary(_))) => {
                     metrics::counter!(telemetry::CLIENT_PROTOCOL_ERRORS, "reason" => "binary_from_client").increment(1);
                     let e = control::error("unsupported", "clients send JSON text messages only");
-                    if send(&mut tx, Message::Text(e.into())).await.is_err() {
+                    if tx.send_text(e).await.is_err() {
                         break None;
                     }
                 }
@@ -276,15 +265,7 @@ pub(crate) async fn run(
         }
     };
     if let Some((code, reason)) = close {
-        let frame = CloseFrame {
-            code,
-            reason: Utf8Bytes::from_static(reason),
-        };
-        let _ = tokio::time::timeout(
-            Duration::from_millis(500),
-            tx.send(Message::Close(Some(frame))),
-        )
-        .await;
+        tx.close(code, reason).await;
     }
 }
 
@@ -335,24 +316,23 @@ async fn relay<S>(
     ctx: &SessionContext,
     sub: &mut Subscription,
     sent: &mut Sent,
-    tx: &mut S,
+    tx: &mut Socket<S>,
     batch: &mut Batch,
-    format: Format,
     out: Outbound,
 ) -> Result<(), (u16, &'static str)>
 where
-    S: SinkExt<Message> + Unpin,
+    S: futures_util::Sink<Message> + Unpin + Send,
 {
     const TOO_SLOW: (u16, &str) = (CLOSE_SLOW_CLIENT, "client too slow");
     // Tell the client exactly what it lost while it was behind.
     let lagged = sub.state.lagged.swap(0, Ordering::Relaxed);
     if lagged > 0 {
-        feed(tx, Message::Text(control::lagged(lagged).into()))
+        tx.feed(Message::Text(control::lagged(lagged).into()))
             .await
             .map_err(|_| TOO_SLOW)?;
         for (p, a, b) in sub.state.take_lost() {
             let gap = control::gap(p, a, b, "slow_client");
-            feed(tx, Message::Text(gap.into()))
+            tx.feed(Message::Text(gap.into()))
                 .await
                 .map_err(|_| TOO_SLOW)?;
         }
@@ -381,10 +361,7 @@ where
             if !sent.admit(&f) {
                 return Ok(());
             }
-            let m = match format {
-                Format::Binary => Message::Binary(f.binary()),
-                Format::Json => Message::Text(f.json()),
-            };
+            let m = tx.message(&f);
             batch.frames += 1;
             batch.bytes += len;
             if f.claim_latency_sample() {
@@ -399,7 +376,7 @@ where
             Message::Text(t)
         }
     };
-    feed(tx, msg).await.map_err(|_| TOO_SLOW)
+    tx.feed(msg).await.map_err(|_| TOO_SLOW)
 }
 
 /// A message over WEBSOCKET_MAX_INCOMING_BYTES gets close code 1009; other
@@ -414,56 +391,6 @@ fn close_for_read_error(e: axum::Error) -> Option<(u16, &'static str)> {
             Some((CLOSE_MESSAGE_TOO_BIG, "message too big"))
         }
         _ => None,
-    }
-}
-
-static WRITE_TIMEOUT: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
-
-/// Sets the per-write bound for every session (once, at start-up).
-pub(crate) fn set_write_timeout(d: Duration) {
-    let _ = WRITE_TIMEOUT.set(d);
-}
-
-/// Writes and flushes one message within the write timeout.
-pub(crate) async fn send<S>(tx: &mut S, msg: Message) -> Result<(), ()>
-where
-    S: SinkExt<Message> + Unpin,
-{
-    bounded_write(tx.send(msg)).await
-}
-
-/// Buffers one message (written out when the buffer fills or on [`flush`]).
-pub(crate) async fn feed<S>(tx: &mut S, msg: Message) -> Result<(), ()>
-where
-    S: SinkExt<Message> + Unpin,
-{
-    bounded_write(tx.feed(msg)).await
-}
-
-/// Writes out what [`feed`] buffered.
-pub(crate) async fn flush<S>(tx: &mut S) -> Result<(), ()>
-where
-    S: SinkExt<Message> + Unpin,
-{
-    bounded_write(tx.flush()).await
-}
-
-async fn bounded_write<E>(
-    write: impl std::future::Future<Output = Result<(), E>>,
-) -> Result<(), ()> {
-    match tokio::time::timeout(
-        *WRITE_TIMEOUT.get_or_init(|| Duration::from_secs(10)),
-        write,
-    )
-    .await
-    {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(_)) => Err(()),
-        Err(_) => {
-            // The client stopped reading: its session ends (close 1008).
-            metrics::counter!(telemetry::SLOW_CLIENT_DISCONNECTS).increment(1);
-            Err(())
-        }
     }
 }
 
@@ -483,22 +410,10 @@ pub(crate) fn handle_client_text(text: &str) -> String {
             metrics::counter!(telemetry::CLIENT_PROTOCOL_ERRORS, "reason" => "invalid_message")
                 .increment(1);
             let mut msg = e.to_string();
-            truncate_on_char_boundary(&mut msg, 200);
+            crate::util::truncate_on_char_boundary(&mut msg, 200);
             control::error("invalid_message", &msg)
         }
     }
-}
-
-/// Truncates to at most `max` bytes without splitting a UTF-8 character.
-pub(crate) fn truncate_on_char_boundary(s: &mut String, max: usize) {
-    if s.len() <= max {
-        return;
-    }
-    let mut cut = max;
-    while !s.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    s.truncate(cut);
 }
 
 #[cfg(test)]
@@ -522,16 +437,6 @@ mod tests {
         }
     }
 
-    #[test]
-    fn truncation_respects_char_boundaries() {
-        let mut s = "aé€😀".repeat(3);
-        truncate_on_char_boundary(&mut s, 5);
-        assert_eq!(s, "aé");
-        let mut s = "😀".to_string();
-        truncate_on_char_boundary(&mut s, 3);
-        assert_eq!(s, "");
-    }
-
     proptest::proptest! {
         /// Any client text, including multi-byte characters and huge or
         /// malformed JSON, gets a JSON reply and never a panic.
@@ -549,12 +454,12 @@ mod tests {
         #[test]
         fn handshake_inputs_never_panic(a in "(?s).{0,600}", b in "(?s).{0,600}", c in "(?s).{0,600}") {
             let _ = crate::hub::Filter::parse(Some(&a), Some(&b), Some(&c), 256);
-            if let Err(e) = crate::replay::driver::parse_offsets_param(&a, 1024) {
+            if let Err(e) = ResumeFrom::from_query(Some("cursor"), Some(&a), 1024) {
                 proptest::prop_assert!(!e.is_empty());
             }
             let _ = crate::http::admission::IpNet::parse(&b);
             if let Ok(v) = serde_json::from_str::<serde_json::Value>(&c) {
-                let _ = crate::replay::driver::parse_resume_message(&v, 1024);
+                let _ = ResumeFrom::from_message(&v, 1024);
             }
         }
 
@@ -563,7 +468,7 @@ mod tests {
         fn resume_messages_validate_every_entry(p in proptest::collection::vec(("[-0-9a-z]{0,12}", proptest::num::i64::ANY), 0..40)) {
             let obj: serde_json::Map<String, serde_json::Value> = p.into_iter().map(|(k, v)| (k, serde_json::Value::from(v))).collect();
             let v = serde_json::json!({"type": "resume", "from": "cursor", "lastOffsets": obj});
-            match crate::replay::driver::parse_resume_message(&v, 1024) {
+            match ResumeFrom::from_message(&v, 1024) {
                 Ok(crate::replay::ResumeFrom::Cursor(m)) => proptest::prop_assert!(m.iter().all(|(p, o)| *p >= 0 && *o >= -1)),
                 Ok(_) => proptest::prop_assert!(false, "cursor expected"),
                 Err(e) => proptest::prop_assert!(!e.is_empty()),

@@ -1,0 +1,127 @@
+//! The writing half of one client's WebSocket: every write bounded by the
+//! session's write timeout (`WEBSOCKET_WRITE_TIMEOUT_SECS`), data frames in
+//! the client's format, and the close codes the bridge sends.
+
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
+use futures_util::{Sink, SinkExt};
+use metrics::Counter;
+
+use crate::hub::Format;
+use crate::record::frame::Frame;
+use crate::replay::driver::{Gone, ReplayOut};
+
+/// Close code sent when the server shuts down ("going away").
+pub(crate) const CLOSE_GOING_AWAY: u16 = 1001;
+/// Close code for a client that cannot keep up with writes (policy violation).
+pub(crate) const CLOSE_SLOW_CLIENT: u16 = 1008;
+/// Close code for a new client refused while the circuit breaker is open.
+pub(crate) const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
+/// Close code for a client message over the size limit.
+pub(crate) const CLOSE_MESSAGE_TOO_BIG: u16 = 1009;
+
+/// How long a close frame may take to go out before the socket is dropped.
+const CLOSE_WRITE_LIMIT: Duration = Duration::from_millis(500);
+
+pub(crate) struct Socket<S> {
+    tx: S,
+    format: Format,
+    write_timeout: Duration,
+    /// Counts a write that timed out: the client stopped reading.
+    slow_disconnects: Counter,
+}
+
+impl<S> Socket<S>
+where
+    S: Sink<Message> + Unpin + Send,
+{
+    pub(crate) fn new(
+        tx: S,
+        format: Format,
+        write_timeout: Duration,
+        slow_disconnects: Counter,
+    ) -> Self {
+        Self {
+            tx,
+            format,
+            write_timeout,
+            slow_disconnects,
+        }
+    }
+
+    /// A data frame as this client reads it (encoded once, shared).
+    pub(crate) fn message(&self, f: &Frame) -> Message {
+        match self.format {
+            Format::Binary => Message::Binary(f.binary()),
+            Format::Json => Message::Text(f.json()),
+        }
+    }
+
+    /// Writes and flushes one message.
+    pub(crate) async fn send(&mut self, msg: Message) -> Result<(), Gone> {
+        let (limit, slow) = (self.write_timeout, self.slow_disconnects.clone());
+        bounded(limit, &slow, self.tx.send(msg)).await
+    }
+
+    /// Writes one text message and flushes.
+    pub(crate) async fn send_text(&mut self, text: String) -> Result<(), Gone> {
+        self.send(Message::Text(text.into())).await
+    }
+
+    /// Buffers one message (written out when the buffer fills or on [`Socket::flush`]).
+    pub(crate) async fn feed(&mut self, msg: Message) -> Result<(), Gone> {
+        let (limit, slow) = (self.write_timeout, self.slow_disconnects.clone());
+        bounded(limit, &slow, self.tx.feed(msg)).await
+    }
+
+    /// Writes out what [`Socket::feed`] buffered.
+    pub(crate) async fn flush(&mut self) -> Result<(), Gone> {
+        let (limit, slow) = (self.write_timeout, self.slow_disconnects.clone());
+        bounded(limit, &slow, self.tx.flush()).await
+    }
+
+    /// Sends a close frame, waiting at most 500 ms for it to go out.
+    pub(crate) async fn close(&mut self, code: u16, reason: &'static str) {
+        let frame = CloseFrame {
+            code,
+            reason: Utf8Bytes::from_static(reason),
+        };
+        let _ = tokio::time::timeout(CLOSE_WRITE_LIMIT, self.tx.send(Message::Close(Some(frame))))
+            .await;
+    }
+}
+
+async fn bounded<E>(
+    limit: Duration,
+    slow_disconnects: &Counter,
+    write: impl std::future::Future<Output = Result<(), E>>,
+) -> Result<(), Gone> {
+    match tokio::time::timeout(limit, write).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(Gone),
+        Err(_) => {
+            // The client stopped reading: its session ends (close 1008).
+            slow_disconnects.increment(1);
+            Err(Gone)
+        }
+    }
+}
+
+impl<S> ReplayOut for Socket<S>
+where
+    S: Sink<Message> + Unpin + Send,
+{
+    async fn frame(&mut self, f: &Frame) -> Result<(), Gone> {
+        let msg = self.message(f);
+        self.feed(msg).await
+    }
+
+    async fn control(&mut self, text: String) -> Result<(), Gone> {
+        self.feed(Message::Text(text.into())).await
+    }
+
+    async fn flush(&mut self) -> Result<(), Gone> {
+        Socket::flush(self).await
+    }
+}
