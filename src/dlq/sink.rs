@@ -29,6 +29,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::record::decode::OriginalInfo;
 use crate::telemetry;
 
 /// Header a redriven record carries: how many times it was redriven.
@@ -58,16 +59,6 @@ pub(crate) struct SourceRecord<'a> {
     pub(crate) value: Option<&'a [u8]>,
     pub(crate) headers: Vec<(&'a str, Option<&'a [u8]>)>,
     pub(crate) trace_id: Option<&'a str>,
-}
-
-/// What we know of the original message, as far as it could be decoded.
-#[derive(Clone, Debug, Default, serde::Serialize, PartialEq)]
-pub(crate) struct OriginalInfo {
-    pub(crate) thread_id: String,
-    pub(crate) tenant_id: String,
-    pub(crate) sequence: u64,
-    pub(crate) message_type: String,
-    pub(crate) schema_version: u32,
 }
 
 /// Why a record goes to the DLQ.

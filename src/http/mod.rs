@@ -33,7 +33,7 @@ use tokio_util::task::TaskTracker;
 use crate::http::health::Health;
 use crate::hub::{Filter, Format};
 use crate::ingest::consume::AdminCommand;
-use crate::ingest::pipeline::ResumeError;
+use crate::ingest::halt::ReleaseError;
 use crate::replay::ResumeFrom;
 use crate::session::{self, SessionContext};
 
@@ -140,7 +140,7 @@ pub(crate) fn router(state: AppState) -> Router {
             "/admin/tenants/{tenant}/rate-limit",
             axum::routing::put(set_rate_limit).delete(clear_rate_limit),
         )
-        .route("/admin/threads/{thread_id}/resume", post(resume))
+        .route("/admin/threads/{thread_id}/resume", post(release_thread))
         .with_state(state)
 }
 
@@ -454,7 +454,7 @@ async fn halted(State(app): State<AppState>, headers: HeaderMap) -> Response {
     Json(json!({"halted_threads": app.health.halted()})).into_response()
 }
 
-async fn resume(
+async fn release_thread(
     State(app): State<AppState>,
     headers: HeaderMap,
     Path(thread_id): Path<String>,
@@ -469,7 +469,7 @@ async fn resume(
             "thread id must be 1-256 bytes",
         );
     }
-    let answer = ask(&app, |reply| AdminCommand::ResumeThread {
+    let answer = ask(&app, |reply| AdminCommand::ReleaseThread {
         thread: thread_id.clone(),
         reply,
     })
@@ -479,7 +479,7 @@ async fn resume(
             Json(json!({"thread_id": thread_id, "resumed": true, "released": released}))
                 .into_response()
         }
-        Ok(Err(ResumeError::NotHalted(t))) => error(
+        Ok(Err(ReleaseError::NotHalted(t))) => error(
             StatusCode::NOT_FOUND,
             "not_halted",
             &format!("thread '{t}' is not halted"),

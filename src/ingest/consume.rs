@@ -25,10 +25,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::dlq::sink::{self, DlqSink, FailClosedEvent, Failure, SourceRecord};
+use crate::ingest::halt::ReleaseError;
 use crate::ingest::offsets::Progress;
-use crate::ingest::pipeline::{
-    trace_id_from_traceparent, Outcome, Pipeline, RecordView, ResumeError,
-};
+use crate::ingest::pipeline::{trace_id_from_traceparent, Outcome, Pipeline, RecordView};
 use crate::ingest::status::{IngestStatus, KafkaState};
 use crate::record::decode;
 use crate::replay::Watermarks;
@@ -169,9 +168,9 @@ pub(crate) enum AdminCommand {
         rate: Option<crate::ingest::ratelimit::Rate>,
         reply: oneshot::Sender<serde_json::Value>,
     },
-    ResumeThread {
+    ReleaseThread {
         thread: String,
-        reply: oneshot::Sender<Result<usize, ResumeError>>,
+        reply: oneshot::Sender<Result<usize, ReleaseError>>,
     },
 }
 
@@ -241,8 +240,8 @@ pub(crate) async fn run(r: Runner) -> Instant {
                     tracing::info!(tenant_id = %tenant, ?rate, "tenant rate limit changed by operator");
                     let _ = reply.send(pipeline.rate_limits_mut().describe());
                 }
-                AdminCommand::ResumeThread { thread, reply } => {
-                    let r = pipeline.resume_thread(&thread);
+                AdminCommand::ReleaseThread { thread, reply } => {
+                    let r = pipeline.release_thread(&thread);
                     store_all(&consumer, &topic, &pipeline, &mut stored);
                     let _ = reply.send(r);
                 }

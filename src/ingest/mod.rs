@@ -11,6 +11,7 @@
 //! - [`ratelimit`]: per-tenant token buckets.
 
 pub(crate) mod consume;
+pub(crate) mod halt;
 pub(crate) mod offsets;
 pub(crate) mod pipeline;
 pub(crate) mod ratelimit;

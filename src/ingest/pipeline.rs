@@ -5,16 +5,16 @@
 //! Nothing here touches Kafka or sockets, so the whole path is testable with
 //! plain values; `consume` feeds it records and stores the offsets it reports.
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
 use crate::hub::Hub;
+use crate::ingest::halt::{BufferFull, Halts, ReleaseError};
 use crate::ingest::offsets::OffsetBook;
 use crate::ingest::ratelimit::TenantRateLimiter;
 use crate::ingest::sequence::{GapPolicy, SequenceValidator, ValidatorConfig, Verdict};
-use crate::ingest::status::{HaltedThread, IngestStatus};
+use crate::ingest::status::IngestStatus;
 use crate::record::decode::{self, DecodeLimits, Framing};
 use crate::record::frame::{control, Cursor, Frame};
 use crate::replay::redis::RedisTier;
@@ -58,23 +58,12 @@ pub(crate) struct PipelineConfig {
     pub(crate) halt_max_held: usize,
 }
 
-struct Halt {
-    info: HaltedThread,
-    held: VecDeque<Arc<Frame>>,
-}
-
-#[derive(Debug, thiserror::Error, PartialEq)]
-pub(crate) enum ResumeError {
-    #[error("thread '{0}' is not halted")]
-    NotHalted(String),
-}
-
 pub(crate) struct Pipeline {
     cfg: PipelineConfig,
     rate_limits: TenantRateLimiter,
     redis: Option<Arc<RedisTier>>,
     validator: SequenceValidator,
-    halts: HashMap<Box<str>, Halt>,
+    halts: Halts,
     offsets: OffsetBook,
     hub: Arc<Hub>,
     status: Arc<IngestStatus>,
@@ -88,8 +77,8 @@ impl Pipeline {
             rate_limits: TenantRateLimiter::new(None, Default::default()),
             redis: None,
             validator: SequenceValidator::new(cfg.sequence),
+            halts: Halts::new(cfg.halt_max_held),
             cfg,
-            halts: HashMap::new(),
             offsets: OffsetBook::default(),
             hub,
             status,
@@ -216,7 +205,7 @@ impl Pipeline {
                             "sequence gap"
                         ),
                         GapPolicy::Halt => {
-                            if !self.halts.contains_key(unit.thread_id) {
+                            if !self.halts.is_halted(unit.thread_id) {
                                 newly_halted.push((
                                     unit.thread_id.to_string(),
                                     missing,
@@ -235,20 +224,7 @@ impl Pipeline {
             tracing::error!(thread_id = %thread, sequence = seq, missing, "HALTED thread due to sequence gap (GAP_POLICY=halt); resume with POST /admin/threads/{thread}/resume");
             self.hub
                 .notify_thread(&thread, &control::thread_halted(&thread, missing, seq));
-            self.halts.insert(
-                thread.clone().into_boxed_str(),
-                Halt {
-                    info: HaltedThread {
-                        thread_id: thread,
-                        held_messages: 0,
-                        dropped_messages: 0,
-                        missing,
-                        at_sequence: seq,
-                        halted_at_unix_ms: crate::util::unix_ms(),
-                    },
-                    held: VecDeque::new(),
-                },
-            );
+            self.halts.halt(thread, missing, seq);
         }
 
         let cursor = Cursor {
@@ -263,9 +239,9 @@ impl Pipeline {
             decoded,
             trace_id,
         ));
-        if let Some(thread) = self.halted_thread_of(&frame) {
+        if let Some(thread) = self.halts.thread_of(&frame) {
             self.skip(frame.cursor.partition, frame.cursor.offset);
-            let buffered = self.hold(thread.clone(), frame);
+            let buffered = self.hold(&thread, frame);
             self.publish_halts();
             return Outcome::Held { thread, buffered };
         }
@@ -278,59 +254,23 @@ impl Pipeline {
         Outcome::Delivered { clients }
     }
 
-    fn halted_thread_of(&self, frame: &Frame) -> Option<String> {
-        if self.halts.is_empty() {
-            return None;
-        }
-        let d = &frame.decoded;
-        if self.halts.contains_key(d.thread_id()) {
-            return Some(d.thread_id().to_string());
-        }
-        d.batch_events()
-            .iter()
-            .filter_map(|e| e.header.as_ref())
-            .find(|h| self.halts.contains_key(h.thread_id.as_str()))
-            .map(|h| h.thread_id.clone())
-    }
-
     /// Holds `frame` for its halted thread; false when the thread's buffer is
     /// full (the record is then only in the DLQ copy, never released).
-    fn hold(&mut self, thread: String, frame: Arc<Frame>) -> bool {
-        let Some(h) = self.halts.get_mut(thread.as_str()) else {
-            return false;
-        };
-        if h.held.len() >= self.cfg.halt_max_held {
-            h.info.dropped_messages += 1;
-            self.m.halt_buffer_full.increment(1);
-            return false;
+    fn hold(&mut self, thread: &str, frame: Arc<Frame>) -> bool {
+        match self.halts.hold(thread, frame, &mut self.offsets) {
+            Ok(()) => true,
+            Err(BufferFull) => {
+                self.m.halt_buffer_full.increment(1);
+                false
+            }
         }
-        self.offsets
-            .hold(frame.cursor.partition, frame.cursor.offset);
-        h.held.push_back(frame);
-        h.info.held_messages = h.held.len();
-        true
     }
 
     /// Operator action: releases a halted thread's held records to clients,
     /// in order, and resumes live delivery for it. Returns how many records
     /// were delivered.
-    pub(crate) fn resume_thread(&mut self, thread: &str) -> Result<usize, ResumeError> {
-        let halt = self
-            .halts
-            .remove(thread)
-            .ok_or_else(|| ResumeError::NotHalted(thread.to_string()))?;
-        let mut release = Vec::with_capacity(halt.held.len());
-        for frame in halt.held {
-            self.offsets
-                .release(frame.cursor.partition, frame.cursor.offset);
-            // A batch may also involve another still-halted thread.
-            match self.halted_thread_of(&frame) {
-                Some(other) => {
-                    self.hold(other, frame);
-                }
-                None => release.push(frame),
-            }
-        }
+    pub(crate) fn release_thread(&mut self, thread: &str) -> Result<usize, ReleaseError> {
+        let release = self.halts.release(thread, &mut self.offsets)?;
         let released = release.len();
         tracing::info!(thread_id = thread, released, "thread resumed by operator");
         // Tell clients first, so they know the frames that follow are late.
@@ -345,10 +285,8 @@ impl Pipeline {
     }
 
     fn publish_halts(&self) {
-        let mut v: Vec<HaltedThread> = self.halts.values().map(|h| h.info.clone()).collect();
-        v.sort_by(|a, b| a.thread_id.cmp(&b.thread_id));
+        let (v, held) = self.halts.summary();
         metrics::gauge!(telemetry::HALTED_THREADS).set(v.len() as f64);
-        let held: usize = self.halts.values().map(|h| h.held.len()).sum();
         metrics::gauge!(telemetry::HELD_MESSAGES).set(held as f64);
         self.status.set_halted(v);
     }
@@ -366,10 +304,7 @@ impl Pipeline {
     /// Held frames of a partition are dropped when it is revoked: the next
     /// owner re-reads them from the committed offset, which never passed them.
     pub(crate) fn forget_partition(&mut self, partition: i32) {
-        for h in self.halts.values_mut() {
-            h.held.retain(|f| f.cursor.partition != partition);
-            h.info.held_messages = h.held.len();
-        }
+        self.halts.forget_partition(partition);
         self.offsets.reset(partition);
         self.publish_halts();
     }
@@ -481,7 +416,7 @@ mod tests {
     }
 
     #[test]
-    fn halt_holds_the_thread_and_resume_releases_in_order() {
+    fn halt_holds_the_thread_and_release_delivers_in_order() {
         let (mut p, hub) = pipeline(GapPolicy::Halt);
         let mut sub = hub.subscribe(Filter::default());
         let now = Instant::now();
@@ -504,12 +439,12 @@ mod tests {
             Some(3),
             "commit stops at the first held record"
         );
-        assert_eq!(p.resume_thread("a"), Ok(2));
+        assert_eq!(p.release_thread("a"), Ok(2));
         assert_eq!(drain(&mut sub.rx), vec![3, 5]);
         assert_eq!(p.offsets().commit_point(0), Some(6));
         assert_eq!(
-            p.resume_thread("a"),
-            Err(ResumeError::NotHalted("a".into()))
+            p.release_thread("a"),
+            Err(ReleaseError::NotHalted("a".into()))
         );
     }
 

@@ -420,12 +420,19 @@ pub(crate) fn clear_unknown_enums(body: &mut Message) {
     }
 }
 
+/// What we know of the original message, as far as it could be decoded.
+#[derive(Clone, Debug, Default, serde::Serialize, PartialEq)]
+pub(crate) struct OriginalInfo {
+    pub(crate) thread_id: String,
+    pub(crate) tenant_id: String,
+    pub(crate) sequence: u64,
+    pub(crate) message_type: String,
+    pub(crate) schema_version: u32,
+}
+
 /// What can be read of a rejected record's header, ignoring the schema
 /// check (for DLQ records). `None` when the body does not decode at all.
-pub(crate) fn original_info(
-    value: Option<&[u8]>,
-    limits: &DecodeLimits,
-) -> Option<crate::dlq::sink::OriginalInfo> {
+pub(crate) fn original_info(value: Option<&[u8]>, limits: &DecodeLimits) -> Option<OriginalInfo> {
     let value = value.filter(|v| !v.is_empty() && v.len() <= limits.max_record_bytes)?;
     let decompressed;
     let body: &[u8] = match value[0] {
@@ -446,7 +453,7 @@ pub(crate) fn original_info(
         framing: Framing::Protobuf,
     };
     let h = d.header();
-    Some(crate::dlq::sink::OriginalInfo {
+    Some(OriginalInfo {
         thread_id: d.thread_id().to_string(),
         tenant_id: d.tenant_id().to_string(),
         sequence: d.sequence(),
