@@ -16,6 +16,7 @@ mod record;
 mod replay;
 mod serve;
 mod session;
+mod settings;
 mod shutdown;
 mod telemetry;
 mod util;

@@ -44,11 +44,11 @@ pub(crate) async fn run(cfg: BridgeConfig, shutdown: CancellationToken) -> anyho
             .context("creating the DLQ producer (check KAFKA_DLQ_BROKERS and KAFKA_PROPERTIES)")?,
     );
     let hub = Hub::new(cfg.queue.clone(), cfg.replay.memory);
-    let admission = Admission::new(cfg.admission.clone());
+    let admission = Admission::new(cfg.http.admission.clone());
     let watermarks: Watermarks = Default::default();
 
     let (consumer, rebalance_rx) = consume::create_consumer(
-        &cfg.consumer_properties,
+        &cfg.ingest.consumer_properties,
         &cfg.topic,
         status.clone(),
         watermarks.clone(),
@@ -75,10 +75,10 @@ pub(crate) async fn run(cfg: BridgeConfig, shutdown: CancellationToken) -> anyho
 
     let listener = tokio::select! {
         _ = shutdown.cancelled() => return Ok(()),
-        l = tokio::net::TcpListener::bind(cfg.listen) => l.with_context(|| format!("binding WEBSOCKET_HOST:WEBSOCKET_PORT = {}", cfg.listen))?,
+        l = tokio::net::TcpListener::bind(cfg.http.listen) => l.with_context(|| format!("binding WEBSOCKET_HOST:WEBSOCKET_PORT = {}", cfg.http.listen))?,
     };
     let local = listener.local_addr()?;
-    tracing::info!(listen = %local, topic = %cfg.topic, group = %cfg.group_id, namespace = %namespace, gap_policy = cfg.gap_policy.as_str(), dlq_topic = %cfg.dlq.topic, dlq_fail_closed = cfg.dlq.fail_closed, "kafka-ws-bridge serving");
+    tracing::info!(listen = %local, topic = %cfg.topic, group = %cfg.ingest.group_id, namespace = %namespace, gap_policy = cfg.ingest.gap_policy.as_str(), dlq_topic = %cfg.dlq.topic, dlq_fail_closed = cfg.dlq.fail_closed, "kafka-ws-bridge serving");
 
     let redis = match &cfg.replay.redis_url {
         None => None,
@@ -102,7 +102,7 @@ pub(crate) async fn run(cfg: BridgeConfig, shutdown: CancellationToken) -> anyho
     });
     let kafka_tier = cfg.replay.kafka.then(|| {
         KafkaTier::new(
-            &cfg.consumer_properties,
+            &cfg.ingest.consumer_properties,
             &cfg.topic,
             cfg.replay.kafka_max_concurrent,
         )
@@ -115,7 +115,7 @@ pub(crate) async fn run(cfg: BridgeConfig, shutdown: CancellationToken) -> anyho
         },
         watermarks,
         page: cfg.replay.page,
-        limits: cfg.limits,
+        limits: cfg.ingest.limits,
         replays: ReplaySlots::new(cfg.replay.max_concurrent),
     };
     let tracker = TaskTracker::new();
@@ -128,15 +128,15 @@ pub(crate) async fn run(cfg: BridgeConfig, shutdown: CancellationToken) -> anyho
         SessionSettings {
             resume_grace: cfg.replay.resume_grace,
             max_resume_partitions: MAX_RESUME_PARTITIONS,
-            slow_client_disconnect: cfg.slow_client_disconnect,
+            slow_client_disconnect: cfg.slow_clients.slow_client_disconnect,
             queue_frames: cfg.queue.frames,
-            write_timeout: cfg.write_timeout,
+            write_timeout: cfg.slow_clients.write_timeout,
         },
     ));
     {
         let (hub, dlq, redis) = (hub.clone(), dlq.clone(), redis.clone());
         let (max_conn, dlq_max, redis_cap) = (
-            cfg.admission.max_connections,
+            cfg.http.admission.max_connections,
             cfg.dlq.max_in_flight,
             cfg.replay.redis_queue,
         );
@@ -169,16 +169,16 @@ pub(crate) async fn run(cfg: BridgeConfig, shutdown: CancellationToken) -> anyho
         tracker: tracker.clone(),
         metrics,
         admin_tx,
-        admin: AdminAuth::new(cfg.admin_token.clone(), local),
+        admin: AdminAuth::new(cfg.http.admin_token.clone(), local),
         admission: admission.clone(),
-        auth: Arc::new(cfg.auth.clone()),
-        max_incoming_bytes: cfg.max_incoming_bytes,
-        max_filter_values: cfg.max_filter_values,
-        group_id: cfg.group_id.clone(),
+        auth: Arc::new(cfg.http.auth.clone()),
+        max_incoming_bytes: cfg.http.max_incoming_bytes,
+        max_filter_values: cfg.http.max_filter_values,
+        group_id: cfg.ingest.group_id.clone(),
     };
     let app = http::router(state);
     let http_shutdown = shutdown.clone();
-    let send_buffer = cfg.send_buffer;
+    let send_buffer = cfg.http.send_buffer;
     let server = tokio::spawn(async move {
         use axum::serve::ListenerExt;
         let listener = listener.tap_io(move |tcp| {
@@ -198,18 +198,18 @@ pub(crate) async fn run(cfg: BridgeConfig, shutdown: CancellationToken) -> anyho
 
     let pipeline = Pipeline::new(
         PipelineConfig {
-            limits: cfg.limits,
-            gap_policy: cfg.gap_policy,
-            sequence: cfg.sequence,
-            halt_max_held: cfg.halt_max_held,
+            limits: cfg.ingest.limits,
+            gap_policy: cfg.ingest.gap_policy,
+            sequence: cfg.ingest.sequence,
+            halt_max_held: cfg.ingest.halt_max_held,
         },
         hub.clone(),
         status.clone(),
     )
     .with_redis(redis)
     .with_rate_limits(TenantRateLimiter::new(
-        cfg.tenant_default_rate,
-        cfg.tenant_rate_overrides.clone(),
+        cfg.ingest.tenant_default_rate,
+        cfg.ingest.tenant_rate_overrides.clone(),
     ));
     tracing::info!(
         startup_ms = started.elapsed().as_millis() as u64,
@@ -224,7 +224,7 @@ pub(crate) async fn run(cfg: BridgeConfig, shutdown: CancellationToken) -> anyho
         admin_rx,
         status: status.clone(),
         dlq,
-        group_id: cfg.group_id.clone(),
+        group_id: cfg.ingest.group_id.clone(),
         shutdown: shutdown.clone(),
         stop_budget: budget * 2 / 3,
     })

@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{LogFormat, ServeArgs};
+use crate::config::ServeArgs;
 use crate::dlq::tools;
+use crate::settings::LogFormat;
 use crate::{serve, shutdown, telemetry};
 
 #[derive(Parser)]

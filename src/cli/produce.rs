@@ -12,7 +12,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::synth::{parse_mix, Generator, SynthConfig};
-use crate::config::KafkaArgs;
+use crate::settings::KafkaArgs;
 
 #[derive(Args, Clone, Debug)]
 pub(crate) struct ProduceArgs {

@@ -2,5 +2,6 @@
 //! the consumer task hands rejected records to ([`sink`]), and the operator
 //! tools that read and redrive the topic ([`tools`]).
 
+pub(crate) mod config;
 pub(crate) mod sink;
 pub(crate) mod tools;

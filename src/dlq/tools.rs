@@ -20,8 +20,8 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::Value;
 
-use crate::config::KafkaArgs;
 use crate::dlq::sink::REDRIVE_ATTEMPT_HEADER;
+use crate::settings::KafkaArgs;
 
 #[derive(Subcommand, Clone, Debug)]
 pub(crate) enum DlqCommand {

@@ -7,6 +7,7 @@
 pub(crate) mod admission;
 pub(crate) mod auth;
 pub(crate) mod backpressure;
+pub(crate) mod config;
 pub(crate) mod health;
 pub(crate) mod web;
 

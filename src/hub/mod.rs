@@ -14,6 +14,7 @@
 //! ([`Hub::subscribe_caught_up`]). So every frame is either in the ring the
 //! session replays from, or delivered to it live: no hole at the seam.
 
+pub(crate) mod config;
 pub(crate) mod ring;
 
 use std::collections::{HashMap, HashSet};

@@ -10,6 +10,7 @@
 //! - [`offsets`]: the commit point per partition.
 //! - [`ratelimit`]: per-tenant token buckets.
 
+pub(crate) mod config;
 pub(crate) mod consume;
 pub(crate) mod halt;
 pub(crate) mod offsets;

@@ -9,7 +9,6 @@
 //! replay holds a bounded amount of memory.
 
 use std::collections::{BTreeSet, HashMap};
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -19,25 +18,11 @@ use crate::hub::ring::Slot;
 use crate::hub::{Filter, Hub, Subscription};
 use crate::record::decode::{self, DecodeLimits};
 use crate::record::frame::{control, Cursor, Frame};
+use crate::replay::out::{Gone, ReplayOut};
 use crate::replay::slots::ReplaySlots;
 use crate::replay::tiers::{LiveTiers, Tiers};
 use crate::replay::{GapReason, ResumeFrom, Watermarks};
 use crate::telemetry;
-
-/// The client went away (a write failed or timed out).
-#[derive(Debug)]
-pub(crate) struct Gone;
-
-/// Where a replay writes: the session's socket (in the client's format), or
-/// a recorder in tests. Writes are buffered until [`ReplayOut::flush`].
-pub(crate) trait ReplayOut: Send {
-    /// Buffers one data frame.
-    fn frame(&mut self, f: &Frame) -> impl Future<Output = Result<(), Gone>> + Send;
-    /// Buffers one control frame (`gap`, `replay_queued`).
-    fn control(&mut self, text: String) -> impl Future<Output = Result<(), Gone>> + Send;
-    /// Writes out what was buffered.
-    fn flush(&mut self) -> impl Future<Output = Result<(), Gone>> + Send;
-}
 
 /// What every replay shares.
 pub(crate) struct ReplayContext<T = LiveTiers> {

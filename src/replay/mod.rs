@@ -16,8 +16,10 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
+pub(crate) mod config;
 pub(crate) mod driver;
 pub(crate) mod kafka;
+pub(crate) mod out;
 pub(crate) mod redis;
 pub(crate) mod request;
 pub(crate) mod slots;

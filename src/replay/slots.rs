@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 
 use crate::record::frame::control;
-use crate::replay::driver::{Gone, ReplayOut};
+use crate::replay::out::{Gone, ReplayOut};
 use crate::telemetry;
 
 /// While a resume waits for a slot it is told so, now and then again at this

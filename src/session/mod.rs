@@ -23,10 +23,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::hub::{Filter, Format, Hub, Outbound, Subscription};
 use crate::record::frame::control;
-use crate::replay::driver::{self, Gone, ReplayContext, Sent};
+use crate::replay::driver::{self, ReplayContext, Sent};
+use crate::replay::out::Gone;
 use crate::replay::ResumeFrom;
 use crate::telemetry;
 
+pub(crate) mod config;
 pub(crate) mod socket;
 
 use socket::{Socket, CLOSE_GOING_AWAY, CLOSE_MESSAGE_TOO_BIG, CLOSE_SLOW_CLIENT};

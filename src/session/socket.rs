@@ -10,7 +10,7 @@ use metrics::Counter;
 
 use crate::hub::Format;
 use crate::record::frame::Frame;
-use crate::replay::driver::{Gone, ReplayOut};
+use crate::replay::out::{Gone, ReplayOut};
 
 /// Close code sent when the server shuts down ("going away").
 pub(crate) const CLOSE_GOING_AWAY: u16 = 1001;

@@ -1,0 +1,21 @@
+//! Where a replay writes: the session's socket (`session::socket`), or a
+//! recorder in tests.
+
+use std::future::Future;
+
+use crate::record::frame::Frame;
+
+/// The client went away (a write failed or timed out).
+#[derive(Debug)]
+pub(crate) struct Gone;
+
+/// Where a replay writes: the session's socket (in the client's format), or
+/// a recorder in tests. Writes are buffered until [`ReplayOut::flush`].
+pub(crate) trait ReplayOut: Send {
+    /// Buffers one data frame.
+    fn frame(&mut self, f: &Frame) -> impl Future<Output = Result<(), Gone>> + Send;
+    /// Buffers one control frame (`gap`, `replay_queued`).
+    fn control(&mut self, text: String) -> impl Future<Output = Result<(), Gone>> + Send;
+    /// Writes out what was buffered.
+    fn flush(&mut self) -> impl Future<Output = Result<(), Gone>> + Send;
+}
