@@ -9,16 +9,18 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use rdkafka::consumer::Consumer;
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::BridgeConfig;
 use crate::dlq::sink::{DlqHealth, DlqSink};
+use crate::http::admin::AdminAuth;
 use crate::http::admission::{self, Admission};
 use crate::http::backpressure::Utilisation;
 use crate::http::health::Health;
-use crate::http::{self, AdminAuth, AppState};
+use crate::http::{self, AppState};
 use crate::hub::Hub;
 use crate::ingest::consume;
 use crate::ingest::pipeline::{Pipeline, PipelineConfig};
@@ -33,7 +35,23 @@ use crate::replay::Watermarks;
 use crate::session::{SessionContext, SessionSettings};
 use crate::telemetry;
 
-pub(crate) async fn run(cfg: BridgeConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+/// Binds `WEBSOCKET_HOST:WEBSOCKET_PORT` (the error names the setting).
+pub(crate) async fn bind(cfg: &BridgeConfig) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(cfg.http.listen).await.with_context(|| {
+        format!(
+            "binding WEBSOCKET_HOST:WEBSOCKET_PORT = {}",
+            cfg.http.listen
+        )
+    })
+}
+
+/// Runs the bridge on `listener` until `shutdown` is cancelled and every
+/// stage has stopped within `SHUTDOWN_TIMEOUT_SECS`.
+pub(crate) async fn run(
+    cfg: BridgeConfig,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let started = Instant::now();
     let metrics = telemetry::install_recorder()?;
     telemetry::spawn_upkeep(metrics.clone());
@@ -73,10 +91,6 @@ pub(crate) async fn run(cfg: BridgeConfig, shutdown: CancellationToken) -> anyho
         }
     };
 
-    let listener = tokio::select! {
-        _ = shutdown.cancelled() => return Ok(()),
-        l = tokio::net::TcpListener::bind(cfg.http.listen) => l.with_context(|| format!("binding WEBSOCKET_HOST:WEBSOCKET_PORT = {}", cfg.http.listen))?,
-    };
     let local = listener.local_addr()?;
     tracing::info!(listen = %local, topic = %cfg.topic, group = %cfg.ingest.group_id, namespace = %namespace, gap_policy = cfg.ingest.gap_policy.as_str(), dlq_topic = %cfg.dlq.topic, dlq_fail_closed = cfg.dlq.fail_closed, "kafka-ws-bridge serving");
 

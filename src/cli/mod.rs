@@ -62,7 +62,11 @@ pub fn main() -> ExitCode {
             Command::Serve(args) => {
                 telemetry::init_logging(args.log_format == LogFormat::Json);
                 let cfg = args.validate()?;
-                serve::run(cfg, token).await
+                let listener = tokio::select! {
+                    _ = token.cancelled() => return Ok(()),
+                    l = serve::bind(&cfg) => l?,
+                };
+                serve::run(cfg, listener, token).await
             }
             Command::Produce(args) => {
                 telemetry::init_logging(false);

@@ -1,0 +1,176 @@
+//! `/ws`: the WebSocket upgrade. Every query parameter is bounded and
+//! validated first (400), then access (Origin 403, token 401, claims that
+//! narrow the filter or 403), then the resume parameters (400), then
+//! admission (503 / 429, breaker open: 1013 after the handshake), so a refused
+//! request never holds a connection slot.
+
+use std::net::SocketAddr;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::Response;
+use serde::Deserialize;
+
+use crate::http::admission::Refusal;
+use crate::http::auth;
+use crate::http::{error, AppState};
+use crate::hub::{Filter, Format};
+use crate::replay::ResumeFrom;
+use crate::session::{self, socket};
+use crate::telemetry;
+
+#[derive(Deserialize)]
+pub(crate) struct WsParams {
+    format: Option<String>,
+    threads: Option<String>,
+    tenant: Option<String>,
+    types: Option<String>,
+    /// `cursor`, `earliest` or `latest`.
+    resume: Option<String>,
+    /// With `resume=cursor`: `0:12,1:40` (partition:last applied offset).
+    last_offsets: Option<String>,
+    /// Access token for browsers (others may use `Authorization: Bearer`).
+    token: Option<String>,
+}
+
+pub(crate) async fn ws(
+    State(app): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    params: Result<Query<WsParams>, axum::extract::rejection::QueryRejection>,
+    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
+    let Ok(Query(params)) = params else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            "query string could not be parsed",
+        );
+    };
+    let format = match params.format.as_deref() {
+        None | Some("binary") => Format::Binary,
+        Some("json") => Format::Json,
+        Some(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_format",
+                "format must be 'binary' or 'json'",
+            )
+        }
+    };
+    let filter = match Filter::parse(
+        params.threads.as_deref(),
+        params.tenant.as_deref(),
+        params.types.as_deref(),
+        app.max_filter_values,
+    ) {
+        Ok(f) => f,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_filter", &e.to_string()),
+    };
+    // An Origin that is not visible ASCII cannot be on the allowlist: refuse it rather than ignore it.
+    let origin = match headers.get(header::ORIGIN).map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(o)) => Some(o),
+        Some(Err(_)) => Some("(not ASCII)"),
+    };
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let mut filter = filter;
+    let checked = app
+        .auth
+        .check_origin(origin)
+        .and_then(|()| app.auth.verify(bearer.or(params.token.as_deref())))
+        .and_then(|claims| auth::enforce(&claims, &mut filter));
+    if let Err(e) = checked {
+        metrics::counter!(telemetry::CONNECTIONS_REJECTED, "reason" => "unauthorized").increment(1);
+        let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::FORBIDDEN);
+        return error(
+            status,
+            if e.status() == 401 {
+                "unauthorized"
+            } else {
+                "forbidden"
+            },
+            &e.to_string(),
+        );
+    }
+    let resume = match ResumeFrom::from_query(
+        params.resume.as_deref(),
+        params.last_offsets.as_deref(),
+        app.sessions.settings.max_resume_partitions,
+    ) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_resume", &e),
+    };
+    let upgrade = match upgrade {
+        Ok(u) => u,
+        Err(e) => {
+            return error(
+                StatusCode::UPGRADE_REQUIRED,
+                "websocket_required",
+                &e.body_text(),
+            )
+        }
+    };
+    if app.health.shutting_down() {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "server is shutting down",
+        );
+    }
+    let ip = app.admission.client_ip(peer, &headers);
+    let permit = match app.admission.admit(ip) {
+        Ok(p) => p,
+        Err(Refusal::CircuitOpen) => {
+            // Overloaded: complete the handshake only to say "try again later" (1013).
+            return upgrade.on_upgrade(|mut ws| async move {
+                let frame = CloseFrame {
+                    code: socket::CLOSE_TRY_AGAIN_LATER,
+                    reason: Utf8Bytes::from_static("try again later: server overloaded"),
+                };
+                let _ = tokio::time::timeout(
+                    std::time::Duration::from_secs(1),
+                    ws.send(Message::Close(Some(frame))),
+                )
+                .await;
+            });
+        }
+        Err(Refusal::GlobalLimit) => {
+            let mut r = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too_many_connections",
+                "the server has reached WEBSOCKET_MAX_CONNECTIONS",
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            return r;
+        }
+        Err(Refusal::PerIpLimit) => {
+            let mut r = error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_connections_from_ip",
+                &format!("{ip} has reached WEBSOCKET_MAX_CONNECTIONS_PER_IP"),
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            return r;
+        }
+    };
+    let sessions = app.sessions.clone();
+    let tracker = app.tracker.clone();
+    // The permit moves into the session future: released when the session
+    // ends, or when the upgrade never completes and the future is dropped.
+    upgrade
+        .max_message_size(app.max_incoming_bytes)
+        .max_frame_size(app.max_incoming_bytes)
+        .on_upgrade(move |socket| {
+            tracker.track_future(async move {
+                let _permit = permit;
+                session::run(socket, sessions, format, filter, resume).await
+            })
+        })
+}
