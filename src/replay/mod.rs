@@ -25,6 +25,9 @@ pub(crate) mod request;
 pub(crate) mod slots;
 pub(crate) mod tiers;
 
+#[cfg(test)]
+mod tests;
+
 /// High watermarks per partition from the consumer's statistics: the end of
 /// a partition this instance has not read yet.
 pub(crate) type Watermarks = Arc<Mutex<HashMap<i32, i64>>>;

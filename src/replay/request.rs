@@ -126,4 +126,27 @@ mod tests {
         .is_err());
         assert!(parse_resume_message(&serde_json::json!({"from":"sometime"}), 8).is_err());
     }
+
+    #[test]
+    fn query_parameters_map_to_a_resume_or_a_reason() {
+        let q = |r, o| ResumeFrom::from_query(r, o, 8);
+        assert_eq!(q(None, None), Ok(None));
+        assert_eq!(q(Some("earliest"), None), Ok(Some(ResumeFrom::Earliest)));
+        assert_eq!(q(Some("latest"), Some("0:1")), Ok(Some(ResumeFrom::Latest)));
+        assert_eq!(
+            q(None, Some("0:4")),
+            Ok(Some(ResumeFrom::Cursor([(0, 4)].into())))
+        );
+        assert_eq!(
+            q(Some("cursor"), None),
+            Err("resume=cursor needs last_offsets=P:O,...".into())
+        );
+        assert!(q(Some("cursor"), Some("0:x"))
+            .unwrap_err()
+            .starts_with("last_offsets: "));
+        assert_eq!(
+            q(Some("soon"), None),
+            Err("resume must be cursor, earliest or latest".into())
+        );
+    }
 }

@@ -1,0 +1,479 @@
+//! The replay driver over in-memory tiers: the real hub (its rings and the
+//! hand-over to live delivery) and fakes of Redis and Kafka with random
+//! contents, while a concurrent publisher appends to the hub (and evicts from
+//! its small rings) during the replay.
+//!
+//! The property: per partition, the client receives offsets in strictly
+//! increasing order, never an undeliverable one, never one inside a `gap`
+//! it was sent; every deliverable offset after its cursor arrives or lies
+//! inside a `gap` (a partition asked for from the beginning may skip what
+//! precedes its first record); and whatever Redis or Kafka held arrives.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use proptest::prelude::*;
+
+use crate::hub::ring::RingLimits;
+use crate::hub::{Filter, Hub, Outbound, PriorityTable, QueueLimits};
+use crate::record::decode::{decode, encode_record, DecodeLimits};
+use crate::record::frame::{Cursor, Frame};
+use crate::replay::driver::{replay, ReplayContext, Sent};
+use crate::replay::kafka::{Fetched, KafkaRecord};
+use crate::replay::out::{Gone, ReplayOut};
+use crate::replay::slots::ReplaySlots;
+use crate::replay::tiers::{RedisRows, Tiers, Unavailable};
+use crate::replay::ResumeFrom;
+
+/// Record value of a deliverable offset.
+fn record(p: i32, o: i64) -> Vec<u8> {
+    use crate::proto::dash_stream_message::Message;
+    use crate::proto::{DashStreamMessage, Event, Header};
+    encode_record(
+        &DashStreamMessage {
+            message: Some(Message::Event(Event {
+                header: Some(Header {
+                    thread_id: format!("t{p}"),
+                    sequence: o as u64 + 1,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })),
+        },
+        None,
+    )
+}
+
+fn frame(p: i32, o: i64) -> Arc<Frame> {
+    let v = record(p, o);
+    let d = decode(Some(&v), &DecodeLimits::default()).unwrap();
+    Arc::new(Frame::new(
+        Cursor {
+            partition: p,
+            offset: o,
+        },
+        None,
+        &v,
+        d,
+        None,
+    ))
+}
+
+/// What Redis holds for one offset: its value (a tombstone for an
+/// undeliverable one), or an index entry whose value expired.
+#[derive(Clone, Copy, Debug)]
+enum RedisEntry {
+    Present,
+    Expired,
+}
+
+#[derive(Clone, Debug)]
+struct PartitionCase {
+    /// Offsets consumed before the resume; `true`: deliverable.
+    initial: Vec<bool>,
+    /// Offsets appended while (and after) the client replays.
+    live: usize,
+    /// Whether this instance's hub has the partition (else only the lower tiers know it).
+    in_hub: bool,
+    /// Non-hub partitions: the high watermark is known.
+    watermark: bool,
+    redis: BTreeMap<usize, RedisEntry>,
+    /// Kafka's earliest retained offset.
+    retained_from: usize,
+    /// The client's last applied offset (`None`: from the beginning).
+    cursor: Option<i64>,
+}
+
+#[derive(Clone, Debug)]
+struct Case {
+    parts: Vec<PartitionCase>,
+    ring: usize,
+    page: usize,
+    redis_up: bool,
+    kafka_on: bool,
+    kafka_up: bool,
+    earliest: bool,
+}
+
+fn partition_case() -> impl Strategy<Value = PartitionCase> {
+    (
+        proptest::collection::vec(proptest::bool::weighted(0.85), 0..40),
+        0usize..15,
+        proptest::bool::weighted(0.8),
+        any::<bool>(),
+        proptest::collection::btree_map(
+            0usize..40,
+            prop_oneof![
+                6 => Just(RedisEntry::Present),
+                1 => Just(RedisEntry::Expired),
+            ],
+            0..30,
+        ),
+        0usize..45,
+        proptest::option::of(-1i64..45),
+    )
+        .prop_map(
+            |(initial, live, in_hub, watermark, redis, retained_from, cursor)| {
+                let n = initial.len();
+                PartitionCase {
+                    redis: redis.into_iter().filter(|(o, _)| *o < n).collect(),
+                    initial,
+                    live,
+                    in_hub,
+                    watermark,
+                    retained_from,
+                    cursor,
+                }
+            },
+        )
+}
+
+fn case() -> impl Strategy<Value = Case> {
+    (
+        proptest::collection::vec(partition_case(), 1..4),
+        1usize..25,
+        1usize..8,
+        proptest::bool::weighted(0.8),
+        proptest::bool::weighted(0.8),
+        proptest::bool::weighted(0.9),
+        proptest::bool::weighted(0.15),
+    )
+        .prop_map(
+            |(parts, ring, page, redis_up, kafka_on, kafka_up, earliest)| Case {
+                parts,
+                ring,
+                page,
+                redis_up,
+                kafka_on,
+                kafka_up,
+                earliest,
+            },
+        )
+}
+
+/// Redis and Kafka as the case describes them. Kafka holds every offset
+/// from `retained_from` up to what has been appended so far.
+struct FakeTiers {
+    case: Case,
+    /// Next offset per partition (grows as the publisher appends).
+    appended: Arc<Mutex<HashMap<i32, i64>>>,
+}
+
+impl FakeTiers {
+    fn deliverable(&self, p: i32, o: i64) -> bool {
+        let c = &self.case.parts[p as usize];
+        c.initial.get(o as usize).copied().unwrap_or(true)
+    }
+}
+
+impl Tiers for FakeTiers {
+    type Reader = ();
+    type Permit = ();
+
+    fn has_redis(&self) -> bool {
+        true
+    }
+
+    async fn redis_partitions(&self) -> BTreeSet<i32> {
+        if !self.case.redis_up {
+            return BTreeSet::new();
+        }
+        (0..self.case.parts.len() as i32)
+            .filter(|p| !self.case.parts[*p as usize].redis.is_empty())
+            .collect()
+    }
+
+    async fn redis_last(&self, p: i32) -> Option<i64> {
+        if !self.case.redis_up {
+            return None;
+        }
+        let c = self.case.parts.get(p as usize)?;
+        c.redis.keys().next_back().map(|o| *o as i64)
+    }
+
+    async fn redis_page(
+        &self,
+        p: i32,
+        from: i64,
+        to: i64,
+        limit: usize,
+    ) -> Result<RedisRows, Unavailable> {
+        if !self.case.redis_up {
+            return Err(Unavailable);
+        }
+        let c = &self.case.parts[p as usize];
+        Ok(c.redis
+            .iter()
+            .map(|(o, e)| (*o as i64, *e))
+            .filter(|(o, _)| *o >= from && *o <= to)
+            .take(limit)
+            .map(|(o, e)| {
+                let v = match e {
+                    RedisEntry::Present if self.deliverable(p, o) => {
+                        Some(frame(p, o).binary().to_vec())
+                    }
+                    RedisEntry::Present => Some(Vec::new()),
+                    RedisEntry::Expired => None,
+                };
+                (o, v)
+            })
+            .collect())
+    }
+
+    fn has_kafka(&self) -> bool {
+        self.case.kafka_on
+    }
+
+    async fn kafka_permit(&self) -> Option<()> {
+        Some(())
+    }
+
+    async fn kafka_read(
+        &self,
+        _reader: &mut Option<()>,
+        p: i32,
+        from: i64,
+        to: i64,
+        limit: usize,
+    ) -> Result<Fetched, Unavailable> {
+        if !self.case.kafka_up {
+            return Err(Unavailable);
+        }
+        let low = self.case.parts[p as usize].retained_from as i64;
+        let end = self.appended.lock().get(&p).copied().unwrap_or(0);
+        let retention_gap = (from < low).then_some((from, to.min(low - 1)));
+        let start = from.max(low);
+        let mut records = Vec::new();
+        let mut o = start;
+        while o <= to && o < end && records.len() < limit {
+            records.push(KafkaRecord {
+                offset: o,
+                timestamp_ms: None,
+                value: if self.deliverable(p, o) {
+                    record(p, o)
+                } else {
+                    b"\xff not a record".to_vec()
+                },
+            });
+            o += 1;
+        }
+        // Past the partition's end the rest of the range does not exist (yet).
+        let next = if o >= end || o > to { to + 1 } else { o };
+        Ok(Fetched {
+            records,
+            retention_gap,
+            next,
+        })
+    }
+}
+
+/// What the client received: data offsets and gap ranges, per partition.
+#[derive(Default)]
+struct Recorder {
+    frames: Vec<(i32, i64)>,
+    gaps: Vec<(i32, i64, i64)>,
+}
+
+impl ReplayOut for Recorder {
+    async fn frame(&mut self, f: &Frame) -> Result<(), Gone> {
+        self.frames.push((f.cursor.partition, f.cursor.offset));
+        Ok(())
+    }
+
+    async fn control(&mut self, text: String) -> Result<(), Gone> {
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        if v["type"] == "gap" {
+            let n = |k: &str| v[k].as_i64().unwrap();
+            self.gaps.push((n("partition") as i32, n("from"), n("to")));
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), Gone> {
+        Ok(())
+    }
+}
+
+fn run_case(case: Case) -> Result<(), TestCaseError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let hub = Hub::new(
+            QueueLimits {
+                frames: 100_000,
+                bytes: usize::MAX,
+                priorities: PriorityTable::default(),
+            },
+            RingLimits {
+                max_per_partition: case.ring,
+                max_bytes_per_partition: usize::MAX,
+            },
+        );
+        let appended: Arc<Mutex<HashMap<i32, i64>>> = Default::default();
+        let watermarks: crate::replay::Watermarks = Default::default();
+        let mut pending = Vec::new();
+        for (p, c) in case.parts.iter().enumerate() {
+            let p = p as i32;
+            let n = c.initial.len() as i64;
+            appended.lock().insert(p, n);
+            if c.in_hub {
+                for (o, ok) in c.initial.iter().enumerate() {
+                    if *ok {
+                        hub.publish(&frame(p, o as i64));
+                    } else {
+                        hub.skip(p, o as i64);
+                    }
+                }
+                pending.extend((0..c.live as i64).map(|i| (p, n + i)));
+            } else if c.watermark {
+                watermarks.lock().insert(p, n);
+            }
+        }
+        // Appends race the replay: one record per turn of the scheduler.
+        pending.sort_by_key(|(p, o)| (*o, *p));
+        let publisher = {
+            let (hub, appended) = (hub.clone(), appended.clone());
+            tokio::spawn(async move {
+                for (p, o) in pending {
+                    appended.lock().insert(p, o + 1);
+                    hub.publish(&frame(p, o));
+                    tokio::task::yield_now().await;
+                }
+            })
+        };
+        let from = if case.earliest {
+            ResumeFrom::Earliest
+        } else {
+            ResumeFrom::Cursor(
+                case.parts
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(p, c)| c.cursor.map(|o| (p as i32, o)))
+                    .collect(),
+            )
+        };
+        let rc = ReplayContext {
+            hub: hub.clone(),
+            tiers: FakeTiers {
+                case: case.clone(),
+                appended: appended.clone(),
+            },
+            watermarks,
+            page: case.page,
+            limits: DecodeLimits::default(),
+            replays: ReplaySlots::new(1),
+        };
+        let mut out = Recorder::default();
+        let mut sent = Sent::default();
+        let resumed = replay(&rc, &mut out, Filter::default(), from, &mut sent)
+            .await
+            .map_err(|_| TestCaseError::fail("the recorder never goes away"))?;
+        publisher.await.unwrap();
+        let mut sub = resumed.subscription;
+        while let Ok(o) = sub.rx.try_recv() {
+            if let Outbound::Data(f, _) = o {
+                if sent.admit(&f) {
+                    out.frames.push((f.cursor.partition, f.cursor.offset));
+                }
+            }
+        }
+        check(&case, &rc.tiers, &out)
+    })
+}
+
+fn check(case: &Case, tiers: &FakeTiers, out: &Recorder) -> Result<(), TestCaseError> {
+    for (pi, c) in case.parts.iter().enumerate() {
+        let p = pi as i32;
+        let got: Vec<i64> = out
+            .frames
+            .iter()
+            .filter(|(q, _)| *q == p)
+            .map(|(_, o)| *o)
+            .collect();
+        let gaps: Vec<(i64, i64)> = out
+            .gaps
+            .iter()
+            .filter(|(q, _, _)| *q == p)
+            .map(|(_, a, b)| (*a, *b))
+            .collect();
+        let in_gap = |o: i64| gaps.iter().any(|(a, b)| *a <= o && o <= *b);
+        prop_assert!(
+            got.windows(2).all(|w| w[0] < w[1]),
+            "partition {p}: out of order or twice: {got:?}"
+        );
+        for o in &got {
+            prop_assert!(
+                tiers.deliverable(p, *o),
+                "partition {p}: {o} is not deliverable"
+            );
+            prop_assert!(
+                !in_gap(*o),
+                "partition {p}: {o} sent and inside a gap {gaps:?}"
+            );
+        }
+        let cursor = if case.earliest { None } else { c.cursor };
+        for (a, b) in &gaps {
+            prop_assert!(a <= b, "partition {p}: empty gap ({a}, {b})");
+            if let Some(cur) = cursor {
+                prop_assert!(
+                    *a > cur,
+                    "partition {p}: gap ({a}, {b}) at or below the cursor {cur}"
+                );
+            }
+        }
+        // The last offset this instance knows of for the partition.
+        let n = c.initial.len() as i64;
+        let known_end = if c.in_hub {
+            n + c.live as i64 - 1
+        } else if c.watermark {
+            n - 1
+        } else if case.redis_up {
+            c.redis.keys().next_back().map_or(-1, |o| *o as i64)
+        } else {
+            -1
+        };
+        let first_seen = got.iter().chain(gaps.iter().map(|(a, _)| a)).min().copied();
+        let lo = match cursor {
+            Some(cur) => cur + 1,
+            None => first_seen.unwrap_or(i64::MAX),
+        };
+        for o in lo.max(0)..=known_end {
+            if tiers.deliverable(p, o) {
+                prop_assert!(
+                    got.binary_search(&o).is_ok() || in_gap(o),
+                    "partition {p}: {o} neither sent nor inside a gap; got {got:?}, gaps {gaps:?}"
+                );
+            }
+        }
+        // Whatever an available lower tier held after the cursor arrives.
+        let after = cursor.unwrap_or(-1);
+        for o in (after + 1).max(0)..=known_end.min(n - 1) {
+            if !tiers.deliverable(p, o) {
+                continue;
+            }
+            let in_redis =
+                case.redis_up && matches!(c.redis.get(&(o as usize)), Some(RedisEntry::Present));
+            let in_kafka = case.kafka_on && case.kafka_up && o >= c.retained_from as i64;
+            if in_redis || in_kafka {
+                prop_assert!(
+                    got.binary_search(&o).is_ok(),
+                    "partition {p}: {o} held by {} but not sent; got {got:?}, gaps {gaps:?}",
+                    if in_redis { "Redis" } else { "Kafka" }
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+
+    #[test]
+    fn every_offset_arrives_once_in_order_or_inside_an_exact_gap(case in case()) {
+        run_case(case)?;
+    }
+}
