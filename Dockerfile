@@ -16,12 +16,15 @@ WORKDIR /src
 
 # Dependencies first, in their own layer: only Cargo.toml / Cargo.lock changes invalidate it.
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir -p src/bin \
+COPY testkit/Cargo.toml testkit/
+COPY bench/Cargo.toml bench/
+RUN mkdir -p src testkit/src bench/src/bin/kwb-bench \
  && echo 'fn main() {}' > src/main.rs \
- && echo 'fn main() {}' > src/bin/bench.rs \
- && touch src/lib.rs \
+ && echo 'fn main() {}' > bench/src/bin/kwb-bench/main.rs \
+ && echo 'fn main() {}' > bench/src/bin/kwb-replay-bench.rs \
+ && touch src/lib.rs testkit/src/lib.rs \
  && cargo fetch --locked \
- && rm -rf src
+ && rm -rf src testkit/src bench/src
 
 COPY . .
 RUN cargo build --release --locked --bin kafka-ws-bridge \

@@ -50,7 +50,7 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 log "building release binaries (CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target})"
-cargo build --release --bins >&2
+cargo build --release --workspace --bins >&2
 TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
 BENCH="$TARGET/release/kwb-bench"
 BRIDGE="$TARGET/release/kafka-ws-bridge"

@@ -21,5 +21,7 @@ bash scripts/services.sh up "$state_dir"
 source "$state_dir/env"
 echo "[test] broker $KWB_TEST_BROKERS, redis $KWB_TEST_REDIS_URL"
 
-# Integration tests mostly wait on the network: run more at once than cores.
-cargo test --all-targets --no-fail-fast "$@" -- --test-threads=4
+# Unit and property tests of every crate, then the integration suite (one
+# binary, tests/it). Integration tests mostly wait on the network: run more at
+# once than cores.
+cargo test --workspace --all-targets --no-fail-fast "$@" -- --test-threads=4

@@ -1,12 +1,10 @@
 //! Delivery over a real broker to real WebSocket clients: completeness,
 //! order, cursors, both formats, and server-side filters.
 
-mod common;
-
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use kafka_ws_bridge::{Generator, SynthConfig};
 
 fn seq_of(json: &serde_json::Value) -> (String, u64) {

@@ -2,11 +2,9 @@
 //! with tenant claims, the Origin allowlist, and per-tenant rate limits that
 //! send what is over quota to the DLQ instead of dropping it.
 
-mod common;
-
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::*;
+use crate::common::*;
 use kafka_ws_bridge::{Generator, SynthConfig};
 
 const SECRET: &str = "0123456789abcdef0123456789abcdef";

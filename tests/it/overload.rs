@@ -2,11 +2,9 @@
 //! slots, the circuit breaker opening and closing, and slow or stalled
 //! clients that never hold up anyone else.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use futures_util::StreamExt;
 use kafka_ws_bridge::encode_record;
 use kafka_ws_bridge::proto::dash_stream_message::Message;

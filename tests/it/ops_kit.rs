@@ -11,8 +11,6 @@
 //! `scripts/services.sh` (`KWB_TEST_BROKERS`, `KWB_TEST_REDIS_URL`): without them these tests fail, they
 //! never skip.
 
-mod common;
-
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -20,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use futures_util::StreamExt;
 use kafka_ws_bridge::{Generator, SynthConfig};
 

@@ -2,11 +2,9 @@
 //! counters; every kind of bad record is counted and skipped without
 //! disturbing its neighbours; the halt policy holds a thread and releases it.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use kafka_ws_bridge::encode_record;
 use kafka_ws_bridge::proto::dash_stream_message::Message;
 use kafka_ws_bridge::proto::{DashStreamMessage, Event, EventBatch, Header};

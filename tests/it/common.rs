@@ -2,23 +2,17 @@
 //! `scripts/services.sh` (its address in `KWB_TEST_BROKERS`). Without the
 //! services every test fails loudly; nothing here is mocked.
 
-#![allow(dead_code)]
-
 use std::collections::HashMap;
 use std::io::Write;
-use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use futures_util::StreamExt;
+use kwb_testkit::process::Logged;
 use rdkafka::config::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 
 pub fn brokers() -> String {
@@ -27,22 +21,13 @@ pub fn brokers() -> String {
     })
 }
 
-static COUNTER: AtomicU32 = AtomicU32::new(0);
-
 /// A name unique to this test process and call.
 pub fn unique(prefix: &str) -> String {
-    format!(
-        "{prefix}-{}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
+    kwb_testkit::net::unique(prefix)
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    kwb_testkit::net::free_port().expect("free port")
 }
 
 /// Creates `name` and its dead-letter topic `name-dlq` (1 partition).
@@ -55,24 +40,9 @@ pub async fn create_topic(name: &str, partitions: i32) {
 }
 
 pub async fn create_topics_on(brokers: &str, topics: &[(&str, i32)]) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .expect("admin client");
-    let new: Vec<NewTopic> = topics
-        .iter()
-        .map(|(n, p)| NewTopic::new(n, *p, TopicReplication::Fixed(1)))
-        .collect();
-    let res = admin
-        .create_topics(
-            &new,
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
-        )
+    kwb_testkit::kafka::create_topics(brokers, topics)
         .await
-        .expect("create_topics request");
-    for r in res {
-        r.unwrap_or_else(|(t, e)| panic!("creating topic {t}: {e}"));
-    }
+        .unwrap_or_else(|e| panic!("{e:#}"));
 }
 
 pub fn producer() -> FutureProducer {
@@ -127,8 +97,8 @@ pub async fn produce_with_header(
 
 pub struct Bridge {
     pub port: u16,
-    pub child: Child,
-    pub log: PathBuf,
+    /// The process, its log, killed when the `Bridge` is dropped.
+    pub proc: Logged,
     pub group: String,
     pub topic: String,
 }
@@ -159,8 +129,6 @@ impl Bridge {
     pub fn spawn(topic: &str, group: &str, env: &[(&str, &str)]) -> Bridge {
         let port = free_port();
         let log = log_dir().join(format!("{}.log", unique(topic)));
-        let out = std::fs::File::create(&log).expect("log file");
-        let err = out.try_clone().expect("log file");
         let mut cmd = Command::new(bridge_bin());
         cmd.arg("serve")
             .env_clear()
@@ -174,17 +142,14 @@ impl Bridge {
                 "session.timeout.ms=6000,heartbeat.interval.ms=500",
             )
             .env("WEBSOCKET_HOST", "127.0.0.1")
-            .env("WEBSOCKET_PORT", port.to_string())
-            .stdout(Stdio::from(out))
-            .stderr(Stdio::from(err));
+            .env("WEBSOCKET_PORT", port.to_string());
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().expect("spawn bridge");
+        let proc = Logged::spawn(&mut cmd, &log).expect("spawn bridge");
         Bridge {
             port,
-            child,
-            log,
+            proc,
             group: group.to_string(),
             topic: topic.to_string(),
         }
@@ -207,7 +172,7 @@ impl Bridge {
     }
 
     pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.proc.log_text()
     }
 
     pub fn ws_url(&self, query: &str) -> String {
@@ -245,43 +210,26 @@ impl Bridge {
     }
 
     pub fn signal(&self, sig: &str) {
-        let st = Command::new("kill")
-            .args(["-s", sig, &self.child.id().to_string()])
-            .status()
-            .expect("kill");
-        assert!(st.success());
+        self.proc.signal(sig).expect("kill");
     }
 
     /// Sends SIGTERM and returns how long the process took to exit, and its status.
     pub fn terminate(&mut self) -> (Duration, std::process::ExitStatus) {
         let t0 = Instant::now();
         self.signal("TERM");
-        loop {
-            if let Some(st) = self.child.try_wait().expect("wait") {
-                return (t0.elapsed(), st);
-            }
-            if t0.elapsed() > Duration::from_secs(15) {
-                let _ = self.child.kill();
-                panic!(
-                    "bridge did not exit 15 s after SIGTERM; log:\n{}",
-                    self.log_text()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        match self.proc.wait_exit(Duration::from_secs(15)) {
+            Some(st) => (t0.elapsed(), st),
+            None => panic!(
+                "bridge did not exit 15 s after SIGTERM; log:\n{}",
+                self.log_text()
+            ),
         }
     }
 }
 
-impl Drop for Bridge {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Minimal HTTP/1.1 client: returns (status, body).
+/// `method path` on the bridge's port: (status, body).
 pub async fn http(port: u16, method: &str, path: &str) -> std::io::Result<(u16, String)> {
-    http_with(port, method, path, &[]).await
+    kwb_testkit::http::request(port, method, path, &[]).await
 }
 
 pub async fn http_with(
@@ -290,77 +238,18 @@ pub async fn http_with(
     path: &str,
     headers: &[(&str, &str)],
 ) -> std::io::Result<(u16, String)> {
-    let mut s = tokio::time::timeout(
-        Duration::from_secs(5),
-        tokio::net::TcpStream::connect(("127.0.0.1", port)),
-    )
-    .await
-    .map_err(|_| std::io::Error::other("connect timeout"))??;
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: 0\r\n"
-    );
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes()).await?;
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
-        .await
-        .map_err(|_| std::io::Error::other("read timeout"))??;
-    let text = String::from_utf8_lossy(&buf).to_string();
-    let code = text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    // Chunked bodies: keep the JSON/text payload lines only.
-    let body = if text
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(&body)
-    } else {
-        body
-    };
-    Ok((code, body))
+    kwb_testkit::http::request(port, method, path, headers).await
 }
 
-fn dechunk(body: &str) -> String {
-    let mut out = String::new();
-    let mut rest = body;
-    while let Some((size, after)) = rest.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if n == 0 || after.len() < n {
-            break;
-        }
-        out.push_str(&after[..n]);
-        rest = after[n..].trim_start_matches("\r\n");
-    }
-    out
-}
+pub use kwb_testkit::prom::parse as parse_metrics;
 
-/// Prometheus text → map of "name{labels}" → value.
-pub fn parse_metrics(body: &str) -> HashMap<String, f64> {
-    body.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .filter_map(|l| {
-            let (k, v) = l.rsplit_once(' ')?;
-            Some((k.to_string(), v.parse().ok()?))
-        })
-        .collect()
-}
-
-pub type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+pub use kwb_testkit::ws::Ws;
 
 /// Connects and returns the socket with the hello frame already read.
 pub async fn connect(url: &str) -> (Ws, serde_json::Value) {
-    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+    let mut ws = kwb_testkit::ws::connect(url)
         .await
-        .unwrap_or_else(|e| panic!("connect {url}: {e}"));
+        .unwrap_or_else(|e| panic!("{e}"));
     let hello: serde_json::Value =
         match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
             Ok(Some(Ok(Message::Text(t)))) => serde_json::from_str(t.as_str()).expect("hello json"),
@@ -450,7 +339,7 @@ pub async fn collect(
 }
 
 pub async fn send_text(ws: &mut Ws, text: &str) {
-    ws.send(Message::Text(text.into())).await.expect("send");
+    kwb_testkit::ws::send_text(ws, text).await.expect("send");
 }
 
 pub fn write_artifact(name: &str, content: &str) -> PathBuf {

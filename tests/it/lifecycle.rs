@@ -2,13 +2,11 @@
 //! offsets, SIGTERM closes clients with 1001 and exits in under 5 s, a signal
 //! during start-up is honoured, and bad configuration names the setting.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use kafka_ws_bridge::{Generator, SynthConfig};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

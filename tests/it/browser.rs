@@ -12,8 +12,6 @@
 //! missing sequences, one behind it as duplicates, so the final check (every thread applied exactly
 //! 1..=last produced, in order) covers both page loads.
 
-mod common;
-
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -22,7 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use kafka_ws_bridge::{Generator, SynthConfig};
 use serde_json::{json, Value};
 
@@ -502,7 +500,7 @@ async fn the_live_page_resumes_without_loss_or_duplicates_across_a_bridge_kill_a
     // (b) SIGKILL the bridge while the page is open; restart it (same group, same port).
     let before = d.eval("window.__dashstream.appliedCount").await;
     bridge.signal("KILL");
-    let _ = bridge.child.wait();
+    let _ = bridge.proc.child.wait();
     lap(&format!("bridge killed after {before} applied"));
     d.wait(
         "the page noticing the kill",

@@ -3,13 +3,11 @@
 //! fail-closed durability across an outage and a restart, and the operator
 //! tools (`dlq inspect`, `dlq redrive`).
 
-mod common;
-
 use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use kafka_ws_bridge::encode_record;
 use kafka_ws_bridge::proto::dash_stream_message::Message;
 use kafka_ws_bridge::proto::{DashStreamMessage, Event, Header};

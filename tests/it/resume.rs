@@ -2,13 +2,11 @@
 //! clients: a client that reconnects receives every record exactly once in
 //! per-partition order, or is told exactly what it missed.
 
-mod common;
-
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use kafka_ws_bridge::{Generator, SynthConfig};
 use rand::Rng;
 
@@ -242,7 +240,7 @@ async fn resume_survives_a_sigkilled_bridge_and_works_on_a_second_instance() {
     // Let the Redis writer catch up, then kill the bridge without any shutdown.
     tokio::time::sleep(Duration::from_millis(700)).await;
     first.signal("KILL");
-    let _ = first.child.wait();
+    let _ = first.proc.child.wait();
     drop(ws);
     produce(&p, &topic, &recs[3000..6000]).await;
 

@@ -1,11 +1,9 @@
 //! What operators see: consumer lag from librdkafka statistics during a real
 //! catch-up, trace ids carried from `traceparent`, JSON logs, admin auth.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use kafka_ws_bridge::{Generator, SynthConfig};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

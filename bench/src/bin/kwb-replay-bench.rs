@@ -61,8 +61,7 @@ struct Args {
 /// How long storm clients have, from the first resume, to finish their replay.
 const STORM_DEADLINE_SECS: u64 = 120;
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+use kwb_testkit::ws::Ws;
 
 struct Bridge {
     child: Child,
@@ -77,31 +76,17 @@ impl Drop for Bridge {
 }
 
 fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    Ok(kwb_testkit::net::free_port()?)
 }
 
 async fn http_get(port: u16, path: &str) -> Result<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await?;
-    let text = String::from_utf8_lossy(&buf).to_string();
-    Ok(text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default())
+    Ok(kwb_testkit::http::get(port, path).await?.1)
 }
 
+/// The sum of every sample of `name` (0 when there is none).
 async fn metric(port: u16, name: &str) -> f64 {
     let body = http_get(port, "/metrics").await.unwrap_or_default();
-    body.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .sum()
+    kwb_testkit::prom::sum(&body, name, "").unwrap_or(0.0)
 }
 
 fn start_bridge(a: &Args, topic: &str, extra: &[(&str, &str)]) -> Result<Bridge> {
@@ -154,20 +139,8 @@ fn producer(brokers: &str) -> Result<ThreadedProducer<DefaultProducerContext>> {
         .create()?)
 }
 
-fn create_topic(a: &Args, name: &str, partitions: i32) -> Result<()> {
-    let st = Command::new("bash")
-        .args([
-            "scripts/create-topic.sh",
-            name,
-            &partitions.to_string(),
-            &a.brokers,
-        ])
-        .stdout(Stdio::null())
-        .status()?;
-    if !st.success() {
-        bail!("create-topic {name} failed");
-    }
-    Ok(())
+async fn create_topic(a: &Args, name: &str, partitions: i32) -> Result<()> {
+    kwb_testkit::kafka::create_topics(&a.brokers, &[(name, partitions)]).await
 }
 
 fn rss_kb(pid: u32) -> u64 {
@@ -182,9 +155,7 @@ fn rss_kb(pid: u32) -> u64 {
 }
 
 async fn connect(port: u16, query: &str) -> Result<Ws> {
-    let (ws, _) =
-        tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/ws{query}")).await?;
-    Ok(ws)
+    kwb_testkit::ws::connect(&format!("ws://127.0.0.1:{port}/ws{query}")).await
 }
 
 fn pct(v: &mut [f64], p: f64) -> f64 {
@@ -325,8 +296,8 @@ async fn main() -> Result<()> {
 
     // 1. One client replays N records.
     let topic = format!("replay-bench-{}", std::process::id());
-    create_topic(&a, &topic, 3)?;
-    create_topic(&a, &format!("{topic}-dlq"), 1)?;
+    create_topic(&a, &topic, 3).await?;
+    create_topic(&a, &format!("{topic}-dlq"), 1).await?;
     {
         let p = producer(&a.brokers)?;
         for r in Generator::new(SynthConfig {
@@ -444,8 +415,8 @@ async fn main() -> Result<()> {
     if a.parts.iter().any(|p| p == "stall") {
         // 3. Readers with and without one stalled client.
         let topic2 = format!("stall-bench-{}", std::process::id());
-        create_topic(&a, &topic2, 3)?;
-        create_topic(&a, &format!("{topic2}-dlq"), 1)?;
+        create_topic(&a, &topic2, 3).await?;
+        create_topic(&a, &format!("{topic2}-dlq"), 1).await?;
         let bridge = start_bridge(&a, &topic2, &[("WEBSOCKET_SEND_BUFFER_BYTES", "262144")])?;
         wait_ready(bridge.port).await?;
         let mut stall_phases = vec![];
