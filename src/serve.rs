@@ -16,11 +16,12 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::BridgeConfig;
 use crate::dlq::sink::{DlqHealth, DlqSink};
-use crate::http::admin::AdminAuth;
+use crate::http;
 use crate::http::admission::{self, Admission};
+use crate::http::auth::AdminAuth;
 use crate::http::backpressure::Utilisation;
 use crate::http::health::Health;
-use crate::http::{self, AppState};
+use crate::http::state::AppState;
 use crate::hub::Hub;
 use crate::ingest::consume;
 use crate::ingest::pipeline::{Pipeline, PipelineConfig};

@@ -3,73 +3,25 @@
 //! to loopback callers on a loopback bind); commands for the pipeline go to
 //! the consumer task, which owns it, and wait for its answer.
 
-use std::net::SocketAddr;
-
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 use tokio::sync::oneshot;
 
-use crate::http::{error, AppState};
+use crate::http::state::{error, AppState};
 use crate::ingest::consume::AdminCommand;
 use crate::ingest::halt::ReleaseError;
 
 /// Longest thread id accepted by the admin API.
 const MAX_THREAD_ID_BYTES: usize = 256;
 
-#[derive(Clone, Debug)]
-pub(crate) enum AdminAuth {
-    Token(String),
-    /// No token configured and bound to loopback: open to local callers.
-    LoopbackOnly,
-    /// No token configured on a non-loopback bind: admin is disabled.
-    Disabled,
-}
-
-impl AdminAuth {
-    pub(crate) fn new(token: Option<String>, listen: SocketAddr) -> Self {
-        match token {
-            Some(t) => AdminAuth::Token(t),
-            None if listen.ip().is_loopback() => AdminAuth::LoopbackOnly,
-            None => AdminAuth::Disabled,
-        }
-    }
-
-    fn check(&self, headers: &HeaderMap) -> Result<(), Box<Response>> {
-        match self {
-            AdminAuth::LoopbackOnly => Ok(()),
-            AdminAuth::Disabled => Err(Box::new(error(
-                StatusCode::FORBIDDEN,
-                "admin_disabled",
-                "admin endpoints are disabled on a non-loopback bind until ADMIN_TOKEN is set",
-            ))),
-            AdminAuth::Token(expected) => {
-                let given = headers
-                    .get(header::AUTHORIZATION)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.strip_prefix("Bearer "))
-                    .unwrap_or("");
-                if constant_time_eq(given.as_bytes(), expected.as_bytes()) {
-                    Ok(())
-                } else {
-                    Err(Box::new(error(
-                        StatusCode::UNAUTHORIZED,
-                        "unauthorized",
-                        "missing or wrong bearer token",
-                    )))
-                }
-            }
-        }
-    }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// Refuses the request unless `ADMIN_TOKEN` (or a loopback bind) allows it.
+fn authorize(app: &AppState, headers: &HeaderMap) -> Result<(), Box<Response>> {
+    app.admin
+        .check(headers)
+        .map_err(|r| Box::new(error(r.status, r.code, r.message)))
 }
 
 /// Asks the consumer task (which owns the pipeline) and waits for its answer.
@@ -95,7 +47,7 @@ async fn ask<T>(
 }
 
 pub(crate) async fn rate_limits(State(app): State<AppState>, headers: HeaderMap) -> Response {
-    if let Err(r) = app.admin.check(&headers) {
+    if let Err(r) = authorize(&app, &headers) {
         return *r;
     }
     match ask(&app, |reply| AdminCommand::RateLimits { reply }).await {
@@ -110,7 +62,7 @@ pub(crate) async fn set_rate_limit(
     Path(tenant): Path<String>,
     body: Result<Json<crate::ingest::ratelimit::Rate>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    if let Err(r) = app.admin.check(&headers) {
+    if let Err(r) = authorize(&app, &headers) {
         return *r;
     }
     let Ok(Json(rate)) = body else {
@@ -131,7 +83,7 @@ pub(crate) async fn clear_rate_limit(
     headers: HeaderMap,
     Path(tenant): Path<String>,
 ) -> Response {
-    if let Err(r) = app.admin.check(&headers) {
+    if let Err(r) = authorize(&app, &headers) {
         return *r;
     }
     change_rate_limit(&app, tenant, None).await
@@ -162,7 +114,7 @@ async fn change_rate_limit(
 }
 
 pub(crate) async fn reset_breaker(State(app): State<AppState>, headers: HeaderMap) -> Response {
-    if let Err(r) = app.admin.check(&headers) {
+    if let Err(r) = authorize(&app, &headers) {
         return *r;
     }
     let before = app.admission.reset_breaker();
@@ -170,7 +122,7 @@ pub(crate) async fn reset_breaker(State(app): State<AppState>, headers: HeaderMa
 }
 
 pub(crate) async fn halted(State(app): State<AppState>, headers: HeaderMap) -> Response {
-    if let Err(r) = app.admin.check(&headers) {
+    if let Err(r) = authorize(&app, &headers) {
         return *r;
     }
     Json(json!({"halted_threads": app.health.halted()})).into_response()
@@ -181,7 +133,7 @@ pub(crate) async fn release_thread(
     headers: HeaderMap,
     Path(thread_id): Path<String>,
 ) -> Response {
-    if let Err(r) = app.admin.check(&headers) {
+    if let Err(r) = authorize(&app, &headers) {
         return *r;
     }
     if thread_id.is_empty() || thread_id.len() > MAX_THREAD_ID_BYTES {

@@ -10,50 +10,21 @@ pub(crate) mod auth;
 pub(crate) mod backpressure;
 pub(crate) mod config;
 pub(crate) mod health;
+pub(crate) mod state;
 pub(crate) mod web;
 pub(crate) mod ws;
-
-use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
-use tokio::sync::mpsc;
-use tokio_util::task::TaskTracker;
 
-use crate::http::admin::AdminAuth;
-use crate::http::admission::Admission;
-use crate::http::auth::AuthConfig;
-use crate::http::health::Health;
-use crate::ingest::consume::AdminCommand;
-use crate::session::SessionContext;
+use crate::http::state::AppState;
 
 #[cfg(test)]
 mod tests;
-
-#[derive(Clone)]
-pub(crate) struct AppState {
-    pub(crate) health: Arc<Health>,
-    pub(crate) sessions: Arc<SessionContext>,
-    pub(crate) tracker: TaskTracker,
-    pub(crate) metrics: PrometheusHandle,
-    pub(crate) admin_tx: mpsc::Sender<AdminCommand>,
-    pub(crate) admin: AdminAuth,
-    pub(crate) admission: Arc<Admission>,
-    pub(crate) auth: Arc<AuthConfig>,
-    pub(crate) max_incoming_bytes: usize,
-    pub(crate) max_filter_values: usize,
-    pub(crate) group_id: String,
-}
-
-/// A refusal: the status and a JSON body `{"error": code, "message": …}`.
-pub(crate) fn error(status: StatusCode, code: &str, message: &str) -> Response {
-    (status, Json(json!({"error": code, "message": message}))).into_response()
-}
 
 pub(crate) fn router(state: AppState) -> Router {
     Router::new()

@@ -15,11 +15,12 @@ use tokio_tungstenite::tungstenite::{self, protocol::frame::coding::CloseCode};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::admin::AdminAuth;
 use super::admission::Admission;
+use super::auth::AdminAuth;
 use super::backpressure::Utilisation;
 use super::health::Health;
-use super::{router, AppState};
+use super::router;
+use super::state::AppState;
 use crate::config::ServeArgs;
 use crate::dlq::sink::DlqHealth;
 use crate::hub::Hub;

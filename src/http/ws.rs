@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 use crate::http::admission::Refusal;
 use crate::http::auth;
-use crate::http::{error, AppState};
+use crate::http::state::{error, AppState};
 use crate::hub::{Filter, Format};
 use crate::replay::ResumeFrom;
 use crate::session::{self, socket};

@@ -60,8 +60,12 @@ where
 
     /// Writes and flushes one message.
     pub(crate) async fn send(&mut self, msg: Message) -> Result<(), Gone> {
-        let (limit, slow) = (self.write_timeout, self.slow_disconnects.clone());
-        bounded(limit, &slow, self.tx.send(msg)).await
+        bounded(
+            self.write_timeout,
+            &self.slow_disconnects,
+            self.tx.send(msg),
+        )
+        .await
     }
 
     /// Writes one text message and flushes.
@@ -71,14 +75,17 @@ where
 
     /// Buffers one message (written out when the buffer fills or on [`Socket::flush`]).
     pub(crate) async fn feed(&mut self, msg: Message) -> Result<(), Gone> {
-        let (limit, slow) = (self.write_timeout, self.slow_disconnects.clone());
-        bounded(limit, &slow, self.tx.feed(msg)).await
+        bounded(
+            self.write_timeout,
+            &self.slow_disconnects,
+            self.tx.feed(msg),
+        )
+        .await
     }
 
     /// Writes out what [`Socket::feed`] buffered.
     pub(crate) async fn flush(&mut self) -> Result<(), Gone> {
-        let (limit, slow) = (self.write_timeout, self.slow_disconnects.clone());
-        bounded(limit, &slow, self.tx.flush()).await
+        bounded(self.write_timeout, &self.slow_disconnects, self.tx.flush()).await
     }
 
     /// Sends a close frame, waiting at most 500 ms for it to go out.
