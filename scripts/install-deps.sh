@@ -7,7 +7,7 @@
 #   * Debian packages: the C build prerequisites of librdkafka (gcc, make, pkg-config, zlib1g-dev,
 #     libssl-dev), redis-server (redis-server, redis-cli), prometheus (promtool),
 #     prometheus-alertmanager (amtool), jq, curl; with --with-browser also chromium and chromium-driver.
-#   * with --with-browser: the npm packages of package.json (playwright-core, for tests/browser.rs) with
+#   * with --with-browser: the npm packages of package.json (playwright-core, for tests/it/browser.rs) with
 #     `npm ci` into ./node_modules; no browser is downloaded (tests drive the Debian chromium).
 # Only missing pieces are installed; a second run does nothing but verify. Needs root (or sudo) for apt.
 #

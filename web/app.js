@@ -9,7 +9,7 @@
 // (getAppState below) in one write, so after a reload the page rebuilds exactly the state that matches
 // the cursor it resumes from (see the ordering note in client.js).
 //
-// TEST HOOK — window.__dashstream (read by tests/browser.rs through tests/browser/driver.mjs; not an API):
+// TEST HOOK — window.__dashstream (read by tests/it/browser.rs through tests/browser/driver.mjs; not an API):
 //   applied          {thread: [sequence, ...]} every sequence this page applied, in order, across
 //                    reloads (rebuilt from the persisted checkpoint; stored as runs, see `runs`)
 //   runs             {thread: [[first, last], ...]} the same, run-length encoded (consecutive +1 runs)
