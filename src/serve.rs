@@ -148,36 +148,15 @@ pub(crate) async fn run(
             write_timeout: cfg.slow_clients.write_timeout,
         },
     ));
-    {
-        let (hub, dlq, redis) = (hub.clone(), dlq.clone(), redis.clone());
-        let (max_conn, dlq_max, redis_cap) = (
-            cfg.http.admission.max_connections,
-            cfg.dlq.max_in_flight,
-            cfg.replay.redis_queue,
-        );
-        admission::spawn_monitor(
-            admission.clone(),
-            move || {
-                let (used, cap) = hub.queue_fill();
-                let dlq_u = dlq.in_flight() as f64 / dlq_max as f64;
-                let redis_u = redis
-                    .as_ref()
-                    .map_or(0.0, |r| r.queue_len() as f64 / redis_cap as f64);
-                Utilisation {
-                    connections: hub.connected() as f64 / max_conn as f64,
-                    client_queues: if cap == 0 {
-                        0.0
-                    } else {
-                        used as f64 / cap as f64
-                    },
-                    pipeline_queues: dlq_u.max(redis_u),
-                    memory: 0.0,
-                }
-            },
-            shutdown.clone(),
-        );
-    }
-    let (admin_tx, admin_rx) = mpsc::channel(16);
+    spawn_admission_monitor(
+        &cfg,
+        admission.clone(),
+        hub.clone(),
+        dlq.clone(),
+        redis.clone(),
+        shutdown.clone(),
+    );
+    let (admin_tx, admin_rx) = mpsc::channel(ADMIN_QUEUE);
     let state = AppState {
         health,
         sessions,
@@ -192,24 +171,7 @@ pub(crate) async fn run(
         group_id: cfg.ingest.group_id.clone(),
     };
     let app = http::router(state);
-    let http_shutdown = shutdown.clone();
-    let send_buffer = cfg.http.send_buffer;
-    let server = tokio::spawn(async move {
-        use axum::serve::ListenerExt;
-        let listener = listener.tap_io(move |tcp| {
-            // Loopback and LAN peers get small writes out at once.
-            let _ = tcp.set_nodelay(true);
-            if let Some(bytes) = send_buffer {
-                let _ = socket2::SockRef::from(&*tcp).set_send_buffer_size(bytes);
-            }
-        });
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
-        .await
-    });
+    let server = spawn_http_server(listener, app, cfg.http.send_buffer, shutdown.clone());
 
     let pipeline = Pipeline::new(
         PipelineConfig {
@@ -264,6 +226,72 @@ pub(crate) async fn run(
     metrics::histogram!(telemetry::SHUTDOWN_DURATION).record(took.as_secs_f64());
     tracing::info!(shutdown_ms = took.as_millis() as u64, "stopped");
     Ok(())
+}
+
+/// Operator commands waiting for the consumer task, at most.
+const ADMIN_QUEUE: usize = 16;
+
+/// Samples utilisation every 500 ms for the backpressure level and the breaker.
+fn spawn_admission_monitor(
+    cfg: &BridgeConfig,
+    admission: Arc<Admission>,
+    hub: Arc<Hub>,
+    dlq: Arc<DlqSink>,
+    redis: Option<Arc<RedisTier>>,
+    shutdown: CancellationToken,
+) {
+    let (max_conn, dlq_max, redis_cap) = (
+        cfg.http.admission.max_connections,
+        cfg.dlq.max_in_flight,
+        cfg.replay.redis_queue,
+    );
+    admission::spawn_monitor(
+        admission,
+        move || {
+            let (used, cap) = hub.queue_fill();
+            let dlq_u = dlq.in_flight() as f64 / dlq_max as f64;
+            let redis_u = redis
+                .as_ref()
+                .map_or(0.0, |r| r.queue_len() as f64 / redis_cap as f64);
+            Utilisation {
+                connections: hub.connected() as f64 / max_conn as f64,
+                client_queues: if cap == 0 {
+                    0.0
+                } else {
+                    used as f64 / cap as f64
+                },
+                pipeline_queues: dlq_u.max(redis_u),
+                memory: 0.0,
+            }
+        },
+        shutdown,
+    );
+}
+
+/// Serves `app` on `listener` until `shutdown`; every accepted socket gets
+/// `TCP_NODELAY` and, if set, `WEBSOCKET_SEND_BUFFER_BYTES`.
+fn spawn_http_server(
+    listener: TcpListener,
+    app: axum::Router,
+    send_buffer: Option<usize>,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<std::io::Result<()>> {
+    tokio::spawn(async move {
+        use axum::serve::ListenerExt;
+        let listener = listener.tap_io(move |tcp| {
+            // Loopback and LAN peers get small writes out at once.
+            let _ = tcp.set_nodelay(true);
+            if let Some(bytes) = send_buffer {
+                let _ = socket2::SockRef::from(&*tcp).set_send_buffer_size(bytes);
+            }
+        });
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+    })
 }
 
 /// `{topic}.{cluster id}`, or `{topic}.b{hash of the sorted broker list}` when
