@@ -273,6 +273,7 @@ impl Tiers for FakeTiers {
 struct Recorder {
     frames: Vec<(i32, i64)>,
     gaps: Vec<(i32, i64, i64)>,
+    reasons: Vec<String>,
 }
 
 impl ReplayOut for Recorder {
@@ -286,6 +287,8 @@ impl ReplayOut for Recorder {
         if v["type"] == "gap" {
             let n = |k: &str| v[k].as_i64().unwrap();
             self.gaps.push((n("partition") as i32, n("from"), n("to")));
+            self.reasons
+                .push(v["reason"].as_str().unwrap_or("").to_string());
         }
         Ok(())
     }
@@ -296,6 +299,12 @@ impl ReplayOut for Recorder {
 }
 
 fn run_case(case: Case) -> Result<(), TestCaseError> {
+    let (tiers, out) = replay_case(case.clone())?;
+    check(&case, &tiers, &out)
+}
+
+/// Runs one resume of `case`; the tiers it read and what the client received.
+fn replay_case(case: Case) -> Result<(FakeTiers, Recorder), TestCaseError> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
@@ -380,7 +389,7 @@ fn run_case(case: Case) -> Result<(), TestCaseError> {
                 }
             }
         }
-        check(&case, &rc.tiers, &out)
+        Ok((rc.tiers, out))
     })
 }
 
@@ -467,6 +476,47 @@ fn check(case: &Case, tiers: &FakeTiers, out: &Recorder) -> Result<(), TestCaseE
         }
     }
     Ok(())
+}
+
+/// One partition of 30 records, the ring holding the last 10, a client at offset 4.
+fn resume_at_4(redis_up: bool, kafka_on: bool, retained_from: usize) -> Case {
+    Case {
+        parts: vec![PartitionCase {
+            initial: vec![true; 30],
+            live: 0,
+            in_hub: true,
+            watermark: false,
+            redis: (12..20).map(|o| (o, RedisEntry::Present)).collect(),
+            retained_from,
+            cursor: Some(4),
+        }],
+        ring: 10,
+        page: 4,
+        redis_up,
+        kafka_on,
+        kafka_up: true,
+        earliest: false,
+    }
+}
+
+#[test]
+fn each_tier_fills_its_part_and_gaps_say_why() {
+    // Kafka from 8: 5..=7 are past retention; 8..=11 from Kafka, 12..=19 from Redis, 20.. from memory.
+    let (_, out) = replay_case(resume_at_4(true, true, 8)).unwrap();
+    assert_eq!(out.gaps, vec![(0, 5, 7)]);
+    assert_eq!(out.reasons, vec!["kafka_retention"]);
+    let got: Vec<i64> = out.frames.iter().map(|(_, o)| *o).collect();
+    assert_eq!(got, (8..30).collect::<Vec<_>>());
+    // Without Kafka, what Redis lacks is one exact gap, not in the replay buffer.
+    let (_, out) = replay_case(resume_at_4(true, false, 0)).unwrap();
+    assert_eq!(out.gaps, vec![(0, 5, 11)]);
+    assert_eq!(out.reasons, vec!["not_in_replay_buffer"]);
+    // Redis down and no Kafka: the whole lower range, and the reason names Redis.
+    let (_, out) = replay_case(resume_at_4(false, false, 0)).unwrap();
+    assert_eq!(out.gaps, vec![(0, 5, 19)]);
+    assert_eq!(out.reasons, vec!["redis_unavailable"]);
+    let got: Vec<i64> = out.frames.iter().map(|(_, o)| *o).collect();
+    assert_eq!(got, (20..30).collect::<Vec<_>>());
 }
 
 proptest! {
