@@ -58,6 +58,7 @@ use tokio_util::sync::CancellationToken;
 
 mod bridge;
 mod clients;
+mod idle;
 mod ingest;
 mod kafka;
 mod latency;
@@ -65,6 +66,7 @@ mod report;
 
 use bridge::*;
 use clients::*;
+use idle::*;
 use ingest::*;
 use kafka::*;
 use latency::*;
@@ -117,6 +119,9 @@ pub(crate) struct Args {
     /// Directory for the bridge logs (default: a new one under the temp dir).
     #[arg(long)]
     pub(crate) log_dir: Option<PathBuf>,
+    /// Idle WebSocket connections for the memory-per-connection phase (0: skip it).
+    #[arg(long, default_value_t = 1000)]
+    pub(crate) idle_connections: usize,
     /// Give up on a phase when no record arrives for this many seconds.
     #[arg(long, default_value_t = 30)]
     pub(crate) stall_secs: u64,
@@ -175,10 +180,32 @@ async fn main() -> Result<()> {
     create_topic(&ctx.args.brokers, &latency_topic, ctx.args.partitions).await?;
     let latency = latency_run(&ctx, &latency_topic).await?;
 
-    print_report(&ctx, &produced, &ceiling, &ingest, &latency);
+    let idle = if ctx.args.idle_connections > 0 {
+        let idle_topic = format!("kwb-bench-{run_id}-idle");
+        create_topic(&ctx.args.brokers, &idle_topic, ctx.args.partitions).await?;
+        let r = idle_run(&ctx, &idle_topic, ctx.args.idle_connections).await?;
+        progress(format!(
+            "idle: {} connections, {:.0} B of resident memory each",
+            r.connections,
+            r.per_connection_bytes()
+        ));
+        Some(r)
+    } else {
+        None
+    };
+
+    print_report(&ctx, &produced, &ceiling, &ingest, &latency, idle.as_ref());
     println!(
         "{}",
-        report_json(&ctx, &topic, &produced, &ceiling, &ingest, &latency)
+        report_json(
+            &ctx,
+            &topic,
+            &produced,
+            &ceiling,
+            &ingest,
+            &latency,
+            idle.as_ref()
+        )
     );
     Ok(())
 }

@@ -12,6 +12,26 @@ pub(crate) fn print_report(
     ceiling: &Ceiling,
     ingest: &[Ingest],
     lat: &Latency,
+    idle: Option<&Idle>,
+) {
+    print_tables(ctx, produced, ceiling, ingest, lat);
+    if let Some(i) = idle {
+        println!(
+            "\nidle connections: {} clients, bridge RSS {} KiB -> {} KiB: {:.0} B per connection",
+            i.connections,
+            i.rss_before_kb,
+            i.rss_after_kb,
+            i.per_connection_bytes()
+        );
+    }
+}
+
+fn print_tables(
+    ctx: &Ctx,
+    produced: &Produced,
+    ceiling: &Ceiling,
+    ingest: &[Ingest],
+    lat: &Latency,
 ) {
     let a = &ctx.args;
     println!();
@@ -171,6 +191,7 @@ pub(crate) fn report_json(
     ceiling: &Ceiling,
     ingest: &[Ingest],
     lat: &Latency,
+    idle: Option<&Idle>,
 ) -> Value {
     let a = &ctx.args;
     let ingest: Vec<Value> = ingest
@@ -213,6 +234,7 @@ pub(crate) fn report_json(
             "cpu": ceiling.cpu.json(),
         },
         "ingest": ingest,
+        "idle": idle.map(Idle::json),
         "latency": {
             "rate": lat.rate,
             "secs": lat.secs,
