@@ -192,7 +192,9 @@ pub(crate) async fn run(
             drop(early);
             let started = std::time::Instant::now();
             let replayed = tokio::select! {
-                r = driver::replay(&ctx.replay, &mut tx, filter, from, &mut sent) => r,
+                // Boxed: the replay's state lives on the heap only while it runs,
+                // not in every session's future.
+                r = Box::pin(driver::replay(&ctx.replay, &mut tx, filter, from, &mut sent)) => r,
                 _ = ctx.shutdown.cancelled() => Err(Gone),
             };
             if ctx.shutdown.is_cancelled() {
