@@ -66,3 +66,15 @@ impl Drop for Logged {
         let _ = self.child.wait();
     }
 }
+
+/// Resident memory (VmRSS) of `pid`, in KiB; 0 when unreadable.
+pub fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}

@@ -143,16 +143,7 @@ async fn create_topic(a: &Args, name: &str, partitions: i32) -> Result<()> {
     kwb_testkit::kafka::create_topics(&a.brokers, &[(name, partitions)]).await
 }
 
-fn rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
+use kwb_testkit::process::rss_kb;
 
 async fn connect(port: u16, query: &str) -> Result<Ws> {
     kwb_testkit::ws::connect(&format!("ws://127.0.0.1:{port}/ws{query}")).await

@@ -28,17 +28,7 @@ impl Idle {
     }
 }
 
-/// VmRSS of `pid`, in KiB (0 when unreadable).
-fn rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
+use kwb_testkit::process::rss_kb;
 
 /// Connects `n` idle clients (in waves of 100) to a bridge on the empty `topic`.
 pub(crate) async fn idle_run(ctx: &Ctx, topic: &str, n: usize) -> Result<Idle> {
