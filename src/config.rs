@@ -11,7 +11,7 @@ use crate::dlq::config::DlqArgs;
 use crate::dlq::sink::DlqConfig;
 use crate::http::config::{HttpArgs, HttpConfig};
 use crate::hub::config::HubArgs;
-use crate::hub::QueueLimits;
+use crate::hub::DeliveryLimits;
 use crate::ingest::config::{IngestArgs, IngestConfig};
 use crate::replay::config::{ReplayArgs, ReplayConfig};
 use crate::session::config::{SessionArgs, SlowClientLimits};
@@ -51,7 +51,9 @@ pub(crate) struct BridgeConfig {
     pub(crate) topic: String,
     pub(crate) ingest: IngestConfig,
     pub(crate) http: HttpConfig,
-    pub(crate) queue: QueueLimits,
+    pub(crate) delivery: DeliveryLimits,
+    /// Settings given that no longer have an effect (warned about at start-up).
+    pub(crate) ignored: Vec<&'static str>,
     pub(crate) slow_clients: SlowClientLimits,
     pub(crate) replay: ReplayConfig,
     pub(crate) dlq: DlqConfig,
@@ -62,7 +64,7 @@ pub(crate) struct BridgeConfig {
 impl ServeArgs {
     pub(crate) fn validate(&self) -> Result<BridgeConfig, ConfigError> {
         let ingest = self.ingest.validate(&self.kafka)?;
-        let queue = self.hub.validate()?;
+        let delivery = self.hub.validate()?;
         let http = self.http.validate()?;
         positive("SHUTDOWN_TIMEOUT_SECS", self.shutdown_timeout_secs)?;
         if let Some(ns) = &self.resume_namespace {
@@ -82,7 +84,8 @@ impl ServeArgs {
             topic: self.kafka.kafka_topic.clone(),
             ingest,
             http,
-            queue,
+            delivery,
+            ignored: self.hub.ignored(),
             slow_clients,
             replay,
             dlq,

@@ -30,7 +30,7 @@ pub use record::frame::{envelope_to_json, parse_envelope, Cursor, Envelope, Enve
 
 /// Metric names the benchmarks read from `/metrics` (the catalog is `telemetry`).
 pub mod metric_names {
-    pub use crate::telemetry::{DROPPED_MESSAGES, DROP_CLIENT_QUEUE_FULL, FRAMES_SENT};
+    pub use crate::telemetry::{DROPPED_MESSAGES, DROP_LAGGED_RECEIVER, FRAMES_SENT};
 }
 
 /// Generated DashStream v1 types (prost) with proto3-JSON serde impls (pbjson).

@@ -62,7 +62,13 @@ pub(crate) async fn run(
         DlqSink::new(&cfg.dlq, dlq_health.clone())
             .context("creating the DLQ producer (check KAFKA_DLQ_BROKERS and KAFKA_PROPERTIES)")?,
     );
-    let hub = Hub::new(cfg.queue.clone(), cfg.replay.memory);
+    for name in &cfg.ignored {
+        tracing::warn!(
+            setting = name,
+            "{name} has no effect: sessions read the shared log with their own cursors (no per-client queue)"
+        );
+    }
+    let hub = Hub::new(cfg.delivery.clone(), cfg.replay.memory);
     let admission = Admission::new(cfg.http.admission.clone());
     let watermarks: Watermarks = Default::default();
 
@@ -144,7 +150,6 @@ pub(crate) async fn run(
             resume_grace: cfg.replay.resume_grace,
             max_resume_partitions: MAX_RESUME_PARTITIONS,
             slow_client_disconnect: cfg.slow_clients.slow_client_disconnect,
-            queue_frames: cfg.queue.frames,
             write_timeout: cfg.slow_clients.write_timeout,
         },
     ));
@@ -196,6 +201,7 @@ pub(crate) async fn run(
     // DLQ flush and offset commit get part of the shutdown budget; closing clients the rest.
     let stop_started = consume::run(consume::Runner {
         consumer,
+        hub: hub.clone(),
         pipeline,
         rebalance_rx,
         admin_rx,
@@ -245,21 +251,19 @@ fn spawn_admission_monitor(
         cfg.dlq.max_in_flight,
         cfg.replay.redis_queue,
     );
+    let adm = admission.clone();
     admission::spawn_monitor(
         admission,
         move || {
-            let (used, cap) = hub.queue_fill();
+            // Priority shedding happens only at CRITICAL (seed 000/003).
+            hub.set_shedding(crate::http::backpressure::category(adm.level()) >= 3);
             let dlq_u = dlq.in_flight() as f64 / dlq_max as f64;
             let redis_u = redis
                 .as_ref()
                 .map_or(0.0, |r| r.queue_len() as f64 / redis_cap as f64);
             Utilisation {
                 connections: hub.connected() as f64 / max_conn as f64,
-                client_queues: if cap == 0 {
-                    0.0
-                } else {
-                    used as f64 / cap as f64
-                },
+                client_queues: hub.catch_up_share(),
                 pipeline_queues: dlq_u.max(redis_u),
                 memory: 0.0,
             }

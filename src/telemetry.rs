@@ -56,12 +56,11 @@ pub(crate) const BACKPRESSURE_LEVEL: &str = "websocket_backpressure_level";
 pub(crate) const BACKPRESSURE_CATEGORY: &str = "websocket_backpressure_category";
 pub(crate) const BREAKER_STATE: &str = "websocket_circuit_breaker_state";
 pub(crate) const BREAKER_TRANSITIONS: &str = "websocket_circuit_breaker_transitions_total";
-pub(crate) const CLIENT_QUEUE_MAX_FRAMES: &str = "websocket_client_queue_max_frames";
-pub(crate) const CLIENT_QUEUE_MAX_BYTES: &str = "websocket_client_queue_max_bytes";
 pub(crate) const CLIENT_QUEUE_AGE: &str = "websocket_client_queue_age_seconds";
 pub(crate) const SLOW_CLIENT_DISCONNECTS: &str = "websocket_slow_client_disconnects_total";
 pub(crate) const KAFKA_CONNECTED: &str = "websocket_kafka_connected";
 pub(crate) const CONSUMER_PAUSED: &str = "websocket_consumer_paused";
+pub(crate) const INGEST_WAITING_FOR_READERS: &str = "websocket_ingest_waiting_for_readers";
 pub(crate) const RATE_LIMIT_EXCEEDED: &str = "dashstream_rate_limit_exceeded_total";
 pub(crate) const SHUTDOWN_DURATION: &str = "app_shutdown_duration_seconds";
 pub(crate) const PROCESS_RSS: &str = "process_resident_memory_bytes";
@@ -86,9 +85,12 @@ pub(crate) const DECODE_ERROR_TYPES: &[&str] = &[
 ];
 
 /// Reasons for `websocket_dropped_messages_total{reason}`.
-/// A client's queue was full (the name operators' alerts use: a lagging receiver).
-pub const DROP_CLIENT_QUEUE_FULL: &str = "lagged_receiver";
+/// A client fell behind every replay tier: offsets it never received, each
+/// range reported to it as a `gap` frame (the name operators' alerts use).
+pub const DROP_LAGGED_RECEIVER: &str = "lagged_receiver";
 pub(crate) const DROP_HALT_BUFFER_FULL: &str = "halt_buffer_full";
+/// Low-priority frames a session skipped at CRITICAL backpressure.
+pub(crate) const DROP_BACKPRESSURE_SHED: &str = "backpressure_shed";
 
 /// E2E latency buckets in milliseconds: resolve 1 ms, reach 60 s.
 pub(crate) const E2E_BUCKETS_MS: &[f64] = &[
@@ -180,13 +182,17 @@ fn describe_all() {
         "WebSocket connections accepted since start."
     );
     describe_counter!(FRAMES_SENT, "Data frames written to WebSocket clients.");
+    describe_gauge!(
+        INGEST_WAITING_FOR_READERS,
+        "1 while ingest waits for a reading client that would otherwise fall out of the memory log (Kafka buffers meanwhile)."
+    );
     describe_counter!(
         DROPPED_MESSAGES,
         "Records not delivered to a client, by reason."
     );
     describe_counter!(
         CLIENT_LAG_MESSAGES,
-        "Frames a client missed because it fell behind (its queue was full)."
+        "Records clients read back from Redis or Kafka because they fell behind the memory log (catch-up)."
     );
     describe_counter!(
         CLIENT_PROTOCOL_ERRORS,
@@ -222,18 +228,10 @@ fn describe_all() {
         "Records held back from clients because their thread is halted."
     );
     describe_gauge!(BUILD_INFO, "Always 1; labels carry the version.");
-    describe_gauge!(
-        CLIENT_QUEUE_MAX_FRAMES,
-        "Configured WEBSOCKET_CLIENT_QUEUE_FRAMES."
-    );
-    describe_gauge!(
-        CLIENT_QUEUE_MAX_BYTES,
-        "Configured WEBSOCKET_CLIENT_QUEUE_BYTES."
-    );
     describe_histogram!(
         CLIENT_QUEUE_AGE,
         Unit::Seconds,
-        "Time a frame waited in a client's queue (sampled, 1 in 16)."
+        "Time from a record's append to the memory log to its write to a client (one frame in 16 sampled)."
     );
     describe_counter!(
         SLOW_CLIENT_DISCONNECTS,
@@ -406,7 +404,8 @@ impl PipelineMetrics {
         metrics::gauge!(REPLAY_REDIS_QUEUE).set(0.0);
         metrics::gauge!(REPLAY_ACTIVE).set(0.0);
         metrics::gauge!(REPLAY_WAITING).set(0.0);
-        metrics::counter!(DROPPED_MESSAGES, "reason" => DROP_CLIENT_QUEUE_FULL).increment(0);
+        metrics::counter!(DROPPED_MESSAGES, "reason" => DROP_LAGGED_RECEIVER).increment(0);
+        metrics::counter!(DROPPED_MESSAGES, "reason" => DROP_BACKPRESSURE_SHED).increment(0);
         metrics::counter!(CLIENT_LAG_MESSAGES).increment(0);
         metrics::counter!(SLOW_CLIENT_DISCONNECTS).increment(0);
         metrics::gauge!(KAFKA_CONNECTED).set(0.0);

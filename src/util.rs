@@ -22,6 +22,14 @@ pub(crate) fn unix_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// Microseconds since the Unix epoch (0 if the clock is before it).
+pub(crate) fn unix_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

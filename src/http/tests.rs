@@ -64,7 +64,7 @@ async fn start(flags: &[&str]) -> Harness {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let shutdown = CancellationToken::new();
-    let hub = Hub::new(cfg.queue.clone(), cfg.replay.memory);
+    let hub = Hub::new(cfg.delivery.clone(), cfg.replay.memory);
     let admission = Admission::new(cfg.http.admission.clone());
     let ingest = Arc::new(IngestStatus::default());
     let replay = ReplayContext {
@@ -88,7 +88,6 @@ async fn start(flags: &[&str]) -> Harness {
             resume_grace: cfg.replay.resume_grace,
             max_resume_partitions: 1024,
             slow_client_disconnect: cfg.slow_clients.slow_client_disconnect,
-            queue_frames: cfg.queue.frames,
             write_timeout: cfg.slow_clients.write_timeout,
         },
     ));

@@ -1,40 +1,50 @@
-//! The hub's settings: each client's queue bounds and the priority of
-//! message types for slow clients.
+//! The hub's settings: the priority of message types (used only at CRITICAL
+//! backpressure), how long ingest waits for a reader that stopped reading,
+//! and the per-client queue settings that the log replaced.
+
+use std::time::Duration;
 
 use clap::Args;
 
-use crate::hub::{PriorityTable, QueueLimits};
+use crate::hub::{DeliveryLimits, PriorityTable};
 use crate::settings::{positive, ConfigError};
 
 #[derive(Args, Clone, Debug)]
 pub(crate) struct HubArgs {
-    /// Frames queued per client before the client is considered behind.
-    #[arg(long, env = "WEBSOCKET_CLIENT_QUEUE_FRAMES", default_value_t = 4096)]
-    pub(crate) websocket_client_queue_frames: usize,
-    /// Bytes queued per client at most (with WEBSOCKET_CLIENT_QUEUE_FRAMES).
-    #[arg(long, env = "WEBSOCKET_CLIENT_QUEUE_BYTES", default_value_t = 16 * 1_048_576)]
-    pub(crate) websocket_client_queue_bytes: usize,
-    /// Priority of message types for slow clients, e.g. `token_chunk=low,error=high`.
+    /// No effect: sessions read the shared log with their own cursor; there is no per-client queue.
+    #[arg(long, env = "WEBSOCKET_CLIENT_QUEUE_FRAMES", hide = true)]
+    pub(crate) websocket_client_queue_frames: Option<usize>,
+    /// No effect (see WEBSOCKET_CLIENT_QUEUE_FRAMES).
+    #[arg(long, env = "WEBSOCKET_CLIENT_QUEUE_BYTES", hide = true)]
+    pub(crate) websocket_client_queue_bytes: Option<usize>,
+    /// Ingest waits for a client about to fall out of the memory log only while that client made progress within this time; one that stopped reading is left behind (it catches up from Redis or Kafka, or is disconnected).
+    #[arg(long, env = "WEBSOCKET_READER_STALL_MS", default_value_t = 1000)]
+    pub(crate) websocket_reader_stall_ms: u64,
+    /// Priority of message types, shed at CRITICAL backpressure, e.g. `token_chunk=low,error=high`.
     #[arg(long, env = "MESSAGE_PRIORITIES", default_value = "")]
     pub(crate) message_priorities: String,
 }
 
 impl HubArgs {
-    pub(crate) fn validate(&self) -> Result<QueueLimits, ConfigError> {
-        positive(
-            "WEBSOCKET_CLIENT_QUEUE_FRAMES",
-            self.websocket_client_queue_frames as u64,
-        )?;
-        positive(
-            "WEBSOCKET_CLIENT_QUEUE_BYTES",
-            self.websocket_client_queue_bytes as u64,
-        )?;
+    pub(crate) fn validate(&self) -> Result<DeliveryLimits, ConfigError> {
+        positive("WEBSOCKET_READER_STALL_MS", self.websocket_reader_stall_ms)?;
         let priorities = PriorityTable::parse(&self.message_priorities)
             .map_err(|e| ConfigError::new("MESSAGE_PRIORITIES", e))?;
-        Ok(QueueLimits {
-            frames: self.websocket_client_queue_frames,
-            bytes: self.websocket_client_queue_bytes,
+        Ok(DeliveryLimits {
             priorities,
+            reader_stall: Duration::from_millis(self.websocket_reader_stall_ms),
         })
+    }
+
+    /// Settings that are accepted but no longer do anything, for a start-up warning.
+    pub(crate) fn ignored(&self) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        if self.websocket_client_queue_frames.is_some() {
+            v.push("WEBSOCKET_CLIENT_QUEUE_FRAMES");
+        }
+        if self.websocket_client_queue_bytes.is_some() {
+            v.push("WEBSOCKET_CLIENT_QUEUE_BYTES");
+        }
+        v
     }
 }

@@ -1,32 +1,29 @@
-//! Fan-out stage: delivers each [`Frame`] to every connected client whose
-//! filter matches, through a bounded queue per client.
+//! Fan-out stage: the log every session reads, and what sessions share.
 //!
-//! The pipeline calls [`Hub::publish`] synchronously: for each client it is one
-//! filter check and one non-blocking `try_send` of a shared `Arc<Frame>`. A
-//! client whose queue is full loses that frame (counted, and the client is
-//! told with a `lagged` notice); neither the consumer nor other clients wait.
-//! The client list lock is held only for that loop, never across an await.
+//! Ingest appends each record once to its partition's [`log::Log`]
+//! ([`Hub::publish`], [`Hub::skip`]): O(1) in the number of clients. Each
+//! session reads forward from the log with its own cursor per partition
+//! (`session::cursors`), filtering and writing in its own task, so fan-out
+//! runs on every core and a slow client costs nobody else anything.
 //!
-//! The hub also keeps the memory tier of the replay buffer: each published
-//! frame is appended to its partition's ring *while the client-list read
-//! lock is held*, and a resuming session joins live delivery under the
-//! write lock only once it has replayed up to every ring's head
-//! ([`Hub::subscribe_caught_up`]). So every frame is either in the ring the
-//! session replays from, or delivered to it live: no hole at the seam.
+//! Besides the log, the hub carries the thread notices (halted, resumed)
+//! and the records released after a halt, which reach sessions already past
+//! their offsets, in one small ordered side list ([`Hub::notices_since`]).
 
 pub(crate) mod config;
-pub(crate) mod ring;
+pub(crate) mod log;
+pub(crate) mod readers;
 
-use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
-use metrics::Counter;
-use parking_lot::RwLock;
-use tokio::sync::mpsc;
+use parking_lot::Mutex;
 
-use crate::hub::ring::{MemoryRings, RingLimits, Slot};
+use crate::hub::log::{Log, RingLimits, Slot};
+use crate::hub::readers::Readers;
 use crate::record::decode::MessageKind;
 use crate::record::frame::Frame;
 use crate::telemetry;
@@ -190,13 +187,6 @@ impl Filter {
     }
 }
 
-/// What a session task receives from the hub.
-pub(crate) enum Outbound {
-    /// A data frame and when it was queued (for the queue-age histogram).
-    Data(Arc<Frame>, std::time::Instant),
-    Control(Utf8Bytes),
-}
-
 /// Delivery priority of a record for a client that falls behind: low ones
 /// are shed first, high ones are kept while there is any room.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -259,102 +249,38 @@ impl PriorityTable {
     }
 }
 
-/// What the hub and a session share about one client.
-#[derive(Default)]
-pub(crate) struct ClientState {
-    /// Frames dropped since the session last reported it to the client.
-    pub(crate) lagged: AtomicU64,
-    /// Bytes of the frames in the queue.
-    pub(crate) queued_bytes: std::sync::atomic::AtomicUsize,
-    /// Exact offset ranges dropped for this client, not yet reported.
-    lost: parking_lot::Mutex<Vec<(i32, i64, i64)>>,
-    /// When the client started losing frames (Unix ms; 0: it is keeping up).
-    pub(crate) lagging_since_ms: std::sync::atomic::AtomicI64,
-    /// Per partition, the last offset the client already has (set when a
-    /// resumed session goes live): older frames are never queued for it.
-    floor: HashMap<i32, i64>,
-}
-
-/// Ranges kept per client before older ones are merged.
-const MAX_LOST_RANGES: usize = 256;
-
-impl ClientState {
-    fn lose(&self, partition: i32, offset: i64) {
-        self.lagged.fetch_add(1, Ordering::Relaxed);
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(1);
-        let _ =
-            self.lagging_since_ms
-                .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
-        let mut lost = self.lost.lock();
-        if let Some(last) = lost.last_mut() {
-            if last.0 == partition && last.2 + 1 == offset {
-                last.2 = offset;
-                return;
-            }
-        }
-        if lost.len() >= MAX_LOST_RANGES {
-            // Keep the report bounded: widen the newest range of this partition.
-            if let Some(r) = lost.iter_mut().rev().find(|r| r.0 == partition) {
-                r.2 = r.2.max(offset);
-                return;
-            }
-        }
-        lost.push((partition, offset, offset));
-    }
-
-    /// Takes the ranges lost since the last call.
-    pub(crate) fn take_lost(&self) -> Vec<(i32, i64, i64)> {
-        std::mem::take(&mut *self.lost.lock())
-    }
-}
-
-struct ClientSlot {
-    filter: Filter,
-    tx: mpsc::Sender<Outbound>,
-    state: Arc<ClientState>,
-}
-
-/// All connected clients.
-pub(crate) struct Hub {
-    clients: RwLock<HashMap<u64, ClientSlot>>,
-    rings: parking_lot::Mutex<MemoryRings>,
-    next_id: AtomicU64,
-    connected: AtomicUsize,
-    queue_frames: usize,
-    queue_bytes: usize,
-    priorities: PriorityTable,
-    dropped_full: Counter,
-    client_lag: Counter,
-}
-
-/// Per-client queue bounds and the priority table.
+/// Delivery settings: the priority table (used at CRITICAL backpressure)
+/// and how long ingest waits for a reader that stopped making progress.
 #[derive(Clone, Debug)]
-pub(crate) struct QueueLimits {
-    pub(crate) frames: usize,
-    pub(crate) bytes: usize,
+pub(crate) struct DeliveryLimits {
     pub(crate) priorities: PriorityTable,
+    pub(crate) reader_stall: Duration,
 }
 
-/// A client's end: its queue and the registration guard that removes it
-/// from the hub when dropped (on every exit path of the session).
-pub(crate) struct Subscription {
-    pub(crate) rx: mpsc::Receiver<Outbound>,
-    pub(crate) state: Arc<ClientState>,
-    _guard: Registration,
+/// What reaches sessions outside the log's offset order.
+#[derive(Clone)]
+pub(crate) enum Notice {
+    /// A control frame about one thread (`thread_halted`, `thread_resumed`).
+    Thread { thread: Box<str>, text: Utf8Bytes },
+    /// A record released after a halt: sessions past its offset get it too.
+    Late(Arc<Frame>),
 }
 
-struct Registration {
-    hub: Arc<Hub>,
-    id: u64,
-}
+/// Notices kept for sessions that have not read them yet.
+const MAX_NOTICES: usize = 1024;
 
-impl Drop for Registration {
-    fn drop(&mut self) {
-        self.hub.clients.write().remove(&self.id);
-    }
+/// The log, the readers, and what every session shares.
+pub(crate) struct Hub {
+    pub(crate) log: Log,
+    pub(crate) readers: Arc<Readers>,
+    notices: Mutex<VecDeque<(u64, Notice)>>,
+    notice_seq: AtomicU64,
+    connected: AtomicUsize,
+    /// Sessions reading from Redis or Kafka because they fell behind the log.
+    catching_up: AtomicUsize,
+    pub(crate) priorities: PriorityTable,
+    /// CRITICAL backpressure: sessions that are behind skip low-priority frames.
+    shedding: AtomicBool,
 }
 
 /// Counts one connected WebSocket session for as long as it lives (on every
@@ -370,20 +296,26 @@ impl Drop for SessionGuard {
     }
 }
 
+/// Counted in [`Hub::catching_up`] while it lives.
+pub(crate) struct CatchingUp<'a>(&'a Hub);
+
+impl Drop for CatchingUp<'_> {
+    fn drop(&mut self) {
+        self.0.catching_up.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 impl Hub {
-    pub(crate) fn new(queue: QueueLimits, rings: RingLimits) -> Arc<Self> {
-        metrics::gauge!(telemetry::CLIENT_QUEUE_MAX_FRAMES).set(queue.frames as f64);
-        metrics::gauge!(telemetry::CLIENT_QUEUE_MAX_BYTES).set(queue.bytes as f64);
+    pub(crate) fn new(delivery: DeliveryLimits, rings: RingLimits) -> Arc<Self> {
         Arc::new(Self {
-            clients: RwLock::new(HashMap::new()),
-            rings: parking_lot::Mutex::new(MemoryRings::new(rings)),
-            next_id: AtomicU64::new(1),
+            log: Log::new(rings),
+            readers: Readers::new(delivery.reader_stall),
+            notices: Mutex::new(VecDeque::new()),
+            notice_seq: AtomicU64::new(0),
             connected: AtomicUsize::new(0),
-            queue_frames: queue.frames,
-            queue_bytes: queue.bytes,
-            priorities: queue.priorities,
-            dropped_full: metrics::counter!(telemetry::DROPPED_MESSAGES, "reason" => telemetry::DROP_CLIENT_QUEUE_FULL),
-            client_lag: metrics::counter!(telemetry::CLIENT_LAG_MESSAGES),
+            catching_up: AtomicUsize::new(0),
+            priorities: delivery.priorities,
+            shedding: AtomicBool::new(false),
         })
     }
 
@@ -399,181 +331,94 @@ impl Hub {
         self.connected.load(Ordering::Relaxed)
     }
 
-    pub(crate) fn subscribe(self: &Arc<Self>, filter: Filter) -> Subscription {
-        let mut clients = self.clients.write();
-        self.insert_client(&mut clients, filter, HashMap::new())
-    }
-
-    /// Joins live delivery only if `next` (per partition, the next offset the
-    /// session would replay) is past every ring's head; otherwise hands the
-    /// filter back so the session replays more first.
-    pub(crate) fn subscribe_caught_up(
-        self: &Arc<Self>,
-        filter: Filter,
-        next: &HashMap<i32, i64>,
-    ) -> Result<Subscription, Filter> {
-        let mut clients = self.clients.write();
-        let behind = self
-            .rings
-            .lock()
-            .heads()
-            .into_iter()
-            .any(|(p, head)| next.get(&p).is_none_or(|n| *n <= head));
-        if behind {
-            return Err(filter);
-        }
-        let floor = next.iter().map(|(p, n)| (*p, n - 1)).collect();
-        Ok(self.insert_client(&mut clients, filter, floor))
-    }
-
-    fn insert_client(
-        self: &Arc<Self>,
-        clients: &mut HashMap<u64, ClientSlot>,
-        filter: Filter,
-        floor: HashMap<i32, i64>,
-    ) -> Subscription {
-        let (tx, rx) = mpsc::channel(self.queue_frames);
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let state = Arc::new(ClientState {
-            floor,
-            ..Default::default()
-        });
-        clients.insert(
-            id,
-            ClientSlot {
-                filter,
-                tx,
-                state: state.clone(),
-            },
-        );
-        Subscription {
-            rx,
-            state,
-            _guard: Registration {
-                hub: self.clone(),
-                id,
-            },
-        }
-    }
-
-    /// Offers `frame` to every matching client without waiting. Returns how
-    /// many clients it was queued for. A client whose queue is filling up
-    /// gets low-priority frames only below half its capacity, normal ones
-    /// below 90 %, and high-priority ones while there is any room; what it
-    /// does not get is recorded as lost offset ranges for its session to report.
-    pub(crate) fn publish(&self, frame: &Arc<Frame>) -> usize {
-        let clients = self.clients.read();
-        self.rings.lock().insert(
+    /// Appends `frame` to its partition's log.
+    pub(crate) fn publish(&self, frame: &Arc<Frame>) {
+        self.log.append(
             frame.cursor.partition,
             frame.cursor.offset,
             Slot::Frame(frame.clone()),
+            crate::util::unix_ms(),
         );
-        let priority = self.priorities.of(frame);
-        let size = frame.binary_len();
-        let now = std::time::Instant::now();
-        let mut queued = 0;
-        for slot in clients.values() {
-            if !slot.filter.matches(frame) {
-                continue;
-            }
-            // Already delivered to this client by its replay (e.g. re-read after a restart).
-            if !frame.is_late()
-                && slot
-                    .state
-                    .floor
-                    .get(&frame.cursor.partition)
-                    .is_some_and(|f| frame.cursor.offset <= *f)
-            {
-                continue;
-            }
-            let used_frames = self.queue_frames - slot.tx.capacity();
-            let used_bytes = slot.state.queued_bytes.load(Ordering::Relaxed);
-            let fill = (used_frames as f64 / self.queue_frames as f64)
-                .max(used_bytes as f64 / self.queue_bytes as f64);
-            let admit = match priority {
-                Priority::Low => fill < 0.5,
-                Priority::Normal => fill < 0.9,
-                Priority::High => used_bytes + size <= self.queue_bytes || used_frames == 0,
-            };
-            if !admit {
-                slot.state.lose(frame.cursor.partition, frame.cursor.offset);
-                self.dropped_full.increment(1);
-                self.client_lag.increment(1);
-                continue;
-            }
-            match slot.tx.try_send(Outbound::Data(frame.clone(), now)) {
-                Ok(()) => {
-                    slot.state.queued_bytes.fetch_add(size, Ordering::Relaxed);
-                    queued += 1;
-                }
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    slot.state.lose(frame.cursor.partition, frame.cursor.offset);
-                    self.dropped_full.increment(1);
-                    self.client_lag.increment(1);
-                }
-                // The session is ending; its guard removes the slot.
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
-            }
-        }
-        queued
     }
 
-    /// Sum of queued frames and of queue capacity over all live clients.
-    pub(crate) fn queue_fill(&self) -> (usize, usize) {
-        let clients = self.clients.read();
-        let used: usize = clients
-            .values()
-            .map(|s| self.queue_frames - s.tx.capacity())
-            .sum();
-        (used, clients.len() * self.queue_frames)
+    /// A record released after a halt: it replaces its tombstone in the log
+    /// (for replays) and reaches every session as a late notice.
+    pub(crate) fn publish_late(&self, frame: &Arc<Frame>) {
+        self.publish(frame);
+        self.notice(Notice::Late(frame.clone()));
     }
 
     /// Records an offset that is not delivered (now, or not yet: a record
-    /// held for a halted thread), so replay does not report it as a hole.
+    /// held for a halted thread), so readers do not report it as a hole.
     pub(crate) fn skip(&self, partition: i32, offset: i64) {
-        let _clients = self.clients.read();
-        self.rings.lock().insert(partition, offset, Slot::Tombstone);
+        self.log
+            .append(partition, offset, Slot::Tombstone, crate::util::unix_ms());
     }
 
-    /// Memory-tier page: slots from `from` on, if the ring reaches back to it.
-    pub(crate) fn ring_page(
-        &self,
-        partition: i32,
-        from: i64,
-        limit: usize,
-    ) -> Option<Vec<(i64, Slot)>> {
-        self.rings.lock().page(partition, from, limit)
+    /// Sends a control notice to the sessions whose filter wants `thread`.
+    pub(crate) fn notify_thread(&self, thread: &str, text: &str) {
+        self.notice(Notice::Thread {
+            thread: thread.into(),
+            text: text.to_string().into(),
+        });
     }
 
-    pub(crate) fn ring_first(&self, partition: i32) -> Option<i64> {
-        self.rings.lock().first(partition)
+    fn notice(&self, n: Notice) {
+        let mut q = self.notices.lock();
+        let seq = self.notice_seq.load(Ordering::SeqCst) + 1;
+        q.push_back((seq, n));
+        while q.len() > MAX_NOTICES {
+            q.pop_front();
+        }
+        self.notice_seq.store(seq, Ordering::SeqCst);
+        drop(q);
+        // Wake the sessions that wait for data.
+        self.log.nudge();
     }
 
-    pub(crate) fn ring_heads(&self) -> HashMap<i32, i64> {
-        self.rings.lock().heads()
+    /// Sequence number of the newest notice.
+    pub(crate) fn notice_seq(&self) -> u64 {
+        self.notice_seq.load(Ordering::SeqCst)
+    }
+
+    /// Notices after `seq`, and how many older ones are gone unread.
+    pub(crate) fn notices_since(&self, seq: u64) -> (Vec<(u64, Notice)>, u64) {
+        let q = self.notices.lock();
+        let oldest = q.front().map_or(seq + 1, |(s, _)| *s);
+        let missed = oldest.saturating_sub(seq + 1);
+        let v = q.iter().filter(|(s, _)| *s > seq).cloned().collect();
+        (v, missed)
     }
 
     /// (slots, approximate bytes) held in memory.
     pub(crate) fn ring_stats(&self) -> (usize, usize) {
-        self.rings.lock().stats()
+        self.log.stats()
     }
 
-    /// Sends a control notice to the clients whose filter wants `thread`.
-    pub(crate) fn notify_thread(&self, thread: &str, text: &str) {
-        let msg: Utf8Bytes = text.to_string().into();
-        for slot in self.clients.read().values() {
-            if slot.filter.wants_thread(thread) {
-                if let Err(mpsc::error::TrySendError::Full(_)) =
-                    slot.tx.try_send(Outbound::Control(msg.clone()))
-                {
-                    slot.state.lagged.fetch_add(1, Ordering::Relaxed);
-                    self.dropped_full.increment(1);
-                }
-            }
+    pub(crate) fn enter_catch_up(&self) -> CatchingUp<'_> {
+        self.catching_up.fetch_add(1, Ordering::Relaxed);
+        CatchingUp(self)
+    }
+
+    /// Share of connected sessions catching up from Redis or Kafka (0–1),
+    /// the `client_queues` part of the backpressure level.
+    pub(crate) fn catch_up_share(&self) -> f64 {
+        let n = self.connected();
+        if n == 0 {
+            0.0
+        } else {
+            (self.catching_up.load(Ordering::Relaxed) as f64 / n as f64).min(1.0)
         }
     }
-}
 
+    pub(crate) fn set_shedding(&self, on: bool) {
+        self.shedding.store(on, Ordering::Relaxed);
+    }
+
+    pub(crate) fn shedding(&self) -> bool {
+        self.shedding.load(Ordering::Relaxed)
+    }
+}
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -581,14 +426,6 @@ mod tests {
     use crate::proto::{DashStreamMessage, Error as PbError, Event, Header};
     use crate::record::decode::{decode, encode_record, DecodeLimits};
     use crate::record::frame::Cursor;
-
-    fn test_limits(frames: usize) -> QueueLimits {
-        QueueLimits {
-            frames,
-            bytes: 1 << 30,
-            priorities: PriorityTable::default(),
-        }
-    }
 
     fn frame(thread: &str, tenant: &str, error: bool, offset: i64) -> Arc<Frame> {
         let header = Some(Header {
@@ -658,127 +495,49 @@ mod tests {
         ));
     }
 
-    #[tokio::test]
-    async fn full_queue_drops_for_that_client_only_and_guard_unregisters() {
-        let hub = Hub::new(
-            test_limits(2),
+    fn hub() -> Arc<Hub> {
+        Hub::new(
+            DeliveryLimits {
+                priorities: PriorityTable::default(),
+                reader_stall: Duration::from_secs(1),
+            },
             RingLimits {
                 max_per_partition: 100,
                 max_bytes_per_partition: 1 << 20,
             },
-        );
-        let g1 = hub.enter_session();
-        let g2 = hub.enter_session();
-        let mut fast = hub.subscribe(Filter::default());
-        let slow = hub.subscribe(Filter::default());
-        assert_eq!(hub.connected(), 2);
-        for i in 0..5 {
-            hub.publish(&frame("a", "x", false, i));
-            // The fast client drains as it goes.
-            assert!(matches!(fast.rx.try_recv(), Ok(Outbound::Data(f, _)) if f.cursor.offset == i));
-        }
-        assert_eq!(
-            slow.state.lagged.load(Ordering::Relaxed),
-            3,
-            "slow client lost 3 of 5 with a queue of 2"
-        );
-        assert_eq!(fast.state.lagged.load(Ordering::Relaxed), 0);
-        drop(slow);
-        drop(g2);
+        )
+    }
+
+    #[test]
+    fn publishing_appends_once_and_notices_are_ordered_and_bounded() {
+        let hub = hub();
+        let _g = hub.enter_session();
         assert_eq!(hub.connected(), 1);
-        drop(fast);
-        drop(g1);
-        assert_eq!(hub.connected(), 0);
-        assert_eq!(hub.clients.read().len(), 0, "registrations released");
-    }
-
-    #[test]
-    fn a_session_joins_live_only_once_caught_up_with_the_ring() {
-        let hub = Hub::new(
-            test_limits(10),
-            RingLimits {
-                max_per_partition: 100,
-                max_bytes_per_partition: 1 << 20,
-            },
-        );
         hub.publish(&frame("a", "x", false, 0));
-        hub.publish(&frame("a", "x", false, 1));
-        let next: HashMap<i32, i64> = [(0, 1)].into();
-        let filter = hub
-            .subscribe_caught_up(Filter::default(), &next)
-            .err()
-            .expect("behind: offset 1 not replayed");
-        let page = hub.ring_page(0, 1, 10).expect("ring reaches offset 1");
-        assert_eq!(page.len(), 1);
-        let next: HashMap<i32, i64> = [(0, 2)].into();
-        let mut sub = hub
-            .subscribe_caught_up(filter, &next)
-            .unwrap_or_else(|_| panic!("caught up"));
-        hub.publish(&frame("a", "x", false, 2));
-        assert!(
-            matches!(sub.rx.try_recv(), Ok(Outbound::Data(f, _)) if f.cursor.offset == 2),
-            "next frame arrives live"
-        );
-    }
-
-    #[test]
-    fn a_filling_queue_sheds_low_priority_first_and_keeps_high_priority() {
-        fn token(offset: i64) -> Arc<Frame> {
-            let header = Some(Header {
-                thread_id: "t".into(),
-                sequence: 1,
-                ..Default::default()
-            });
-            let body = Message::TokenChunk(crate::proto::TokenChunk {
-                header,
-                ..Default::default()
-            });
-            let v = encode_record(
-                &DashStreamMessage {
-                    message: Some(body),
-                },
-                None,
-            );
-            let d = decode(Some(&v), &DecodeLimits::default()).unwrap();
-            Arc::new(Frame::new(
-                Cursor {
-                    partition: 0,
-                    offset,
-                },
-                None,
-                &v,
-                d,
-                None,
-            ))
+        hub.skip(0, 1);
+        assert_eq!(hub.log.head(0), Some(1));
+        let seen = hub.notice_seq();
+        hub.notify_thread("a", "halted");
+        let late = frame("a", "x", false, 1);
+        late.mark_late();
+        hub.publish_late(&late);
+        let (n, missed) = hub.notices_since(seen);
+        assert_eq!(missed, 0);
+        assert!(matches!(&n[0].1, Notice::Thread { thread, .. } if &**thread == "a"));
+        assert!(matches!(&n[1].1, Notice::Late(f) if f.cursor.offset == 1));
+        match hub.log.page(0, 1, 10) {
+            log::Page::Entries(v) => assert!(
+                matches!(v[0].slot, Slot::Frame(_)),
+                "released record replaced its tombstone"
+            ),
+            _ => panic!(),
         }
-        let hub = Hub::new(
-            test_limits(10),
-            RingLimits {
-                max_per_partition: 100,
-                max_bytes_per_partition: 1 << 20,
-            },
-        );
-        let mut sub = hub.subscribe(Filter::default());
-        for o in 0..8 {
-            hub.publish(&token(o));
+        for _ in 0..MAX_NOTICES + 5 {
+            hub.notify_thread("b", "x");
         }
-        // Low priority stops at half the queue (5 of 10).
-        assert_eq!(sub.rx.len(), 5);
-        for o in 8..12 {
-            hub.publish(&frame("t", "x", true, o));
-        }
-        // Errors (high) use the rest of the room.
-        assert_eq!(sub.rx.len(), 9, "4 more high-priority frames queued");
-        assert_eq!(
-            sub.state.take_lost(),
-            vec![(0, 5, 7)],
-            "exact range of the shed token chunks"
-        );
-        let mut offsets = vec![];
-        while let Ok(Outbound::Data(f, _)) = sub.rx.try_recv() {
-            offsets.push(f.cursor.offset);
-        }
-        assert_eq!(offsets, vec![0, 1, 2, 3, 4, 8, 9, 10, 11], "order kept");
+        let (n, missed) = hub.notices_since(seen);
+        assert_eq!(n.len(), MAX_NOTICES);
+        assert_eq!(missed, 7);
     }
 
     #[test]

@@ -25,6 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::dlq::sink::{self, DlqSink, FailClosedEvent, Failure, SourceRecord};
+use crate::hub::Hub;
 use crate::ingest::halt::ReleaseError;
 use crate::ingest::offsets::Progress;
 use crate::ingest::pipeline::{trace_id_from_traceparent, Outcome, Pipeline, RecordView};
@@ -177,9 +178,15 @@ pub(crate) enum AdminCommand {
 /// Records handled between two yields of the consume loop.
 const YIELD_EVERY: u32 = 64;
 
+/// While ingest waits for a reader, it looks again at least this often (a
+/// reader may stop reading without telling).
+const READER_RECHECK: Duration = Duration::from_millis(50);
+
 /// What the consume loop works with besides the consumer itself.
 pub(crate) struct Runner {
     pub(crate) consumer: Arc<BridgeConsumer>,
+    /// The log: ingest waits while appending would push out what a reading session has not read.
+    pub(crate) hub: Arc<Hub>,
     pub(crate) pipeline: Pipeline,
     pub(crate) rebalance_rx: mpsc::UnboundedReceiver<RebalanceEvent>,
     pub(crate) admin_rx: mpsc::Receiver<AdminCommand>,
@@ -197,6 +204,7 @@ pub(crate) struct Runner {
 pub(crate) async fn run(r: Runner) -> Instant {
     let Runner {
         consumer,
+        hub,
         mut pipeline,
         mut rebalance_rx,
         mut admin_rx,
@@ -219,11 +227,21 @@ pub(crate) async fn run(r: Runner) -> Instant {
     // slices of them lets client sessions on this worker drain their queues
     // during the burst instead of after it.
     let mut since_yield = 0u32;
+    let mut waiting = false;
+    let waiting_gauge = metrics::gauge!(telemetry::INGEST_WAITING_FOR_READERS);
+    waiting_gauge.set(0.0);
 
     let stop_started = loop {
         if since_yield >= YIELD_EVERY {
             since_yield = 0;
             tokio::task::yield_now().await;
+        }
+        // Kafka is the buffer: rather than evict a slot a session that is
+        // still reading has not read, wait for it (consumer lag shows it).
+        let wait = hub.readers.must_wait(&hub.log, crate::util::unix_ms());
+        if wait != waiting {
+            waiting = wait;
+            waiting_gauge.set(if wait { 1.0 } else { 0.0 });
         }
         tokio::select! {
             biased;
@@ -287,7 +305,8 @@ pub(crate) async fn run(r: Runner) -> Instant {
                 pipeline.export_replay_gauges();
                 export_lag(consumer.context(), &pipeline);
             }
-            r = consumer.recv() => match r {
+            _ = hub.readers.wait_for_room(READER_RECHECK), if wait => {}
+            r = consumer.recv(), if !wait => match r {
                 Ok(msg) => {
                     since_yield += 1;
                     let traceparent = msg.headers().and_then(|h| {
@@ -302,7 +321,7 @@ pub(crate) async fn run(r: Runner) -> Instant {
                         traceparent,
                     };
                     let failure = match pipeline.handle(view, Instant::now()) {
-                        Outcome::Delivered { .. } => None,
+                        Outcome::Delivered => None,
                         Outcome::Rejected { error } => Some(Failure {
                             error_type: error.error_type(),
                             stage: error.stage(),

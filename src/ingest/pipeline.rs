@@ -34,9 +34,8 @@ pub(crate) struct RecordView<'a> {
 /// What happened to a record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Outcome {
-    Delivered {
-        clients: usize,
-    },
+    /// Appended to the log (and offered to Redis).
+    Delivered,
     /// For a halted thread; `buffered: false` when its buffer was full.
     Held {
         thread: String,
@@ -103,12 +102,15 @@ impl Pipeline {
         self
     }
 
-    fn deliver(&self, frame: &Arc<Frame>) -> usize {
-        let n = self.hub.publish(frame);
+    fn deliver(&self, frame: &Arc<Frame>) {
+        if frame.is_late() {
+            self.hub.publish_late(frame);
+        } else {
+            self.hub.publish(frame);
+        }
         if let Some(r) = &self.redis {
             r.offer(frame);
         }
-        n
     }
 
     fn skip(&self, partition: i32, offset: i64) {
@@ -250,8 +252,8 @@ impl Pipeline {
             self.skip(frame.cursor.partition, frame.cursor.offset);
             return Outcome::RateLimited { tenant };
         }
-        let clients = self.deliver(&frame);
-        Outcome::Delivered { clients }
+        self.deliver(&frame);
+        Outcome::Delivered
     }
 
     /// Holds `frame` for its halted thread; false when the thread's buffer is
@@ -348,7 +350,7 @@ impl LogThrottle {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hub::{Filter, Outbound};
+    use crate::hub::log::{Page, Slot};
     use crate::proto::dash_stream_message::Message;
     use crate::proto::{DashStreamMessage, Event, Header};
     use crate::record::decode::encode_record;
@@ -371,12 +373,11 @@ mod tests {
 
     fn pipeline(policy: GapPolicy) -> (Pipeline, Arc<Hub>) {
         let hub = Hub::new(
-            crate::hub::QueueLimits {
-                frames: 1000,
-                bytes: 1 << 30,
+            crate::hub::DeliveryLimits {
                 priorities: Default::default(),
+                reader_stall: std::time::Duration::from_secs(1),
             },
-            crate::hub::ring::RingLimits {
+            crate::hub::log::RingLimits {
                 max_per_partition: 1000,
                 max_bytes_per_partition: 1 << 24,
             },
@@ -405,20 +406,33 @@ mod tests {
         }
     }
 
-    fn drain(rx: &mut tokio::sync::mpsc::Receiver<Outbound>) -> Vec<i64> {
-        let mut v = vec![];
-        while let Ok(o) = rx.try_recv() {
-            if let Outbound::Data(f, _) = o {
-                v.push(f.cursor.offset);
-            }
-        }
-        v
+    /// Offsets of the frames the log holds (tombstones left out), and of
+    /// the records released as late notices since `seq`.
+    fn delivered(hub: &Hub, seq: u64) -> (Vec<i64>, Vec<i64>) {
+        let frames = match hub.log.page(0, 0, 1000) {
+            Page::Entries(v) => v
+                .into_iter()
+                .filter(|e| matches!(e.slot, Slot::Frame(_)))
+                .map(|e| e.offset)
+                .collect(),
+            _ => vec![],
+        };
+        let late = hub
+            .notices_since(seq)
+            .0
+            .into_iter()
+            .filter_map(|(_, n)| match n {
+                crate::hub::Notice::Late(f) => Some(f.cursor.offset),
+                _ => None,
+            })
+            .collect();
+        (frames, late)
     }
 
     #[test]
     fn halt_holds_the_thread_and_release_delivers_in_order() {
         let (mut p, hub) = pipeline(GapPolicy::Halt);
-        let mut sub = hub.subscribe(Filter::default());
+        let seq = hub.notice_seq();
         let now = Instant::now();
         let records = [("a", 1), ("b", 1), ("a", 2), ("a", 5), ("b", 2), ("a", 6)];
         let bytes: Vec<Vec<u8>> = records.iter().map(|(t, s)| rec(t, *s)).collect();
@@ -429,18 +443,22 @@ mod tests {
             .collect();
         assert!(matches!(outcomes[3], Outcome::Held { ref thread, .. } if thread == "a"));
         assert!(
-            matches!(outcomes[4], Outcome::Delivered { .. }),
+            matches!(outcomes[4], Outcome::Delivered),
             "other threads keep flowing"
         );
         assert!(matches!(outcomes[5], Outcome::Held { .. }));
-        assert_eq!(drain(&mut sub.rx), vec![0, 1, 2, 4]);
+        assert_eq!(delivered(&hub, seq), (vec![0, 1, 2, 4], vec![]));
         assert_eq!(
             p.offsets().commit_point(0),
             Some(3),
             "commit stops at the first held record"
         );
         assert_eq!(p.release_thread("a"), Ok(2));
-        assert_eq!(drain(&mut sub.rx), vec![3, 5]);
+        assert_eq!(
+            delivered(&hub, seq),
+            (vec![0, 1, 2, 3, 4, 5], vec![3, 5]),
+            "released in order, as late notices and in the log"
+        );
         assert_eq!(p.offsets().commit_point(0), Some(6));
         assert_eq!(
             p.release_thread("a"),
@@ -451,18 +469,14 @@ mod tests {
     #[test]
     fn bad_records_are_skipped_and_offsets_move_on() {
         let (mut p, hub) = pipeline(GapPolicy::Warn);
-        let mut sub = hub.subscribe(Filter::default());
         let good = rec("a", 1);
         let now = Instant::now();
         assert!(matches!(
             p.handle(view(0, b"\x00\xff\xff"), now),
             Outcome::Rejected { error } if error.error_type() == "invalid_protobuf"
         ));
-        assert!(matches!(
-            p.handle(view(1, &good), now),
-            Outcome::Delivered { clients: 1 }
-        ));
-        assert_eq!(drain(&mut sub.rx), vec![1]);
+        assert!(matches!(p.handle(view(1, &good), now), Outcome::Delivered));
+        assert_eq!(delivered(&hub, 0).0, vec![1]);
         assert_eq!(p.offsets().commit_point(0), Some(2));
     }
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use crate::hub::ring::RingLimits;
+use crate::hub::log::RingLimits;
 use crate::settings::{positive, ConfigError};
 
 #[derive(Args, Clone, Debug)]

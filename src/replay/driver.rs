@@ -1,6 +1,8 @@
 //! Resume: replays history to one client from the replay tiers, in offset
-//! order per partition, then hands it over to live delivery with no
-//! duplicate and no hole at the seam (see [`Hub::subscribe_caught_up`]).
+//! order per partition, and returns the cursors it reached: the session
+//! reads on from the log at those cursors, so there is no duplicate and no
+//! hole at the seam. A session that falls behind the log later catches up
+//! through the same reading of the lower tiers ([`catch_up`]).
 //!
 //! Per partition the driver reads memory pages while the ring reaches back
 //! far enough, else Redis pages, else Kafka by offset; an offset no tier can
@@ -14,8 +16,8 @@ use std::time::Instant;
 
 use metrics::Counter;
 
-use crate::hub::ring::Slot;
-use crate::hub::{Filter, Hub, Subscription};
+use crate::hub::log::{Page, Slot};
+use crate::hub::{Filter, Hub};
 use crate::record::decode::{self, DecodeLimits};
 use crate::record::frame::{control, Cursor, Frame};
 use crate::replay::out::{Gone, ReplayOut};
@@ -65,7 +67,8 @@ impl Sent {
 
 /// The result of a resume.
 pub(crate) struct Resumed {
-    pub(crate) subscription: Subscription,
+    /// Per partition, the next offset to read from the log.
+    pub(crate) next: HashMap<i32, i64>,
     pub(crate) replayed: u64,
     pub(crate) gaps: u64,
     /// Some partition's cursor was older than every tier.
@@ -86,6 +89,8 @@ struct Run<'a, T: Tiers, O> {
     sent: &'a mut Sent,
     replayed: u64,
     gaps: u64,
+    /// Offsets inside the gaps.
+    missed: u64,
     stale: bool,
     reader: Option<T::Reader>,
     hits: [Counter; 3],
@@ -94,7 +99,27 @@ struct Run<'a, T: Tiers, O> {
 
 type Step = Result<(), Gone>;
 
-impl<T: Tiers, O: ReplayOut> Run<'_, T, O> {
+impl<'a, T: Tiers, O: ReplayOut> Run<'a, T, O> {
+    fn new(rc: &'a ReplayContext<T>, out: &'a mut O, filter: Filter, sent: &'a mut Sent) -> Self {
+        Run {
+            rc,
+            out,
+            filter,
+            sent,
+            replayed: 0,
+            gaps: 0,
+            missed: 0,
+            stale: false,
+            reader: None,
+            hits: [
+                metrics::counter!(telemetry::REPLAY_MEMORY_HITS),
+                metrics::counter!(telemetry::REPLAY_REDIS_HITS),
+                metrics::counter!(telemetry::REPLAY_KAFKA_HITS),
+            ],
+            misses: metrics::counter!(telemetry::REPLAY_MISSES),
+        }
+    }
+
     async fn emit(&mut self, f: &Frame, source: Source) -> Step {
         self.hits[source as usize].increment(1);
         if !self.filter.matches(f) || !self.sent.admit(f) {
@@ -127,6 +152,7 @@ impl<T: Tiers, O: ReplayOut> Run<'_, T, O> {
             return Ok(());
         }
         self.gaps += 1;
+        self.missed += (to - from + 1) as u64;
         self.misses.increment((to - from + 1) as u64);
         if initial == Some(from) {
             self.stale = true;
@@ -144,31 +170,40 @@ impl<T: Tiers, O: ReplayOut> Run<'_, T, O> {
         initial: Option<i64>,
         mut leading: bool,
     ) -> Result<i64, Gone> {
+        let log = &self.rc.hub.log;
         loop {
-            if let Some(page) = self.rc.hub.ring_page(p, n, self.rc.page) {
-                if page.is_empty() {
-                    break;
-                }
-                for (o, slot) in page {
-                    if o > n {
-                        self.lower(p, n, o - 1, initial, &mut leading).await?;
+            match log.page(p, n, self.rc.page) {
+                Page::Entries(page) => {
+                    if page.is_empty() {
+                        break;
                     }
-                    if let Slot::Frame(f) = slot {
-                        self.emit(&f, Source::Memory).await?;
+                    for e in page {
+                        if e.offset > n {
+                            self.lower(p, n, e.offset - 1, initial, &mut leading)
+                                .await?;
+                        }
+                        if let Slot::Frame(f) = &e.slot {
+                            self.emit(f, Source::Memory).await?;
+                        }
+                        n = e.offset + 1;
+                        leading = false;
                     }
-                    n = o + 1;
-                    leading = false;
+                    self.page_done().await?;
+                    if n > end {
+                        break;
+                    }
                 }
-                self.page_done().await?;
-                continue;
-            }
-            if n > end {
-                break;
-            }
-            let upper = self.rc.hub.ring_first(p).map_or(end, |f| f - 1).min(end);
-            n = self.lower(p, n, upper, initial, &mut leading).await?;
-            if self.rc.hub.ring_first(p).is_none() && n > end {
-                break;
+                Page::Evicted { first, .. } => {
+                    n = self.lower(p, n, first - 1, initial, &mut leading).await?;
+                }
+                Page::Missing => {
+                    if n <= end {
+                        n = self.lower(p, n, end, initial, &mut leading).await?;
+                    }
+                    if log.first(p).is_none() {
+                        break;
+                    }
+                }
             }
         }
         Ok(n)
@@ -287,8 +322,8 @@ impl<T: Tiers, O: ReplayOut> Run<'_, T, O> {
     }
 }
 
-/// Replays what `from` asks for, then joins live delivery. `Err` means the
-/// client went away.
+/// Replays what `from` asks for, up to what the tiers held when it started,
+/// and returns the cursors reached. `Err` means the client went away.
 pub(crate) async fn replay<T: Tiers, O: ReplayOut>(
     rc: &ReplayContext<T>,
     out: &mut O,
@@ -306,9 +341,8 @@ pub(crate) async fn replay<T: Tiers, O: ReplayOut>(
     let mut next: HashMap<i32, i64> = HashMap::new();
     let initial: HashMap<i32, i64> = match &from {
         ResumeFrom::Latest => {
-            let subscription = rc.hub.subscribe(filter);
             return Ok(Resumed {
-                subscription,
+                next: live_start(&rc.hub),
                 replayed: 0,
                 gaps: 0,
                 stale: false,
@@ -322,63 +356,91 @@ pub(crate) async fn replay<T: Tiers, O: ReplayOut>(
     for (p, o) in &initial {
         sent.advance(*p, o - 1);
     }
-    let mut run = Run {
-        rc,
-        out,
-        filter: filter.clone(),
-        sent,
-        replayed: 0,
-        gaps: 0,
-        stale: false,
-        reader: None,
-        hits: [
-            metrics::counter!(telemetry::REPLAY_MEMORY_HITS),
-            metrics::counter!(telemetry::REPLAY_REDIS_HITS),
-            metrics::counter!(telemetry::REPLAY_KAFKA_HITS),
-        ],
-        misses: metrics::counter!(telemetry::REPLAY_MISSES),
-    };
-    let mut filter = filter;
+    let mut run = Run::new(rc, out, filter, sent);
     let redis_parts: BTreeSet<i32> = rc.tiers.redis_partitions().await;
-    let subscription = loop {
-        let heads = rc.hub.ring_heads();
-        let marks = rc.watermarks.lock().clone();
-        let parts: BTreeSet<i32> = heads
-            .keys()
-            .chain(marks.keys())
-            .chain(next.keys())
-            .chain(redis_parts.iter())
+    let heads = rc.hub.log.heads();
+    let marks = rc.watermarks.lock().clone();
+    let parts: BTreeSet<i32> = heads
+        .keys()
+        .chain(marks.keys())
+        .chain(next.keys())
+        .chain(redis_parts.iter())
+        .copied()
+        .collect();
+    for p in parts {
+        let (start, leading) = match next.get(&p) {
+            Some(n) => (*n, false),
+            None => (0, true),
+        };
+        let mut end = heads
+            .get(&p)
             .copied()
-            .collect();
-        for p in parts {
-            let (start, leading) = match next.get(&p) {
-                Some(n) => (*n, false),
-                None => (0, true),
-            };
-            let mut end = heads
-                .get(&p)
-                .copied()
-                .or_else(|| marks.get(&p).map(|h| h - 1));
-            if end.is_none() {
-                end = rc.tiers.redis_last(p).await;
-            }
-            let Some(end) = end else { continue };
-            let n = run
-                .partition(p, start, end, initial.get(&p).copied(), leading)
-                .await?;
-            run.sent.advance(p, n - 1);
-            next.insert(p, n);
+            .or_else(|| marks.get(&p).map(|h| h - 1));
+        if end.is_none() {
+            end = rc.tiers.redis_last(p).await;
         }
-        match rc.hub.subscribe_caught_up(filter, &next) {
-            Ok(s) => break s,
-            Err(f) => filter = f,
-        }
-    };
+        let Some(end) = end else { continue };
+        let n = run
+            .partition(p, start, end, initial.get(&p).copied(), leading)
+            .await?;
+        run.sent.advance(p, n - 1);
+        next.insert(p, n);
+    }
     metrics::histogram!(telemetry::REPLAY_DURATION).record(started.elapsed().as_secs_f64());
     Ok(Resumed {
-        subscription,
+        next,
         replayed: run.replayed,
         gaps: run.gaps,
         stale: run.stale,
+    })
+}
+
+/// Cursors of a session that starts live: past every partition's head.
+pub(crate) fn live_start(hub: &Hub) -> HashMap<i32, i64> {
+    hub.log
+        .heads()
+        .into_iter()
+        .map(|(p, h)| (p, h + 1))
+        .collect()
+}
+
+/// What a catch-up delivered.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct CaughtUp {
+    pub(crate) frames: u64,
+}
+
+/// Serves `[from, to]` of `p` from Redis, then Kafka, to a session that fell
+/// behind the log (or found a hole in it), in a replay slot: the same reading
+/// as a resume. Offsets no tier holds become `gap` frames with exact ranges.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn catch_up<T: Tiers, O: ReplayOut>(
+    rc: &ReplayContext<T>,
+    out: &mut O,
+    filter: &Filter,
+    reader: &mut Option<T::Reader>,
+    p: i32,
+    from: i64,
+    to: i64,
+) -> Result<CaughtUp, Gone> {
+    if to < from {
+        return Ok(CaughtUp::default());
+    }
+    let _catching_up = rc.hub.enter_catch_up();
+    let _slot = rc.replays.acquire(out).await?;
+    let mut sent = Sent::default();
+    sent.advance(p, from - 1);
+    let mut run = Run::new(rc, out, filter.clone(), &mut sent);
+    run.reader = reader.take();
+    let r = run.lower(p, from, to, None, &mut false).await;
+    *reader = run.reader.take();
+    metrics::counter!(telemetry::CLIENT_LAG_MESSAGES).increment((to - from + 1) as u64);
+    if run.missed > 0 {
+        metrics::counter!(telemetry::DROPPED_MESSAGES, "reason" => telemetry::DROP_LAGGED_RECEIVER)
+            .increment(run.missed);
+    }
+    r?;
+    Ok(CaughtUp {
+        frames: run.replayed,
     })
 }

@@ -15,8 +15,8 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use proptest::prelude::*;
 
-use crate::hub::ring::RingLimits;
-use crate::hub::{Filter, Hub, Outbound, PriorityTable, QueueLimits};
+use crate::hub::log::RingLimits;
+use crate::hub::{DeliveryLimits, Filter, Hub, PriorityTable};
 use crate::record::decode::{decode, encode_record, DecodeLimits};
 use crate::record::frame::{Cursor, Frame};
 use crate::replay::driver::{replay, ReplayContext, Sent};
@@ -25,6 +25,7 @@ use crate::replay::out::{Gone, ReplayOut};
 use crate::replay::slots::ReplaySlots;
 use crate::replay::tiers::{RedisRows, Tiers, Unavailable};
 use crate::replay::ResumeFrom;
+use crate::session::cursors::{Cursors, DeliveryMetrics};
 
 /// Record value of a deliverable offset.
 fn record(p: i32, o: i64) -> Vec<u8> {
@@ -298,6 +299,19 @@ impl ReplayOut for Recorder {
     }
 }
 
+fn test_hub(ring: usize) -> Arc<Hub> {
+    Hub::new(
+        DeliveryLimits {
+            priorities: PriorityTable::default(),
+            reader_stall: std::time::Duration::from_secs(1),
+        },
+        RingLimits {
+            max_per_partition: ring,
+            max_bytes_per_partition: usize::MAX,
+        },
+    )
+}
+
 fn run_case(case: Case) -> Result<(), TestCaseError> {
     let (tiers, out) = replay_case(case.clone())?;
     check(&case, &tiers, &out)
@@ -310,17 +324,7 @@ fn replay_case(case: Case) -> Result<(FakeTiers, Recorder), TestCaseError> {
         .build()
         .unwrap();
     rt.block_on(async move {
-        let hub = Hub::new(
-            QueueLimits {
-                frames: 100_000,
-                bytes: usize::MAX,
-                priorities: PriorityTable::default(),
-            },
-            RingLimits {
-                max_per_partition: case.ring,
-                max_bytes_per_partition: usize::MAX,
-            },
-        );
+        let hub = test_hub(case.ring);
         let appended: Arc<Mutex<HashMap<i32, i64>>> = Default::default();
         let watermarks: crate::replay::Watermarks = Default::default();
         let mut pending = Vec::new();
@@ -380,15 +384,22 @@ fn replay_case(case: Case) -> Result<(FakeTiers, Recorder), TestCaseError> {
         let resumed = replay(&rc, &mut out, Filter::default(), from, &mut sent)
             .await
             .map_err(|_| TestCaseError::fail("the recorder never goes away"))?;
-        publisher.await.unwrap();
-        let mut sub = resumed.subscription;
-        while let Ok(o) = sub.rx.try_recv() {
-            if let Outbound::Data(f, _) = o {
-                if sent.admit(&f) {
-                    out.frames.push((f.cursor.partition, f.cursor.offset));
-                }
+        // Live delivery goes on from the replay's cursors while the publisher appends.
+        let mut cursors: Cursors<()> = Cursors::new(&hub, resumed.next);
+        let m = DeliveryMetrics::new();
+        let filter = Filter::default();
+        loop {
+            let done = publisher.is_finished();
+            let pass = cursors
+                .pass(&rc, &mut out, &filter, case.page.max(2), &m)
+                .await
+                .map_err(|_| TestCaseError::fail("the recorder never goes away"))?;
+            if done && !pass.more && !cursors.has_news(&hub) {
+                break;
             }
+            tokio::task::yield_now().await;
         }
+        publisher.await.unwrap();
         Ok((rc.tiers, out))
     })
 }

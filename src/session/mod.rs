@@ -1,36 +1,43 @@
 //! One WebSocket connection: sends `hello`, optionally replays history the
-//! client asks for (`resume`), then relays frames from the client's hub
-//! queue to the socket while reading (bounded) control messages.
+//! client asks for (`resume`), then reads the log forward with its own
+//! cursors (`cursors`) and writes to the socket, while reading (bounded)
+//! control messages.
 //!
 //! A client resumes with `?resume=…` on the URL, or with a `resume` message
 //! as its first message; a client that passes no `resume` parameter joins
-//! live delivery at its first message or after `RESUME_GRACE_MS`, so a
-//! resume sent right after `hello` never races live frames.
+//! live delivery at its first message or after `RESUME_GRACE_MS`, from the
+//! log's head as it was at its `hello`, so a resume sent right after `hello`
+//! never races live frames.
 //!
 //! Every write is bounded by a timeout; a client that cannot take a frame in
-//! that time is disconnected. Its queue meanwhile fills and the hub drops
-//! frames for it alone. The hub registration is a guard: it is released on
-//! every exit path.
+//! that time is disconnected (1008). A client that reads, but stays behind
+//! the newest record by more than `WEBSOCKET_SLOW_CLIENT_DISCONNECT_SECS`
+//! (its catch-up cannot close the distance), is disconnected with 1008 too
+//! and resumes from its cursor. Nothing is queued per client: a client that
+//! never reads costs its socket buffer and its cursors.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocket};
-use futures_util::StreamExt;
-use metrics::{Counter, Histogram};
+use futures_util::{FutureExt, StreamExt};
+use metrics::Counter;
 use tokio_util::sync::CancellationToken;
 
-use crate::hub::{Filter, Format, Hub, Outbound, Subscription};
+use crate::hub::{Filter, Format, Hub};
 use crate::record::frame::control;
-use crate::replay::driver::{self, ReplayContext, Sent};
+use crate::replay::driver::{self, live_start, ReplayContext, Sent};
 use crate::replay::out::Gone;
 use crate::replay::ResumeFrom;
 use crate::telemetry;
 
 pub(crate) mod config;
+pub(crate) mod cursors;
+#[cfg(test)]
+mod model;
 pub(crate) mod socket;
 
+use cursors::{Cursors, DeliveryMetrics};
 use socket::{Socket, CLOSE_GOING_AWAY, CLOSE_MESSAGE_TOO_BIG, CLOSE_SLOW_CLIENT};
 
 /// Per-session limits.
@@ -40,13 +47,15 @@ pub(crate) struct SessionSettings {
     pub(crate) resume_grace: Duration,
     /// Most partitions in one resume request.
     pub(crate) max_resume_partitions: usize,
-    /// A client losing frames for longer than this is disconnected (1008).
+    /// A client that stays this far behind the newest record is disconnected (1008).
     pub(crate) slow_client_disconnect: Duration,
     /// Longest a single socket write may take (`WEBSOCKET_WRITE_TIMEOUT_SECS`).
     pub(crate) write_timeout: Duration,
-    /// Frames per client queue.
-    pub(crate) queue_frames: usize,
 }
+
+/// Log slots one pass reads at most before the session looks at its socket
+/// again (one flush per pass).
+const PASS_BUDGET: usize = 512;
 
 /// What every session shares.
 pub(crate) struct SessionContext {
@@ -56,9 +65,7 @@ pub(crate) struct SessionContext {
     pub(crate) topic: String,
     pub(crate) namespace: String,
     pub(crate) settings: SessionSettings,
-    e2e_latency: Histogram,
-    queue_age: Histogram,
-    frames_sent: Counter,
+    delivery: DeliveryMetrics,
     slow_disconnects: Counter,
 }
 
@@ -78,9 +85,7 @@ impl SessionContext {
             topic,
             namespace,
             settings,
-            e2e_latency: metrics::histogram!(telemetry::E2E_LATENCY_MS),
-            queue_age: metrics::histogram!(telemetry::CLIENT_QUEUE_AGE),
-            frames_sent: metrics::counter!(telemetry::FRAMES_SENT),
+            delivery: DeliveryMetrics::new(),
             slow_disconnects: metrics::counter!(telemetry::SLOW_CLIENT_DISCONNECTS),
         }
     }
@@ -165,10 +170,13 @@ pub(crate) async fn run(
         filter.describe(),
     );
     let _session = ctx.hub.enter_session();
-    // Without ?resume=, live frames are queued from the hello on (not sent)
-    // until the client's first message or the grace period says whether it
-    // resumes; if it does, this queue is dropped: replay covers those frames.
-    let early = resume.is_none().then(|| ctx.hub.subscribe(filter.clone()));
+    // Without ?resume=, live delivery starts from the log's head as of the
+    // hello, once the client's first message or the grace period says it
+    // does not resume. The cursors are registered now, so ingest keeps what
+    // they have not read meanwhile.
+    let early = resume
+        .is_none()
+        .then(|| Cursors::new(&ctx.hub, live_start(&ctx.hub)));
     let (tx, mut rx) = socket.split();
     let mut tx = Socket::new(
         tx,
@@ -183,18 +191,19 @@ pub(crate) async fn run(
         Some(from) => Intent::Resume(from),
         None => first_message(&ctx, &mut rx, &mut tx).await,
     };
-    let mut sent = Sent::default();
-    let mut sub: Subscription = match (intent, early) {
+    let mut cursors = match (intent, early) {
         (Intent::Gone, _) => return,
         (Intent::Live, Some(early)) => early,
-        (Intent::Live, None) => ctx.hub.subscribe(filter),
+        (Intent::Live, None) => Cursors::new(&ctx.hub, live_start(&ctx.hub)),
         (Intent::Resume(from), early) => {
             drop(early);
             let started = std::time::Instant::now();
+            let seq = ctx.hub.notice_seq();
+            let mut sent = Sent::default();
             let replayed = tokio::select! {
                 // Boxed: the replay's state lives on the heap only while it runs,
                 // not in every session's future.
-                r = Box::pin(driver::replay(&ctx.replay, &mut tx, filter, from, &mut sent)) => r,
+                r = Box::pin(driver::replay(&ctx.replay, &mut tx, filter.clone(), from, &mut sent)) => r,
                 _ = ctx.shutdown.cancelled() => Err(Gone),
             };
             if ctx.shutdown.is_cancelled() {
@@ -219,168 +228,101 @@ pub(crate) async fn run(
             if tx.send_text(done).await.is_err() {
                 return;
             }
-            r.subscription
+            Cursors::new(&ctx.hub, r.next).with_notices_after(seq)
         }
     };
-    let mut batch = Batch::default();
-    let close = loop {
-        tokio::select! {
-            biased;
-            _ = ctx.shutdown.cancelled() => break Some((CLOSE_GOING_AWAY, "server shutting down")),
-            out = sub.rx.recv() => {
-                let Some(out) = out else { break None };
-                // Everything already queued goes out in one write (one flush),
-                // bounded so a busy client still lets others run.
-                let mut next = Some(out);
-                let mut verdict = Ok(());
-                while let Some(out) = next.take() {
-                    verdict = relay(&ctx, &mut sub, &mut sent, &mut tx, &mut batch, out).await;
-                    if verdict.is_err() || batch.full() {
-                        break;
-                    }
-                    next = sub.rx.try_recv().ok();
-                }
-                if let Err(close) = verdict {
-                    break Some(close);
-                }
-                if tx.flush().await.is_err() {
-                    break Some((CLOSE_SLOW_CLIENT, "client too slow"));
-                }
-                batch.sent(&ctx);
-            }
-            inc = rx.next() => match inc {
-                None | Some(Ok(Message::Close(_))) => break None,
-                Some(Err(e)) => break close_for_read_error(e),
-                Some(Ok(Message::Text(t))) => {
-                    let reply = handle_client_text(&t);
-                    if tx.send_text(reply).await.is_err() {
-                        break None;
-                    }
-                }
-                Some(Ok(Message::Binary(_))) => {
-                    metrics::counter!(telemetry::CLIENT_PROTOCOL_ERRORS, "reason" => "binary_from_client").increment(1);
-                    let e = control::error("unsupported", "clients send JSON text messages only");
-                    if tx.send_text(e).await.is_err() {
-                        break None;
-                    }
-                }
-                Some(Ok(_)) => {} // ping/pong are answered by the WebSocket layer
-            }
-        }
-    };
+    let close = deliver(&ctx, &mut cursors, &filter, &mut tx, &mut rx).await;
     if let Some((code, reason)) = close {
         tx.close(code, reason).await;
     }
 }
 
-/// Frames written since the last flush: at most this many, or this many
-/// bytes, go out in one write.
-const BATCH_FRAMES: usize = 64;
-const BATCH_BYTES: usize = 256 * 1024;
-
-/// What one write batch holds until it is flushed.
-#[derive(Default)]
-struct Batch {
-    /// Data frames this session took from its queue (samples the queue age).
-    dequeued: u64,
-    frames: u64,
-    bytes: usize,
-    /// Producer timestamps (µs) of the frames whose end-to-end latency this
-    /// session records (each frame once, by whichever session sends it first).
-    samples: Vec<i64>,
-}
-
-impl Batch {
-    fn full(&self) -> bool {
-        self.frames as usize >= BATCH_FRAMES || self.bytes >= BATCH_BYTES
-    }
-
-    /// The batch reached the socket: count it and record the latency samples.
-    fn sent(&mut self, ctx: &SessionContext) {
-        ctx.frames_sent.increment(self.frames);
-        if !self.samples.is_empty() {
-            let now_us = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_micros() as i64)
-                .unwrap_or(0);
-            for ts_us in self.samples.drain(..) {
-                ctx.e2e_latency
-                    .record(((now_us - ts_us).max(0) as f64) / 1000.0);
+/// Live delivery: passes over the log while there is something to read,
+/// then waits for an append, a client message or shutdown. Returns the
+/// close code and reason, if one is to be sent.
+async fn deliver<R, S>(
+    ctx: &SessionContext,
+    cursors: &mut Cursors<crate::replay::kafka::KafkaReader>,
+    filter: &Filter,
+    tx: &mut Socket<S>,
+    rx: &mut R,
+) -> Option<(u16, &'static str)>
+where
+    R: futures_util::Stream<Item = Result<Message, axum::Error>> + Unpin,
+    S: futures_util::Sink<Message> + Unpin + Send,
+{
+    let hub = &*ctx.hub;
+    let slow_after = ctx.settings.slow_client_disconnect.as_millis() as i64;
+    let mut more = false;
+    loop {
+        if more || cursors.has_news(hub) {
+            let pass = tokio::select! {
+                biased;
+                _ = ctx.shutdown.cancelled() => return Some((CLOSE_GOING_AWAY, "server shutting down")),
+                p = cursors.pass(&ctx.replay, tx, filter, PASS_BUDGET, &ctx.delivery) => p,
+            };
+            let Ok(pass) = pass else {
+                return Some((CLOSE_SLOW_CLIENT, "client too slow"));
+            };
+            if pass.behind_ms > slow_after {
+                ctx.slow_disconnects.increment(1);
+                return Some((CLOSE_SLOW_CLIENT, "slow client: stayed behind too long"));
+            }
+            more = pass.more;
+            if more {
+                // Answer what the client sent meanwhile, without waiting.
+                if let Some(inc) = rx.next().now_or_never() {
+                    if let Some(close) = incoming(tx, inc).await {
+                        return close;
+                    }
+                }
+                continue;
             }
         }
-        self.frames = 0;
-        self.bytes = 0;
+        let appended = hub.log.appended();
+        tokio::pin!(appended);
+        appended.as_mut().enable();
+        hub.log.will_wait();
+        if cursors.has_news(hub) {
+            continue;
+        }
+        tokio::select! {
+            biased;
+            _ = ctx.shutdown.cancelled() => return Some((CLOSE_GOING_AWAY, "server shutting down")),
+            _ = &mut appended => {}
+            inc = rx.next() => {
+                if let Some(close) = incoming(tx, inc).await {
+                    return close;
+                }
+            }
+        }
     }
 }
 
-/// Writes one queued item (without flushing), preceded by the `lagged` and
-/// `gap` notices for whatever the hub dropped for this client. `Err` carries
-/// the close code and reason that end the session.
-async fn relay<S>(
-    ctx: &SessionContext,
-    sub: &mut Subscription,
-    sent: &mut Sent,
+/// Handles one client message. `Some` ends the session (with a close frame
+/// if it holds one).
+async fn incoming<S>(
     tx: &mut Socket<S>,
-    batch: &mut Batch,
-    out: Outbound,
-) -> Result<(), (u16, &'static str)>
+    inc: Option<Result<Message, axum::Error>>,
+) -> Option<Option<(u16, &'static str)>>
 where
     S: futures_util::Sink<Message> + Unpin + Send,
 {
-    const TOO_SLOW: (u16, &str) = (CLOSE_SLOW_CLIENT, "client too slow");
-    // Tell the client exactly what it lost while it was behind.
-    let lagged = sub.state.lagged.swap(0, Ordering::Relaxed);
-    if lagged > 0 {
-        tx.feed(Message::Text(control::lagged(lagged).into()))
-            .await
-            .map_err(|_| TOO_SLOW)?;
-        for (p, a, b) in sub.state.take_lost() {
-            let gap = control::gap(p, a, b, "slow_client");
-            tx.feed(Message::Text(gap.into()))
-                .await
-                .map_err(|_| TOO_SLOW)?;
+    match inc {
+        None | Some(Ok(Message::Close(_))) => Some(None),
+        Some(Err(e)) => Some(close_for_read_error(e)),
+        Some(Ok(Message::Text(t))) => {
+            let reply = handle_client_text(&t);
+            tx.send_text(reply).await.err().map(|_| None)
         }
+        Some(Ok(Message::Binary(_))) => {
+            metrics::counter!(telemetry::CLIENT_PROTOCOL_ERRORS, "reason" => "binary_from_client")
+                .increment(1);
+            let e = control::error("unsupported", "clients send JSON text messages only");
+            tx.send_text(e).await.err().map(|_| None)
+        }
+        Some(Ok(_)) => None, // ping/pong are answered by the WebSocket layer
     }
-    let since = sub.state.lagging_since_ms.load(Ordering::Relaxed);
-    if since > 0 {
-        if sub.rx.len() * 2 < ctx.settings.queue_frames {
-            // Caught up to below half its queue: no longer lagging.
-            sub.state.lagging_since_ms.store(0, Ordering::Relaxed);
-        } else if crate::util::unix_ms() - since
-            > ctx.settings.slow_client_disconnect.as_millis() as i64
-        {
-            ctx.slow_disconnects.increment(1);
-            return Err((CLOSE_SLOW_CLIENT, "slow client: stayed behind too long"));
-        }
-    }
-    let msg = match out {
-        Outbound::Data(f, queued_at) => {
-            let len = f.binary_len();
-            sub.state.queued_bytes.fetch_sub(len, Ordering::Relaxed);
-            // One frame in 16 per session: no shared counter on the hot path.
-            batch.dequeued = batch.dequeued.wrapping_add(1);
-            if batch.dequeued % 16 == 1 {
-                ctx.queue_age.record(queued_at.elapsed().as_secs_f64());
-            }
-            if !sent.admit(&f) {
-                return Ok(());
-            }
-            let m = tx.message(&f);
-            batch.frames += 1;
-            batch.bytes += len;
-            if f.claim_latency_sample() {
-                if let Some(ts_us) = f.decoded.timestamp_us() {
-                    batch.samples.push(ts_us);
-                }
-            }
-            m
-        }
-        Outbound::Control(t) => {
-            batch.bytes += t.len();
-            Message::Text(t)
-        }
-    };
-    tx.feed(msg).await.map_err(|_| TOO_SLOW)
 }
 
 /// A message over WEBSOCKET_MAX_INCOMING_BYTES gets close code 1009; other

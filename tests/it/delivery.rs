@@ -19,7 +19,7 @@ async fn ten_thousand_records_over_three_partitions_reach_binary_and_json_client
 ) {
     let topic = unique("deliver");
     create_topic(&topic, 3).await;
-    let bridge = Bridge::start(&topic, &[("WEBSOCKET_CLIENT_QUEUE_FRAMES", "20000")]).await;
+    let bridge = Bridge::start(&topic, &[]).await;
     let (mut bin, hello) = connect(&bridge.ws_url("")).await;
     assert_eq!(hello["format"], "binary");
     assert_eq!(hello["topic"], topic.as_str());

@@ -96,7 +96,7 @@ impl Bridge {
     /// Delivery counters from `/metrics`.
     pub(crate) async fn counters(&self) -> Result<Counters> {
         let (_, body) = http_get(self.port, "/metrics").await?;
-        let client_label = format!("reason=\"{}\"", telemetry::DROP_CLIENT_QUEUE_FULL);
+        let client_label = format!("reason=\"{}\"", telemetry::DROP_LAGGED_RECEIVER);
         Ok(Counters {
             dropped_client_queue: sum_metric(&body, telemetry::DROPPED_MESSAGES, &client_label),
             dropped_all: sum_metric(&body, telemetry::DROPPED_MESSAGES, ""),

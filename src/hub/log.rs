@@ -1,0 +1,440 @@
+//! The log: per partition, an append-only sequence of slots in offset order,
+//! written once per record by ingest and read by every session with its own
+//! cursor. It is also the first replay tier (see `replay`), bounded by count
+//! and bytes per partition: the oldest slots are evicted first.
+//!
+//! Every consumed offset leaves a slot: a frame, or a tombstone for a record
+//! that was not deliverable (it went to the DLQ), so a missing slot is a real
+//! hole and is reported to the client as a `gap`, never skipped silently.
+//!
+//! Appending costs O(1) in the number of clients: one write lock on the
+//! partition, then one wake-up of the sessions that wait for data (only when
+//! some do). Readers take the partition's read lock for one page at a time
+//! and never hold it across an await.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+use tokio::sync::futures::Notified;
+use tokio::sync::Notify;
+
+use crate::record::frame::Frame;
+
+/// One offset of a partition's history.
+#[derive(Clone)]
+pub(crate) enum Slot {
+    Frame(Arc<Frame>),
+    /// A record that was consumed but is not deliverable (DLQ).
+    Tombstone,
+}
+
+impl Slot {
+    fn bytes(&self) -> usize {
+        match self {
+            // The envelope plus an estimate of the decoded message.
+            Slot::Frame(f) => f.binary_len() * 2 + 256,
+            Slot::Tombstone => 32,
+        }
+    }
+}
+
+/// One slot as a reader sees it: its offset and when it was appended.
+#[derive(Clone)]
+pub(crate) struct Entry {
+    pub(crate) offset: i64,
+    /// Unix ms of the append (how far behind a reader is, in time).
+    pub(crate) at_ms: i64,
+    pub(crate) slot: Slot,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RingLimits {
+    pub(crate) max_per_partition: usize,
+    pub(crate) max_bytes_per_partition: usize,
+}
+
+#[derive(Default)]
+struct Ring {
+    entries: VecDeque<Entry>,
+    bytes: usize,
+    /// Highest offset ever appended (kept after eviction).
+    head: Option<i64>,
+    /// First offset appended in this process.
+    origin: Option<i64>,
+}
+
+impl Ring {
+    /// Index of the first entry at or after `offset`.
+    fn index_of(&self, offset: i64) -> usize {
+        self.entries.partition_point(|e| e.offset < offset)
+    }
+
+    fn full(&self, limits: &RingLimits) -> bool {
+        self.entries.len() >= limits.max_per_partition
+            || self.bytes >= limits.max_bytes_per_partition
+    }
+}
+
+/// What a reader finds at its cursor.
+pub(crate) enum Page {
+    /// The log has nothing for this partition.
+    Missing,
+    /// The cursor is older than the log's first slot (`first`, appended at
+    /// `first_at_ms`): the reader catches up from the lower tiers.
+    Evicted { first: i64, first_at_ms: i64 },
+    /// Up to the page limit from the cursor on (empty: the reader is at the head).
+    Entries(Vec<Entry>),
+}
+
+/// The log of every partition this process consumes.
+pub(crate) struct Log {
+    partitions: RwLock<BTreeMap<i32, Arc<RwLock<Ring>>>>,
+    limits: RingLimits,
+    /// Changes on every append: a reader compares it to know whether to look again.
+    version: AtomicU64,
+    /// Changes when a partition appears.
+    generation: AtomicU64,
+    appended: Notify,
+    /// Some reader waits for `appended`.
+    waiting: AtomicBool,
+    /// Some partition is at its limit (appending evicts).
+    any_full: AtomicBool,
+}
+
+impl Log {
+    pub(crate) fn new(limits: RingLimits) -> Self {
+        Self {
+            partitions: RwLock::new(BTreeMap::new()),
+            limits,
+            version: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
+            appended: Notify::new(),
+            waiting: AtomicBool::new(false),
+            any_full: AtomicBool::new(false),
+        }
+    }
+
+    fn ring(&self, partition: i32) -> Option<Arc<RwLock<Ring>>> {
+        self.partitions.read().get(&partition).cloned()
+    }
+
+    /// Appends (or, for an offset read again after a rebalance or released
+    /// after a halt, replaces) one slot, evicting the oldest beyond the limits,
+    /// then wakes the readers that wait.
+    pub(crate) fn append(&self, partition: i32, offset: i64, slot: Slot, at_ms: i64) {
+        let ring = match self.ring(partition) {
+            Some(r) => r,
+            None => {
+                let mut parts = self.partitions.write();
+                let r = parts.entry(partition).or_default().clone();
+                self.generation.fetch_add(1, Ordering::SeqCst);
+                r
+            }
+        };
+        let full = {
+            let mut ring = ring.write();
+            let size = slot.bytes();
+            if ring.head.is_none_or(|h| offset > h) {
+                ring.entries.push_back(Entry {
+                    offset,
+                    at_ms,
+                    slot,
+                });
+                ring.bytes += size;
+                ring.head = Some(offset);
+                ring.origin.get_or_insert(offset);
+            } else {
+                let i = ring.index_of(offset);
+                match ring.entries.get_mut(i) {
+                    Some(e) if e.offset == offset => {
+                        let old = std::mem::replace(&mut e.slot, slot).bytes();
+                        ring.bytes = ring.bytes - old + size;
+                    }
+                    // Older than the log, or an offset it never had: the lower tiers answer for it.
+                    _ => return,
+                }
+            }
+            let limits = self.limits;
+            while ring.entries.len() > limits.max_per_partition
+                || (ring.bytes > limits.max_bytes_per_partition && ring.entries.len() > 1)
+            {
+                match ring.entries.pop_front() {
+                    Some(e) => ring.bytes -= e.slot.bytes(),
+                    None => break,
+                }
+            }
+            ring.full(&limits)
+        };
+        if full {
+            self.any_full.store(true, Ordering::Relaxed);
+        }
+        self.nudge();
+    }
+
+    /// Wakes the readers that wait, so they look again (after an append, or
+    /// for a notice outside the log).
+    pub(crate) fn nudge(&self) {
+        self.version.fetch_add(1, Ordering::SeqCst);
+        if self.waiting.swap(false, Ordering::SeqCst) {
+            self.appended.notify_waiters();
+        }
+    }
+
+    pub(crate) fn version(&self) -> u64 {
+        self.version.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    /// A future that completes at the next append. Enable it, then check
+    /// [`Log::version`], then await it: no append is missed in between.
+    pub(crate) fn appended(&self) -> Notified<'_> {
+        self.appended.notified()
+    }
+
+    /// Marks that a reader is about to wait (after enabling [`Log::appended`]).
+    pub(crate) fn will_wait(&self) {
+        self.waiting.store(true, Ordering::SeqCst);
+    }
+
+    /// Up to `limit` entries from `from` on.
+    pub(crate) fn page(&self, partition: i32, from: i64, limit: usize) -> Page {
+        let Some(ring) = self.ring(partition) else {
+            return Page::Missing;
+        };
+        let ring = ring.read();
+        let Some(first) = ring.entries.front() else {
+            return Page::Missing;
+        };
+        if first.offset > from {
+            return Page::Evicted {
+                first: first.offset,
+                first_at_ms: first.at_ms,
+            };
+        }
+        let i = ring.index_of(from);
+        Page::Entries(ring.entries.range(i..).take(limit).cloned().collect())
+    }
+
+    /// Append time of the first slot at or after `from` (the oldest the
+    /// reader has not read), if the log holds one.
+    pub(crate) fn unread_since_ms(&self, partition: i32, from: i64) -> Option<i64> {
+        let ring = self.ring(partition)?;
+        let ring = ring.read();
+        let i = ring.index_of(from);
+        ring.entries.get(i).map(|e| e.at_ms)
+    }
+
+    pub(crate) fn partitions(&self) -> Vec<i32> {
+        self.partitions.read().keys().copied().collect()
+    }
+
+    /// Highest offset seen per partition.
+    pub(crate) fn heads(&self) -> BTreeMap<i32, i64> {
+        self.partitions
+            .read()
+            .iter()
+            .filter_map(|(p, r)| Some((*p, r.read().head?)))
+            .collect()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn head(&self, partition: i32) -> Option<i64> {
+        self.ring(partition)?.read().head
+    }
+
+    /// The first offset this process appended for `partition` (where a
+    /// session that started before the partition appeared begins reading).
+    pub(crate) fn origin(&self, partition: i32) -> Option<i64> {
+        self.ring(partition)?.read().origin
+    }
+
+    /// Lowest offset still held for `partition`.
+    pub(crate) fn first(&self, partition: i32) -> Option<i64> {
+        self.ring(partition)?
+            .read()
+            .entries
+            .front()
+            .map(|e| e.offset)
+    }
+
+    /// Partitions at their limit: (partition, first offset, origin). The
+    /// first offset is what the next append evicts. Cheap when none is: one
+    /// atomic load.
+    pub(crate) fn full_partitions(&self) -> Vec<(i32, i64, i64)> {
+        if !self.any_full.load(Ordering::Relaxed) {
+            return Vec::new();
+        }
+        let full: Vec<(i32, i64, i64)> = self
+            .partitions
+            .read()
+            .iter()
+            .filter_map(|(p, r)| {
+                let r = r.read();
+                if r.full(&self.limits) {
+                    let first = r.entries.front()?.offset;
+                    Some((*p, first, r.origin.unwrap_or(first)))
+                } else {
+                    None
+                }
+            })
+            .collect();
+        if full.is_empty() {
+            self.any_full.store(false, Ordering::Relaxed);
+        }
+        full
+    }
+
+    /// (slots, approximate bytes) held.
+    pub(crate) fn stats(&self) -> (usize, usize) {
+        self.partitions.read().values().fold((0, 0), |(n, b), r| {
+            let r = r.read();
+            (n + r.entries.len(), b + r.bytes)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::dash_stream_message::Message;
+    use crate::proto::{DashStreamMessage, Event, Header};
+    use crate::record::decode::{decode, encode_record, DecodeLimits};
+    use crate::record::frame::Cursor;
+
+    fn frame(o: i64) -> Slot {
+        let v = encode_record(
+            &DashStreamMessage {
+                message: Some(Message::Event(Event {
+                    header: Some(Header {
+                        thread_id: "t".into(),
+                        sequence: 1,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })),
+            },
+            None,
+        );
+        let d = decode(Some(&v), &DecodeLimits::default()).unwrap();
+        Slot::Frame(Arc::new(Frame::new(
+            Cursor {
+                partition: 0,
+                offset: o,
+            },
+            None,
+            &v,
+            d,
+            None,
+        )))
+    }
+
+    fn offsets(p: Page) -> Vec<i64> {
+        match p {
+            Page::Entries(v) => v.iter().map(|e| e.offset).collect(),
+            _ => panic!("entries expected"),
+        }
+    }
+
+    #[test]
+    fn log_is_bounded_by_count_and_keeps_its_head() {
+        let log = Log::new(RingLimits {
+            max_per_partition: 3,
+            max_bytes_per_partition: usize::MAX,
+        });
+        assert!(matches!(log.page(0, 0, 10), Page::Missing));
+        for o in 0..5 {
+            log.append(0, o, frame(o), 1000 + o);
+        }
+        assert_eq!(log.first(0), Some(2));
+        assert_eq!(log.heads()[&0], 4);
+        assert!(
+            matches!(
+                log.page(0, 1, 10),
+                Page::Evicted {
+                    first: 2,
+                    first_at_ms: 1002
+                }
+            ),
+            "offset 1 was evicted"
+        );
+        assert_eq!(offsets(log.page(0, 2, 2)), vec![2, 3]);
+        assert_eq!(offsets(log.page(0, 5, 2)), Vec::<i64>::new(), "at the head");
+        assert_eq!(log.full_partitions(), vec![(0, 2, 0)]);
+        assert_eq!(log.unread_since_ms(0, 3), Some(1003));
+    }
+
+    #[test]
+    fn a_read_again_offset_replaces_its_slot_and_an_older_one_is_ignored() {
+        let log = Log::new(RingLimits {
+            max_per_partition: 10,
+            max_bytes_per_partition: usize::MAX,
+        });
+        log.append(0, 10, Slot::Tombstone, 1);
+        log.append(0, 12, frame(12), 1);
+        log.append(0, 10, frame(10), 2);
+        log.append(0, 5, frame(5), 2);
+        log.append(0, 11, frame(11), 2);
+        match log.page(0, 0, 10) {
+            Page::Evicted { first: 10, .. } => {}
+            _ => panic!("first is 10"),
+        }
+        match log.page(0, 10, 10) {
+            Page::Entries(v) => {
+                assert_eq!(v.iter().map(|e| e.offset).collect::<Vec<_>>(), vec![10, 12]);
+                assert!(matches!(v[0].slot, Slot::Frame(_)), "tombstone replaced");
+            }
+            _ => panic!(),
+        }
+        assert_eq!(log.head(0), Some(12));
+    }
+
+    #[test]
+    fn log_is_bounded_by_bytes() {
+        let log = Log::new(RingLimits {
+            max_per_partition: 1000,
+            max_bytes_per_partition: 1000,
+        });
+        for o in 0..100 {
+            log.append(0, o, frame(o), 0);
+        }
+        let (n, bytes) = log.stats();
+        assert!(
+            bytes <= 1000 && (1..100).contains(&n),
+            "{n} slots, {bytes} bytes"
+        );
+        log.append(0, 100, Slot::Tombstone, 0);
+        assert_eq!(log.heads()[&0], 100);
+    }
+
+    #[tokio::test]
+    async fn a_waiting_reader_is_woken_by_the_next_append() {
+        let log = Arc::new(Log::new(RingLimits {
+            max_per_partition: 10,
+            max_bytes_per_partition: usize::MAX,
+        }));
+        let seen = log.version();
+        let l = log.clone();
+        let reader = tokio::spawn(async move {
+            let appended = l.appended();
+            tokio::pin!(appended);
+            appended.as_mut().enable();
+            l.will_wait();
+            if l.version() == seen {
+                appended.await;
+            }
+            l.head(0)
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        log.append(0, 7, Slot::Tombstone, 0);
+        let head = tokio::time::timeout(std::time::Duration::from_secs(5), reader)
+            .await
+            .expect("woken")
+            .unwrap();
+        assert_eq!(head, Some(7));
+    }
+}

@@ -1,0 +1,225 @@
+//! Who reads the log, and where: each session's cursors and when it last
+//! made progress. Ingest asks before appending whether an append would push
+//! a slot out of the log that a session which is still reading has not read
+//! yet; if so it waits (Kafka is the buffer, consumer lag shows it) instead
+//! of sending that session into catch-up. A session that made no progress
+//! for `stall` (it stopped reading) is not waited for.
+//!
+//! The check costs one atomic load while no partition of the log is full;
+//! when one is, a scan of the readers at most once per slot that the
+//! slowest reader still needs (the answer is cached until then).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+use crate::hub::log::Log;
+
+/// What a session shares about its reading.
+#[derive(Default)]
+pub(crate) struct ReaderShared {
+    /// Per partition, the next offset the session reads.
+    next: Mutex<Vec<(i32, i64)>>,
+    /// Unix ms of its last progress (a page read and written).
+    progress_ms: AtomicI64,
+}
+
+impl ReaderShared {
+    /// Records the session's cursors after a page was written.
+    pub(crate) fn progressed(&self, next: &HashMap<i32, i64>, now_ms: i64) {
+        let mut v = self.next.lock();
+        v.clear();
+        v.extend(next.iter().map(|(p, o)| (*p, *o)));
+        drop(v);
+        self.progress_ms.store(now_ms, Ordering::Relaxed);
+    }
+}
+
+/// The registered readers and the ingest gate.
+pub(crate) struct Readers {
+    list: Mutex<HashMap<u64, Arc<ReaderShared>>>,
+    next_id: AtomicU64,
+    stall_ms: i64,
+    /// Ingest waits for progress.
+    ingest_waiting: AtomicBool,
+    room: Notify,
+    /// Per partition, offsets below this may be evicted without a rescan.
+    free_below: Mutex<HashMap<i32, i64>>,
+}
+
+/// A session's registration: removed when dropped (every exit path).
+pub(crate) struct ReaderHandle {
+    readers: Arc<Readers>,
+    id: u64,
+    pub(crate) shared: Arc<ReaderShared>,
+}
+
+impl Drop for ReaderHandle {
+    fn drop(&mut self) {
+        self.readers.list.lock().remove(&self.id);
+        self.readers.wake_ingest();
+    }
+}
+
+impl ReaderHandle {
+    /// The session read and wrote a page: records it, and lets ingest on if it waits.
+    pub(crate) fn progressed(&self, next: &HashMap<i32, i64>, now_ms: i64) {
+        self.shared.progressed(next, now_ms);
+        self.readers.wake_ingest();
+    }
+}
+
+impl Readers {
+    pub(crate) fn new(stall: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            list: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            stall_ms: stall.as_millis() as i64,
+            ingest_waiting: AtomicBool::new(false),
+            room: Notify::new(),
+            free_below: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub(crate) fn register(
+        self: &Arc<Self>,
+        next: &HashMap<i32, i64>,
+        now_ms: i64,
+    ) -> ReaderHandle {
+        let shared = Arc::new(ReaderShared::default());
+        shared.progressed(next, now_ms);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.list.lock().insert(id, shared.clone());
+        // A new reader may need what was free before.
+        self.free_below.lock().clear();
+        ReaderHandle {
+            readers: self.clone(),
+            id,
+            shared,
+        }
+    }
+
+    fn wake_ingest(&self) {
+        if self.ingest_waiting.load(Ordering::Relaxed) {
+            self.free_below.lock().clear();
+            self.room.notify_one();
+        }
+    }
+
+    /// True when the next append to some full partition of `log` would evict
+    /// a slot that a reader still reading has not read.
+    pub(crate) fn must_wait(&self, log: &Log, now_ms: i64) -> bool {
+        let full = log.full_partitions();
+        if full.is_empty() {
+            return false;
+        }
+        let mut free = self.free_below.lock();
+        let mut blocked = false;
+        let mut rescan: Vec<(i32, i64, i64)> = Vec::new();
+        for (p, first, origin) in full {
+            if free.get(&p).is_some_and(|f| first < *f) {
+                continue;
+            }
+            rescan.push((p, first, origin));
+        }
+        if rescan.is_empty() {
+            return false;
+        }
+        let list = self.list.lock();
+        for (p, first, origin) in rescan {
+            // The lowest cursor still inside the log, among readers still reading.
+            let mut lowest = i64::MAX;
+            for r in list.values() {
+                if now_ms - r.progress_ms.load(Ordering::Relaxed) > self.stall_ms {
+                    continue;
+                }
+                // A partition the session has not seen yet: it reads it from its origin.
+                let n = r
+                    .next
+                    .lock()
+                    .iter()
+                    .find(|(q, _)| *q == p)
+                    .map_or(origin, |(_, n)| *n);
+                if n >= first {
+                    lowest = lowest.min(n);
+                }
+            }
+            if lowest == first {
+                blocked = true;
+            }
+            free.insert(p, lowest);
+        }
+        blocked
+    }
+
+    /// Waits until a reader makes progress or leaves, or `at_most`.
+    pub(crate) async fn wait_for_room(&self, at_most: Duration) {
+        let room = self.room.notified();
+        tokio::pin!(room);
+        room.as_mut().enable();
+        self.ingest_waiting.store(true, Ordering::Relaxed);
+        let _ = tokio::time::timeout(at_most, room).await;
+        self.ingest_waiting.store(false, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::log::{RingLimits, Slot};
+
+    #[test]
+    fn ingest_waits_only_for_a_reader_that_is_reading_and_about_to_fall_out() {
+        let log = Log::new(RingLimits {
+            max_per_partition: 3,
+            max_bytes_per_partition: usize::MAX,
+        });
+        let readers = Readers::new(Duration::from_millis(1000));
+        for o in 0..3 {
+            log.append(0, o, Slot::Tombstone, 0);
+        }
+        assert!(!readers.must_wait(&log, 0), "no reader");
+        let r = readers.register(&[(0, 0)].into(), 10_000);
+        assert!(readers.must_wait(&log, 10_000), "offset 0 is unread");
+        r.progressed(&[(0, 2)].into(), 10_100);
+        assert!(!readers.must_wait(&log, 10_100), "offset 0 was read");
+        log.append(0, 3, Slot::Tombstone, 0);
+        assert!(!readers.must_wait(&log, 10_100), "first is 1, reader at 2");
+        log.append(0, 4, Slot::Tombstone, 0);
+        assert!(
+            readers.must_wait(&log, 10_100),
+            "first is 2: the reader's next"
+        );
+        assert!(
+            !readers.must_wait(&log, 11_101),
+            "a reader without progress for the stall time is not waited for"
+        );
+        drop(r);
+        assert!(
+            !readers.must_wait(&log, 10_100),
+            "a reader that left is not waited for"
+        );
+        let behind = readers.register(&[(0, 0)].into(), 10_100);
+        assert!(
+            !readers.must_wait(&log, 10_100),
+            "a reader already behind the log catches up from the lower tiers"
+        );
+        drop(behind);
+        let new = readers.register(&HashMap::new(), 10_100);
+        let log = Log::new(RingLimits {
+            max_per_partition: 2,
+            max_bytes_per_partition: usize::MAX,
+        });
+        log.append(1, 0, Slot::Tombstone, 0);
+        log.append(1, 1, Slot::Tombstone, 0);
+        assert!(
+            readers.must_wait(&log, 10_100),
+            "a partition the session has not seen yet is read from its origin"
+        );
+        drop(new);
+    }
+}

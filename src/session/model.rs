@@ -1,0 +1,454 @@
+//! Model-based test of the log and the sessions' cursors: random
+//! interleavings of appends (with eviction from a small log), readers that
+//! read fast, slowly or not at all for a while, catch-up reads from fakes of
+//! Redis and Kafka, and restarts of the bridge (a new, empty log; every
+//! client resumes from the cursor it computed from what it received).
+//!
+//! The property, per client and partition: offsets arrive in strictly
+//! increasing order, each at most once, never one that was not deliverable
+//! and never one inside a `gap` it was sent; every deliverable offset
+//! arrives or lies inside a `gap`; a `gap` covers only offsets that no tier
+//! held; and when Kafka retains everything, no `gap` at all.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use proptest::prelude::*;
+
+use crate::hub::log::RingLimits;
+use crate::hub::{DeliveryLimits, Filter, Hub, PriorityTable};
+use crate::record::decode::{decode, encode_record, DecodeLimits};
+use crate::record::frame::{Cursor, Frame};
+use crate::replay::driver::{replay, ReplayContext, Sent};
+use crate::replay::kafka::{Fetched, KafkaRecord};
+use crate::replay::out::{Gone, ReplayOut};
+use crate::replay::slots::ReplaySlots;
+use crate::replay::tiers::{RedisRows, Tiers, Unavailable};
+use crate::replay::ResumeFrom;
+use crate::session::cursors::{Cursors, DeliveryMetrics};
+
+const PARTITIONS: i32 = 2;
+
+fn value(p: i32, o: i64) -> Vec<u8> {
+    use crate::proto::dash_stream_message::Message;
+    use crate::proto::{DashStreamMessage, Event, Header};
+    encode_record(
+        &DashStreamMessage {
+            message: Some(Message::Event(Event {
+                header: Some(Header {
+                    thread_id: format!("t{p}"),
+                    sequence: o as u64 + 1,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })),
+        },
+        None,
+    )
+}
+
+fn frame(p: i32, o: i64) -> Arc<Frame> {
+    let v = value(p, o);
+    let d = decode(Some(&v), &DecodeLimits::default()).unwrap();
+    Arc::new(Frame::new(
+        Cursor {
+            partition: p,
+            offset: o,
+        },
+        None,
+        &v,
+        d,
+        None,
+    ))
+}
+
+/// What the topic and Redis hold.
+#[derive(Default)]
+struct World {
+    /// Per partition, per offset: deliverable, and whether Redis holds it.
+    records: HashMap<i32, Vec<(bool, bool)>>,
+}
+
+struct ModelTiers {
+    world: Arc<Mutex<World>>,
+    /// Kafka's earliest retained offset (every partition).
+    retained_from: i64,
+    kafka_on: bool,
+}
+
+impl Tiers for ModelTiers {
+    type Reader = ();
+    type Permit = ();
+
+    fn has_redis(&self) -> bool {
+        true
+    }
+
+    async fn redis_partitions(&self) -> BTreeSet<i32> {
+        self.world.lock().records.keys().copied().collect()
+    }
+
+    async fn redis_last(&self, p: i32) -> Option<i64> {
+        let w = self.world.lock();
+        let r = w.records.get(&p)?;
+        r.iter().rposition(|(_, redis)| *redis).map(|i| i as i64)
+    }
+
+    async fn redis_page(
+        &self,
+        p: i32,
+        from: i64,
+        to: i64,
+        limit: usize,
+    ) -> Result<RedisRows, Unavailable> {
+        let w = self.world.lock();
+        let Some(r) = w.records.get(&p) else {
+            return Ok(Vec::new());
+        };
+        Ok((from.max(0)..=to.min(r.len() as i64 - 1))
+            .filter(|o| r[*o as usize].1)
+            .take(limit)
+            .map(|o| {
+                let v = if r[o as usize].0 {
+                    frame(p, o).binary().to_vec()
+                } else {
+                    Vec::new()
+                };
+                (o, Some(v))
+            })
+            .collect())
+    }
+
+    fn has_kafka(&self) -> bool {
+        self.kafka_on
+    }
+
+    async fn kafka_permit(&self) -> Option<()> {
+        Some(())
+    }
+
+    async fn kafka_read(
+        &self,
+        _reader: &mut Option<()>,
+        p: i32,
+        from: i64,
+        to: i64,
+        limit: usize,
+    ) -> Result<Fetched, Unavailable> {
+        let w = self.world.lock();
+        let end = w.records.get(&p).map_or(0, |r| r.len() as i64);
+        let low = self.retained_from;
+        let retention_gap = (from < low).then_some((from, to.min(low - 1)));
+        let mut records = Vec::new();
+        let mut o = from.max(low);
+        while o <= to && o < end && records.len() < limit {
+            records.push(KafkaRecord {
+                offset: o,
+                timestamp_ms: None,
+                value: if w.records[&p][o as usize].0 {
+                    value(p, o)
+                } else {
+                    b"\xff not a record".to_vec()
+                },
+            });
+            o += 1;
+        }
+        let next = if o >= end || o > to { to + 1 } else { o };
+        Ok(Fetched {
+            records,
+            retention_gap,
+            next,
+        })
+    }
+}
+
+/// One client: what it received, across restarts.
+#[derive(Default)]
+struct Client {
+    frames: Vec<(i32, i64)>,
+    gaps: Vec<(i32, i64, i64)>,
+}
+
+impl Client {
+    /// The cursor the client resumes from: per partition, the last offset
+    /// it received or was told is gone.
+    fn cursor(&self) -> HashMap<i32, i64> {
+        let mut c: HashMap<i32, i64> = (0..PARTITIONS).map(|p| (p, -1)).collect();
+        for (p, o) in &self.frames {
+            let e = c.entry(*p).or_insert(-1);
+            *e = (*e).max(*o);
+        }
+        for (p, _, b) in &self.gaps {
+            let e = c.entry(*p).or_insert(-1);
+            *e = (*e).max(*b);
+        }
+        c
+    }
+}
+
+impl ReplayOut for Client {
+    async fn frame(&mut self, f: &Frame) -> Result<(), Gone> {
+        self.frames.push((f.cursor.partition, f.cursor.offset));
+        Ok(())
+    }
+
+    async fn control(&mut self, text: String) -> Result<(), Gone> {
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        if v["type"] == "gap" {
+            let n = |k: &str| v[k].as_i64().unwrap();
+            self.gaps.push((n("partition") as i32, n("from"), n("to")));
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), Gone> {
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    /// Ingest appends the next offset of a partition (deliverable or not;
+    /// written to Redis or not).
+    Append {
+        p: i32,
+        deliverable: bool,
+        redis: bool,
+    },
+    /// A client reads one pass with this budget (small: a slow reader).
+    Read { client: usize, budget: usize },
+    /// The bridge restarts: a new log; every client resumes from its cursor.
+    Restart,
+}
+
+fn op(clients: usize) -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => (0..PARTITIONS, proptest::bool::weighted(0.9), proptest::bool::weighted(0.5))
+            .prop_map(|(p, deliverable, redis)| Op::Append { p, deliverable, redis }),
+        4 => (0..clients, 1usize..12).prop_map(|(client, budget)| Op::Read { client, budget }),
+        1 => Just(Op::Restart),
+    ]
+}
+
+#[derive(Clone, Debug)]
+struct Model {
+    ops: Vec<Op>,
+    ring: usize,
+    page: usize,
+    retained_from: i64,
+    kafka_on: bool,
+}
+
+fn model() -> impl Strategy<Value = Model> {
+    (
+        proptest::collection::vec(op(3), 1..160),
+        1usize..12,
+        1usize..6,
+        prop_oneof![3 => Just(0i64), 1 => 0i64..30],
+        proptest::bool::weighted(0.8),
+    )
+        .prop_map(|(ops, ring, page, retained_from, kafka_on)| Model {
+            ops,
+            ring,
+            page,
+            retained_from,
+            kafka_on,
+        })
+}
+
+fn context(m: &Model, world: &Arc<Mutex<World>>) -> ReplayContext<ModelTiers> {
+    ReplayContext {
+        hub: Hub::new(
+            DeliveryLimits {
+                priorities: PriorityTable::default(),
+                reader_stall: std::time::Duration::from_secs(1),
+            },
+            RingLimits {
+                max_per_partition: m.ring,
+                max_bytes_per_partition: usize::MAX,
+            },
+        ),
+        tiers: ModelTiers {
+            world: world.clone(),
+            retained_from: m.retained_from,
+            kafka_on: m.kafka_on,
+        },
+        watermarks: Default::default(),
+        page: m.page,
+        limits: DecodeLimits::default(),
+        replays: ReplaySlots::new(1),
+    }
+}
+
+fn run_model(m: &Model) -> Result<(), TestCaseError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let world: Arc<Mutex<World>> = Default::default();
+        let filter = Filter::default();
+        let metrics = DeliveryMetrics::new();
+        let mut rc = context(m, &world);
+        let mut clients: Vec<Client> = (0..3).map(|_| Client::default()).collect();
+        let from_zero: HashMap<i32, i64> = (0..PARTITIONS).map(|p| (p, 0)).collect();
+        let mut cursors: Vec<Cursors<()>> = (0..3)
+            .map(|_| Cursors::new(&rc.hub, from_zero.clone()))
+            .collect();
+        let fail = |_| TestCaseError::fail("a client never goes away");
+        for op in &m.ops {
+            match op {
+                Op::Append {
+                    p,
+                    deliverable,
+                    redis,
+                } => {
+                    let o = {
+                        let mut w = world.lock();
+                        let r = w.records.entry(*p).or_default();
+                        r.push((*deliverable, *redis));
+                        r.len() as i64 - 1
+                    };
+                    if *deliverable {
+                        rc.hub.publish(&frame(*p, o));
+                    } else {
+                        rc.hub.skip(*p, o);
+                    }
+                }
+                Op::Read { client, budget } => {
+                    cursors[*client]
+                        .pass(&rc, &mut clients[*client], &filter, *budget, &metrics)
+                        .await
+                        .map_err(fail)?;
+                }
+                Op::Restart => {
+                    drop(std::mem::take(&mut cursors));
+                    rc = context(m, &world);
+                    // The new process knows the topic's end from the broker.
+                    for (p, r) in &world.lock().records {
+                        rc.watermarks.lock().insert(*p, r.len() as i64);
+                    }
+                    for c in clients.iter_mut() {
+                        let from = ResumeFrom::Cursor(c.cursor());
+                        let r = replay(&rc, c, filter.clone(), from, &mut Sent::default())
+                            .await
+                            .map_err(fail)?;
+                        cursors.push(Cursors::new(&rc.hub, r.next));
+                    }
+                }
+            }
+        }
+        // Everyone reads to the end.
+        for (c, cur) in clients.iter_mut().zip(cursors.iter_mut()) {
+            for _ in 0..10_000 {
+                let pass = cur.pass(&rc, c, &filter, 7, &metrics).await.map_err(fail)?;
+                if !pass.more && !cur.has_news(&rc.hub) {
+                    break;
+                }
+            }
+        }
+        let w = world.lock();
+        check(m, &w, &clients)
+    })
+}
+
+fn check(m: &Model, world: &World, clients: &[Client]) -> Result<(), TestCaseError> {
+    for (ci, c) in clients.iter().enumerate() {
+        for p in 0..PARTITIONS {
+            let records = world.records.get(&p).cloned().unwrap_or_default();
+            let got: Vec<i64> = c
+                .frames
+                .iter()
+                .filter(|(q, _)| *q == p)
+                .map(|(_, o)| *o)
+                .collect();
+            let gaps: Vec<(i64, i64)> = c
+                .gaps
+                .iter()
+                .filter(|(q, _, _)| *q == p)
+                .map(|(_, a, b)| (*a, *b))
+                .collect();
+            let in_gap = |o: i64| gaps.iter().any(|(a, b)| *a <= o && o <= *b);
+            prop_assert!(
+                got.windows(2).all(|w| w[0] < w[1]),
+                "client {ci} partition {p}: out of order or twice: {got:?}"
+            );
+            for o in &got {
+                prop_assert!(
+                    records[*o as usize].0,
+                    "client {ci}: {p}/{o} is not deliverable"
+                );
+                prop_assert!(
+                    !in_gap(*o),
+                    "client {ci}: {p}/{o} sent and inside a gap {gaps:?}"
+                );
+            }
+            for (a, b) in &gaps {
+                prop_assert!(a <= b, "client {ci}: empty gap");
+                for o in *a..=*b {
+                    let (deliverable, redis) =
+                        records.get(o as usize).copied().unwrap_or((false, false));
+                    let in_kafka = m.kafka_on && o >= m.retained_from;
+                    prop_assert!(
+                        !(deliverable && (redis || in_kafka)),
+                        "client {ci}: {p}/{o} reported as a gap but a tier held it; gaps {gaps:?}"
+                    );
+                }
+            }
+            for (o, (deliverable, _)) in records.iter().enumerate() {
+                let o = o as i64;
+                if *deliverable {
+                    prop_assert!(
+                        got.binary_search(&o).is_ok() || in_gap(o),
+                        "client {ci}: {p}/{o} neither sent nor inside a gap; got {got:?}, gaps {gaps:?}"
+                    );
+                }
+            }
+            if m.kafka_on && m.retained_from == 0 {
+                prop_assert!(
+                    gaps.is_empty(),
+                    "client {ci}: Kafka held everything, yet gaps {gaps:?}"
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    #[test]
+    fn every_client_gets_every_offset_once_in_order_or_inside_an_exact_gap(m in model()) {
+        run_model(&m)?;
+    }
+}
+
+#[test]
+fn a_reader_that_fell_behind_the_log_catches_up_from_kafka_without_a_hole() {
+    let m = Model {
+        ops: (0..30)
+            .map(|_| Op::Append {
+                p: 0,
+                deliverable: true,
+                redis: false,
+            })
+            .chain([Op::Read {
+                client: 0,
+                budget: 100,
+            }])
+            .collect(),
+        ring: 5,
+        page: 4,
+        retained_from: 0,
+        kafka_on: true,
+    };
+    run_model(&m).unwrap();
+    let m = Model {
+        kafka_on: false,
+        ..m
+    };
+    // Without Kafka or Redis, offsets 0..=24 are one exact gap.
+    run_model(&m).unwrap();
+}
