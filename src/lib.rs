@@ -30,7 +30,10 @@ pub use record::frame::{envelope_to_json, parse_envelope, Cursor, Envelope, Enve
 
 /// Metric names the benchmarks read from `/metrics` (the catalog is `telemetry`).
 pub mod metric_names {
-    pub use crate::telemetry::{DROPPED_MESSAGES, DROP_LAGGED_RECEIVER, FRAMES_SENT};
+    pub use crate::telemetry::{
+        CLIENT_LAG_MESSAGES, DROPPED_MESSAGES, DROP_LAGGED_RECEIVER, FRAMES_SENT,
+        REPLAY_KAFKA_HITS,
+    };
 }
 
 /// Generated DashStream v1 types (prost) with proto3-JSON serde impls (pbjson).

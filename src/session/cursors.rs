@@ -140,7 +140,9 @@ impl<R> Cursors<R> {
             match hub.log.page(p, n, remaining.min(rc.page)) {
                 Page::Missing => {}
                 Page::Evicted { first, .. } => {
-                    let c = catch_up(rc, out, filter, &mut self.reader, p, n, first - 1).await?;
+                    // Boxed: a catch-up's state is on the heap only while it runs.
+                    let c = Box::pin(catch_up(rc, out, filter, &mut self.reader, p, n, first - 1))
+                        .await?;
                     pass.frames += c.frames;
                     n = first;
                     pass.more = true;
@@ -154,8 +156,16 @@ impl<R> Cursors<R> {
                     for e in &page {
                         if e.offset > n {
                             // A hole in the log: the lower tiers say what was there.
-                            let c = catch_up(rc, out, filter, &mut self.reader, p, n, e.offset - 1)
-                                .await?;
+                            let c = Box::pin(catch_up(
+                                rc,
+                                out,
+                                filter,
+                                &mut self.reader,
+                                p,
+                                n,
+                                e.offset - 1,
+                            ))
+                            .await?;
                             pass.frames += c.frames;
                         }
                         n = e.offset + 1;

@@ -259,7 +259,8 @@ where
             let pass = tokio::select! {
                 biased;
                 _ = ctx.shutdown.cancelled() => return Some((CLOSE_GOING_AWAY, "server shutting down")),
-                p = cursors.pass(&ctx.replay, tx, filter, PASS_BUDGET, &ctx.delivery) => p,
+                // Boxed: an idle session's future does not carry a pass's state.
+                p = Box::pin(cursors.pass(&ctx.replay, tx, filter, PASS_BUDGET, &ctx.delivery)) => p,
             };
             let Ok(pass) = pass else {
                 return Some((CLOSE_SLOW_CLIENT, "client too slow"));

@@ -101,6 +101,8 @@ impl Bridge {
             dropped_client_queue: sum_metric(&body, telemetry::DROPPED_MESSAGES, &client_label),
             dropped_all: sum_metric(&body, telemetry::DROPPED_MESSAGES, ""),
             frames_sent: sum_metric(&body, telemetry::FRAMES_SENT, ""),
+            caught_up: sum_metric(&body, telemetry::CLIENT_LAG_MESSAGES, ""),
+            kafka_hits: sum_metric(&body, telemetry::REPLAY_KAFKA_HITS, ""),
         })
     }
 
@@ -145,6 +147,10 @@ pub(crate) struct Counters {
     /// `websocket_dropped_messages_total`, every reason.
     pub(crate) dropped_all: Option<f64>,
     pub(crate) frames_sent: Option<f64>,
+    /// `websocket_client_lag_messages_total`: records sessions read back from Redis or Kafka.
+    pub(crate) caught_up: Option<f64>,
+    /// `replay_buffer_kafka_hits_total`.
+    pub(crate) kafka_hits: Option<f64>,
 }
 
 impl Counters {
@@ -153,6 +159,8 @@ impl Counters {
             "dropped_client_queue_full": self.dropped_client_queue,
             "dropped_all_reasons": self.dropped_all,
             "frames_sent": self.frames_sent,
+            "caught_up": self.caught_up,
+            "kafka_hits": self.kafka_hits,
         })
     }
 }

@@ -9,6 +9,8 @@ pub(crate) struct Ingest {
     pub(crate) transfer: Option<Duration>,
     pub(crate) frames_min: u64,
     pub(crate) frames_max: u64,
+    /// Frames lost per client (N − frames received): min, median, max.
+    pub(crate) lost: (u64, u64, u64),
     pub(crate) complete_clients: usize,
     pub(crate) first_to_last_finish: Option<Duration>,
     pub(crate) counters: Counters,
@@ -191,6 +193,7 @@ pub(crate) fn summarize(
         transfer,
         frames_min: tallies.iter().map(|t| t.frames).min().unwrap_or(0),
         frames_max: tallies.iter().map(|t| t.frames).max().unwrap_or(0),
+        lost: lost_per_client(n, tallies.iter().map(|t| t.frames)),
         complete_clients,
         first_to_last_finish,
         counters,
@@ -208,3 +211,22 @@ pub(crate) fn summarize(
 // ---------------------------------------------------------------------------
 // Latency run
 // ---------------------------------------------------------------------------
+
+/// Frames each client did not receive of `n`: (min, median, max).
+pub(crate) fn lost_per_client(n: u64, frames: impl Iterator<Item = u64>) -> (u64, u64, u64) {
+    let mut lost: Vec<u64> = frames.map(|f| n.saturating_sub(f)).collect();
+    lost.sort_unstable();
+    match lost.len() {
+        0 => (0, 0, 0),
+        k => (lost[0], lost[k / 2], lost[k - 1]),
+    }
+}
+
+impl Ingest {
+    /// Bridge CPU per record, in µs, over the measured window.
+    pub(crate) fn cpu_us_per_record(&self) -> Option<f64> {
+        self.cpu
+            .bridge
+            .map(|s| s * 1e6 / self.records.max(1) as f64)
+    }
+}
