@@ -31,8 +31,7 @@ pub use record::frame::{envelope_to_json, parse_envelope, Cursor, Envelope, Enve
 /// Metric names the benchmarks read from `/metrics` (the catalog is `telemetry`).
 pub mod metric_names {
     pub use crate::telemetry::{
-        CLIENT_LAG_MESSAGES, DROPPED_MESSAGES, DROP_LAGGED_RECEIVER, FRAMES_SENT,
-        REPLAY_KAFKA_HITS,
+        CLIENT_LAG_MESSAGES, DROPPED_MESSAGES, DROP_LAGGED_RECEIVER, FRAMES_SENT, REPLAY_KAFKA_HITS,
     };
 }
 

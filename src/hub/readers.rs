@@ -26,6 +26,9 @@ pub(crate) struct ReaderShared {
     next: Mutex<Vec<(i32, i64)>>,
     /// Unix ms of its last progress (a page read and written).
     progress_ms: AtomicI64,
+    /// It has read everything and waits for more: it is keeping up, however
+    /// long ago its last page was.
+    idle: AtomicBool,
 }
 
 impl ReaderShared {
@@ -36,6 +39,24 @@ impl ReaderShared {
         v.extend(next.iter().map(|(p, o)| (*p, *o)));
         drop(v);
         self.progress_ms.store(now_ms, Ordering::Relaxed);
+    }
+
+    /// The session waits for more (it has read everything).
+    pub(crate) fn idle(&self) {
+        self.idle.store(true, Ordering::SeqCst);
+    }
+
+    /// The session starts reading again: it counts as making progress from now.
+    pub(crate) fn busy(&self, now_ms: i64) {
+        if self.idle.load(Ordering::Relaxed) {
+            self.progress_ms.store(now_ms, Ordering::SeqCst);
+            self.idle.store(false, Ordering::SeqCst);
+        }
+    }
+
+    fn stalled(&self, now_ms: i64, stall_ms: i64) -> bool {
+        !self.idle.load(Ordering::SeqCst)
+            && now_ms - self.progress_ms.load(Ordering::SeqCst) > stall_ms
     }
 }
 
@@ -66,6 +87,14 @@ impl Drop for ReaderHandle {
 }
 
 impl ReaderHandle {
+    pub(crate) fn idle(&self) {
+        self.shared.idle();
+    }
+
+    pub(crate) fn busy(&self, now_ms: i64) {
+        self.shared.busy(now_ms);
+    }
+
     /// The session read and wrote a page: records it, and lets ingest on if it waits.
     pub(crate) fn progressed(&self, next: &HashMap<i32, i64>, now_ms: i64) {
         self.shared.progressed(next, now_ms);
@@ -104,7 +133,7 @@ impl Readers {
     }
 
     fn wake_ingest(&self) {
-        if self.ingest_waiting.load(Ordering::Relaxed) {
+        if self.ingest_waiting.load(Ordering::SeqCst) {
             self.free_below.lock().clear();
             self.room.notify_one();
         }
@@ -134,7 +163,7 @@ impl Readers {
             // The lowest cursor still inside the log, among readers still reading.
             let mut lowest = i64::MAX;
             for r in list.values() {
-                if now_ms - r.progress_ms.load(Ordering::Relaxed) > self.stall_ms {
+                if r.stalled(now_ms, self.stall_ms) {
                     continue;
                 }
                 // A partition the session has not seen yet: it reads it from its origin.
@@ -156,14 +185,20 @@ impl Readers {
         blocked
     }
 
-    /// Waits until a reader makes progress or leaves, or `at_most`.
-    pub(crate) async fn wait_for_room(&self, at_most: Duration) {
+    /// Waits until a reader makes progress or leaves, or `at_most`; returns
+    /// at once if there is room by now.
+    pub(crate) async fn wait_for_room(&self, log: &Log, at_most: Duration) {
         let room = self.room.notified();
         tokio::pin!(room);
         room.as_mut().enable();
-        self.ingest_waiting.store(true, Ordering::Relaxed);
-        let _ = tokio::time::timeout(at_most, room).await;
-        self.ingest_waiting.store(false, Ordering::Relaxed);
+        self.ingest_waiting.store(true, Ordering::SeqCst);
+        // Progress made since the caller looked is not missed: it is seen
+        // here, or it notifies the enabled waiter.
+        self.free_below.lock().clear();
+        if self.must_wait(log, crate::util::unix_ms()) {
+            let _ = tokio::time::timeout(at_most, room).await;
+        }
+        self.ingest_waiting.store(false, Ordering::SeqCst);
     }
 }
 
@@ -198,6 +233,13 @@ mod tests {
             !readers.must_wait(&log, 11_101),
             "a reader without progress for the stall time is not waited for"
         );
+        let waiting = readers.register(&[(0, 2)].into(), 0);
+        waiting.idle();
+        assert!(
+            readers.must_wait(&log, 11_101),
+            "a reader that waits for data is keeping up, however old its last page"
+        );
+        drop(waiting);
         drop(r);
         assert!(
             !readers.must_wait(&log, 10_100),

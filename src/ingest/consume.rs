@@ -305,7 +305,7 @@ pub(crate) async fn run(r: Runner) -> Instant {
                 pipeline.export_replay_gauges();
                 export_lag(consumer.context(), &pipeline);
             }
-            _ = hub.readers.wait_for_room(READER_RECHECK), if wait => {}
+            _ = hub.readers.wait_for_room(&hub.log, READER_RECHECK), if wait => {}
             r = consumer.recv(), if !wait => match r {
                 Ok(msg) => {
                     since_yield += 1;

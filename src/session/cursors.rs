@@ -100,6 +100,11 @@ impl<R> Cursors<R> {
         self
     }
 
+    /// The session has read everything and waits for more.
+    pub(crate) fn idle(&self) {
+        self.handle.idle();
+    }
+
     /// Something was appended or noticed since the last pass began.
     pub(crate) fn has_news(&self, hub: &Hub) -> bool {
         hub.log.version() != self.seen
@@ -120,6 +125,7 @@ impl<R> Cursors<R> {
         O: ReplayOut,
     {
         let hub = &*rc.hub;
+        self.handle.busy(crate::util::unix_ms());
         self.seen = hub.log.version();
         let mut pass = Pass::default();
         self.notices(hub, out, filter, &mut pass).await?;

@@ -287,6 +287,7 @@ where
         if cursors.has_news(hub) {
             continue;
         }
+        cursors.idle();
         tokio::select! {
             biased;
             _ = ctx.shutdown.cancelled() => return Some((CLOSE_GOING_AWAY, "server shutting down")),
