@@ -333,11 +333,16 @@ impl Hub {
 
     /// Appends `frame` to its partition's log.
     pub(crate) fn publish(&self, frame: &Arc<Frame>) {
+        self.publish_at(frame, crate::util::unix_ms());
+    }
+
+    /// Appends `frame`, stamped `at_ms` (ingest reads the clock once per batch).
+    pub(crate) fn publish_at(&self, frame: &Arc<Frame>, at_ms: i64) {
         self.log.append(
             frame.cursor.partition,
             frame.cursor.offset,
             Slot::Frame(frame.clone()),
-            crate::util::unix_ms(),
+            at_ms,
         );
     }
 
@@ -350,9 +355,13 @@ impl Hub {
 
     /// Records an offset that is not delivered (now, or not yet: a record
     /// held for a halted thread), so readers do not report it as a hole.
+    #[cfg(test)]
     pub(crate) fn skip(&self, partition: i32, offset: i64) {
-        self.log
-            .append(partition, offset, Slot::Tombstone, crate::util::unix_ms());
+        self.skip_at(partition, offset, crate::util::unix_ms());
+    }
+
+    pub(crate) fn skip_at(&self, partition: i32, offset: i64, at_ms: i64) {
+        self.log.append(partition, offset, Slot::Tombstone, at_ms);
     }
 
     /// Sends a control notice to the sessions whose filter wants `thread`.

@@ -27,6 +27,13 @@ impl OffsetReset {
     }
 }
 
+/// librdkafka postpones the next fetch by `fetch.queue.backoff.ms` (1 s by
+/// default) once its prefetch queue holds `queued.min.messages`; a consumer
+/// that drains the queue faster than that then sits idle until the backoff
+/// ends. The bridge's default keeps the fetcher close behind; KAFKA_PROPERTIES
+/// can still set it.
+const FETCH_QUEUE_BACKOFF: (&str, &str) = ("fetch.queue.backoff.ms", "10");
+
 #[derive(Args, Clone, Debug)]
 pub(crate) struct IngestArgs {
     #[arg(long, env = "KAFKA_GROUP_ID", default_value = "kafka-ws-bridge")]
@@ -133,6 +140,9 @@ impl IngestArgs {
         };
         let tenant_rate_overrides = ratelimit::parse_overrides(&self.tenant_rate_limits)
             .map_err(|e| ConfigError::new("TENANT_RATE_LIMITS", e))?;
+        if !props.iter().any(|(k, _)| k == FETCH_QUEUE_BACKOFF.0) {
+            props.push((FETCH_QUEUE_BACKOFF.0.into(), FETCH_QUEUE_BACKOFF.1.into()));
+        }
         props.push(("group.id".into(), self.kafka_group_id.clone()));
         props.push((
             "auto.offset.reset".into(),

@@ -230,15 +230,24 @@ pub(crate) async fn run(r: Runner) -> Instant {
     let mut waiting = false;
     let waiting_gauge = metrics::gauge!(telemetry::INGEST_WAITING_FOR_READERS);
     waiting_gauge.set(0.0);
+    // One message stream for the whole loop (a `recv()` per record would
+    // register and drop a waker slot each time).
+    let mut stream = consumer.stream();
+    // The clock is read once per batch of records that were already
+    // waiting in librdkafka's queue, and again after anything else.
+    let mut clock = Clock::now();
 
     let stop_started = loop {
         if since_yield >= YIELD_EVERY {
             since_yield = 0;
+            // Offsets are stored once per batch, not once per record.
+            store_all(&consumer, &topic, &pipeline, &mut stored);
             tokio::task::yield_now().await;
+            clock = Clock::now();
         }
         // Kafka is the buffer: rather than evict a slot a session that is
         // still reading has not read, wait for it (consumer lag shows it).
-        let wait = hub.readers.must_wait(&hub.log, crate::util::unix_ms());
+        let wait = hub.readers.must_wait(&hub.log, clock.unix_ms);
         if wait != waiting {
             waiting = wait;
             waiting_gauge.set(if wait { 1.0 } else { 0.0 });
@@ -249,7 +258,7 @@ pub(crate) async fn run(r: Runner) -> Instant {
                 status.set_shutting_down();
                 break Instant::now();
             }
-            Some(cmd) = admin_rx.recv() => match cmd {
+            Some(cmd) = admin_rx.recv() => { clock = Clock::now(); match cmd {
                 AdminCommand::RateLimits { reply } => {
                     let _ = reply.send(pipeline.rate_limits_mut().describe());
                 }
@@ -263,8 +272,8 @@ pub(crate) async fn run(r: Runner) -> Instant {
                     store_all(&consumer, &topic, &pipeline, &mut stored);
                     let _ = reply.send(r);
                 }
-            },
-            Some(ev) = rebalance_rx.recv() => match ev {
+            }},
+            Some(ev) = rebalance_rx.recv() => { clock = Clock::now(); match ev {
                 RebalanceEvent::Assigned(ps) => {
                     for p in ps {
                         pipeline.forget_partition(p);
@@ -281,8 +290,8 @@ pub(crate) async fn run(r: Runner) -> Instant {
                         metrics::gauge!(telemetry::CONSUMER_LAG_SECONDS, "partition" => label).set(0.0);
                     }
                 }
-            },
-            Some(ev) = fc_rx.recv() => match ev {
+            }},
+            Some(ev) = fc_rx.recv() => { clock = Clock::now(); match ev {
                 FailClosedEvent::Acked { partition, offset } => {
                     fc_pending = fc_pending.saturating_sub(1);
                     pipeline.offsets_mut().release(partition, offset);
@@ -298,16 +307,18 @@ pub(crate) async fn run(r: Runner) -> Instant {
                         tracing::warn!(pending = fc_pending, "DLQ failing with DLQ_FAIL_CLOSED=true: consumption paused until it recovers");
                     }
                 }
-            },
+            }},
             _ = tick.tick() => {
-                pipeline.tick(Instant::now());
+                store_all(&consumer, &topic, &pipeline, &mut stored);
+                clock = Clock::now();
+                pipeline.tick(clock.at);
                 dlq.export_gauges();
                 pipeline.export_replay_gauges();
                 export_lag(consumer.context(), &pipeline);
             }
-            _ = hub.readers.wait_for_room(&hub.log, READER_RECHECK), if wait => {}
-            r = consumer.recv(), if !wait => match r {
-                Ok(msg) => {
+            _ = hub.readers.wait_for_room(&hub.log, READER_RECHECK), if wait => clock = Clock::now(),
+            r = next_record(&mut stream, &mut clock), if !wait => match r {
+                Some(Ok(msg)) => {
                     since_yield += 1;
                     let traceparent = msg.headers().and_then(|h| {
                         h.iter().find(|x| x.key.eq_ignore_ascii_case("traceparent")).and_then(|x| x.value)
@@ -320,7 +331,7 @@ pub(crate) async fn run(r: Runner) -> Instant {
                         value: msg.payload(),
                         traceparent,
                     };
-                    let failure = match pipeline.handle(view, Instant::now()) {
+                    let failure = match pipeline.handle(view, clock.at, clock.unix_ms) {
                         Outcome::Delivered => None,
                         Outcome::Rejected { error } => Some(Failure {
                             error_type: error.error_type(),
@@ -366,9 +377,9 @@ pub(crate) async fn run(r: Runner) -> Instant {
                             dlq.send_fail_open(rec);
                         }
                     }
-                    store(&consumer, &topic, &pipeline, &mut stored, msg.partition());
                 }
-                Err(e) => {
+                None => break Instant::now(),
+                Some(Err(e)) => {
                     metrics::counter!(telemetry::INFRA_ERRORS, "kind" => "kafka").increment(1);
                     let now = Instant::now();
                     if last_error_log.is_none_or(|t| now.duration_since(t) > Duration::from_secs(5)) {
@@ -381,6 +392,7 @@ pub(crate) async fn run(r: Runner) -> Instant {
         }
     };
 
+    drop(stream);
     status.set_consuming(false);
     // In-flight DLQ sends get part of the budget first; fail-closed records
     // still unacknowledged keep their offsets uncommitted.
@@ -413,6 +425,44 @@ pub(crate) async fn run(r: Runner) -> Instant {
         tracing::warn!("consumer close timed out; exiting anyway");
     }
     stop_started
+}
+
+/// A moment, read once for a batch of records.
+#[derive(Clone, Copy)]
+struct Clock {
+    at: Instant,
+    unix_ms: i64,
+}
+
+impl Clock {
+    fn now() -> Self {
+        Self {
+            at: Instant::now(),
+            unix_ms: crate::util::unix_ms(),
+        }
+    }
+}
+
+/// The next record; reads the clock again if it had to wait for it (so a
+/// record never carries a moment from before an idle spell).
+async fn next_record<'a>(
+    stream: &mut rdkafka::consumer::MessageStream<'a, BridgeContext>,
+    clock: &mut Clock,
+) -> Option<Result<rdkafka::message::BorrowedMessage<'a>, KafkaError>> {
+    use futures_util::StreamExt;
+    let mut waited = false;
+    let r = std::future::poll_fn(|cx| {
+        let p = stream.poll_next_unpin(cx);
+        if p.is_pending() {
+            waited = true;
+        }
+        p
+    })
+    .await;
+    if waited {
+        *clock = Clock::now();
+    }
+    r
 }
 
 /// Pauses or resumes every assigned partition. Returns true on success.

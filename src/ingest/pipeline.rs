@@ -68,6 +68,8 @@ pub(crate) struct Pipeline {
     status: Arc<IngestStatus>,
     m: PipelineMetrics,
     log_throttle: LogThrottle,
+    /// Unix ms of the record being handled (read once per batch by the caller).
+    now_ms: i64,
 }
 
 impl Pipeline {
@@ -83,6 +85,7 @@ impl Pipeline {
             status,
             m: PipelineMetrics::new(),
             log_throttle: LogThrottle::default(),
+            now_ms: 0,
         }
     }
 
@@ -106,7 +109,7 @@ impl Pipeline {
         if frame.is_late() {
             self.hub.publish_late(frame);
         } else {
-            self.hub.publish(frame);
+            self.hub.publish_at(frame, self.now_ms);
         }
         if let Some(r) = &self.redis {
             r.offer(frame);
@@ -114,7 +117,7 @@ impl Pipeline {
     }
 
     fn skip(&self, partition: i32, offset: i64) {
-        self.hub.skip(partition, offset);
+        self.hub.skip_at(partition, offset, self.now_ms);
         if let Some(r) = &self.redis {
             r.offer_tombstone(partition, offset);
         }
@@ -141,7 +144,9 @@ impl Pipeline {
         &mut self.offsets
     }
 
-    pub(crate) fn handle(&mut self, rec: RecordView<'_>, now: Instant) -> Outcome {
+    /// Handles one record at `now` (`now_ms`: the same moment, Unix ms).
+    pub(crate) fn handle(&mut self, rec: RecordView<'_>, now: Instant, now_ms: i64) -> Outcome {
+        self.now_ms = now_ms;
         let outcome = self.process(rec, now);
         self.offsets
             .processed(rec.partition, rec.offset, rec.timestamp_ms);
@@ -150,7 +155,7 @@ impl Pipeline {
             .fetch_add(1, Ordering::Relaxed);
         self.status
             .last_record_unix_ms
-            .store(crate::util::unix_ms(), Ordering::Relaxed);
+            .store(now_ms, Ordering::Relaxed);
         outcome
     }
 
@@ -439,7 +444,7 @@ mod tests {
         let outcomes: Vec<Outcome> = bytes
             .iter()
             .enumerate()
-            .map(|(i, b)| p.handle(view(i as i64, b), now))
+            .map(|(i, b)| p.handle(view(i as i64, b), now, 0))
             .collect();
         assert!(matches!(outcomes[3], Outcome::Held { ref thread, .. } if thread == "a"));
         assert!(
@@ -472,10 +477,13 @@ mod tests {
         let good = rec("a", 1);
         let now = Instant::now();
         assert!(matches!(
-            p.handle(view(0, b"\x00\xff\xff"), now),
+            p.handle(view(0, b"\x00\xff\xff"), now, 0),
             Outcome::Rejected { error } if error.error_type() == "invalid_protobuf"
         ));
-        assert!(matches!(p.handle(view(1, &good), now), Outcome::Delivered));
+        assert!(matches!(
+            p.handle(view(1, &good), now, 0),
+            Outcome::Delivered
+        ));
         assert_eq!(delivered(&hub, 0).0, vec![1]);
         assert_eq!(p.offsets().commit_point(0), Some(2));
     }
