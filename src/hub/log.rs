@@ -123,7 +123,15 @@ impl Log {
     /// Appends (or, for an offset read again after a rebalance or released
     /// after a halt, replaces) one slot, evicting the oldest beyond the limits,
     /// then wakes the readers that wait.
+    #[cfg(test)]
     pub(crate) fn append(&self, partition: i32, offset: i64, slot: Slot, at_ms: i64) {
+        self.append_quietly(partition, offset, slot, at_ms);
+        self.nudge();
+    }
+
+    /// Like [`Log::append`] without waking readers: ingest appends a batch,
+    /// then wakes them once ([`Log::nudge`]).
+    pub(crate) fn append_quietly(&self, partition: i32, offset: i64, slot: Slot, at_ms: i64) {
         let ring = match self.ring(partition) {
             Some(r) => r,
             None => {
@@ -170,7 +178,7 @@ impl Log {
         if full {
             self.any_full.store(true, Ordering::Relaxed);
         }
-        self.nudge();
+        self.version.fetch_add(1, Ordering::SeqCst);
     }
 
     /// Wakes the readers that wait, so they look again (after an append, or

@@ -336,9 +336,11 @@ impl Hub {
         self.publish_at(frame, crate::util::unix_ms());
     }
 
-    /// Appends `frame`, stamped `at_ms` (ingest reads the clock once per batch).
+    /// Appends `frame`, stamped `at_ms` (ingest reads the clock once per
+    /// batch), without waking sessions: ingest calls [`Hub::wake`] after
+    /// the batch.
     pub(crate) fn publish_at(&self, frame: &Arc<Frame>, at_ms: i64) {
-        self.log.append(
+        self.log.append_quietly(
             frame.cursor.partition,
             frame.cursor.offset,
             Slot::Frame(frame.clone()),
@@ -361,7 +363,13 @@ impl Hub {
     }
 
     pub(crate) fn skip_at(&self, partition: i32, offset: i64, at_ms: i64) {
-        self.log.append(partition, offset, Slot::Tombstone, at_ms);
+        self.log
+            .append_quietly(partition, offset, Slot::Tombstone, at_ms);
+    }
+
+    /// Wakes the sessions waiting for what ingest appended since the last wake.
+    pub(crate) fn wake(&self) {
+        self.log.nudge();
     }
 
     /// Sends a control notice to the sessions whose filter wants `thread`.

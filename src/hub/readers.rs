@@ -188,6 +188,8 @@ impl Readers {
     /// Waits until a reader makes progress or leaves, or `at_most`; returns
     /// at once if there is room by now.
     pub(crate) async fn wait_for_room(&self, log: &Log, at_most: Duration) {
+        // The readers waited for must see everything appended so far.
+        log.nudge();
         let room = self.room.notified();
         tokio::pin!(room);
         room.as_mut().enable();

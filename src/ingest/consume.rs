@@ -240,7 +240,8 @@ pub(crate) async fn run(r: Runner) -> Instant {
     let stop_started = loop {
         if since_yield >= YIELD_EVERY {
             since_yield = 0;
-            // Offsets are stored once per batch, not once per record.
+            // Sessions are woken and offsets stored once per batch, not per record.
+            hub.wake();
             store_all(&consumer, &topic, &pipeline, &mut stored);
             tokio::task::yield_now().await;
             clock = Clock::now();
@@ -309,6 +310,7 @@ pub(crate) async fn run(r: Runner) -> Instant {
                 }
             }},
             _ = tick.tick() => {
+                hub.wake();
                 store_all(&consumer, &topic, &pipeline, &mut stored);
                 clock = Clock::now();
                 pipeline.tick(clock.at);
@@ -317,7 +319,7 @@ pub(crate) async fn run(r: Runner) -> Instant {
                 export_lag(consumer.context(), &pipeline);
             }
             _ = hub.readers.wait_for_room(&hub.log, READER_RECHECK), if wait => clock = Clock::now(),
-            r = next_record(&mut stream, &mut clock), if !wait => match r {
+            r = next_record(&mut stream, &mut clock, &hub), if !wait => match r {
                 Some(Ok(msg)) => {
                     since_yield += 1;
                     let traceparent = msg.headers().and_then(|h| {
@@ -443,18 +445,22 @@ impl Clock {
     }
 }
 
-/// The next record; reads the clock again if it had to wait for it (so a
-/// record never carries a moment from before an idle spell).
+/// The next record; if none is ready, wakes the sessions for the batch just
+/// appended, and reads the clock again once one arrives (so a record never
+/// carries a moment from before an idle spell).
 async fn next_record<'a>(
     stream: &mut rdkafka::consumer::MessageStream<'a, BridgeContext>,
     clock: &mut Clock,
+    hub: &Hub,
 ) -> Option<Result<rdkafka::message::BorrowedMessage<'a>, KafkaError>> {
     use futures_util::StreamExt;
     let mut waited = false;
     let r = std::future::poll_fn(|cx| {
         let p = stream.poll_next_unpin(cx);
-        if p.is_pending() {
+        if p.is_pending() && !waited {
             waited = true;
+            // The batch ended: sessions get what was appended.
+            hub.wake();
         }
         p
     })

@@ -170,7 +170,8 @@ pub(crate) async fn latency_run(ctx: &Ctx, topic: &str) -> Result<Latency> {
         "latency: producing {expected} records at {} records/s",
         ctx.args.latency_rate
     ));
-    let (produced, produce_secs, ack) = produce_paced(ctx, topic, expected).await?;
+    let (produced, produce_secs, ack) =
+        produce_paced(ctx, topic, expected, ctx.args.latency_rate).await?;
     wait_for_count(
         &seen,
         expected,
@@ -244,9 +245,14 @@ pub(crate) async fn wait_ready(bridge: &mut Bridge, timeout: Duration) -> Result
 /// Produces `count` fresh records at the configured rate; each carries its
 /// creation time (µs) in its DashStream header. Returns (acknowledged,
 /// seconds, ack latencies).
-pub(crate) async fn produce_paced(ctx: &Ctx, topic: &str, count: u64) -> Result<(u64, f64, Dist)> {
+pub(crate) async fn produce_paced(
+    ctx: &Ctx,
+    topic: &str,
+    count: u64,
+    rate: f64,
+) -> Result<(u64, f64, Dist)> {
     let p = producer(&ctx.args.brokers, ctx.args.latency_linger_ms, true)?;
-    let interval = Duration::from_secs_f64(1.0 / ctx.args.latency_rate);
+    let interval = Duration::from_secs_f64(1.0 / rate);
     let mut gen = Generator::new(SynthConfig {
         thread_prefix: "latency".into(),
         ..Default::default()

@@ -62,6 +62,7 @@ mod idle;
 mod ingest;
 mod kafka;
 mod latency;
+mod paced;
 mod report;
 
 use bridge::*;
@@ -70,6 +71,7 @@ use idle::*;
 use ingest::*;
 use kafka::*;
 use latency::*;
+use paced::*;
 use report::*;
 
 pub(crate) use kwb_testkit::ws::Ws;
@@ -122,6 +124,15 @@ pub(crate) struct Args {
     /// Idle WebSocket connections for the memory-per-connection phase (0: skip it).
     #[arg(long, default_value_t = 1000)]
     pub(crate) idle_connections: usize,
+    /// Clients of the live fan-out phase (0: skip it).
+    #[arg(long, default_value_t = 50)]
+    pub(crate) paced_clients: usize,
+    /// Records per second produced during the live fan-out phase.
+    #[arg(long, default_value_t = 10_000.0)]
+    pub(crate) paced_rate: f64,
+    /// Length of the live fan-out phase, in seconds.
+    #[arg(long, default_value_t = 10)]
+    pub(crate) paced_secs: u64,
     /// Give up on a phase when no record arrives for this many seconds.
     #[arg(long, default_value_t = 30)]
     pub(crate) stall_secs: u64,
@@ -180,6 +191,19 @@ async fn main() -> Result<()> {
     create_topic(&ctx.args.brokers, &latency_topic, ctx.args.partitions).await?;
     let latency = latency_run(&ctx, &latency_topic).await?;
 
+    let paced = if ctx.args.paced_clients > 0 {
+        let paced_topic = format!("kwb-bench-{run_id}-paced");
+        create_topic(&ctx.args.brokers, &paced_topic, ctx.args.partitions).await?;
+        let r = paced_run(&ctx, &paced_topic).await?;
+        progress(format!(
+            "live fan-out: {}/{} clients complete, lost per client min/median/max {}/{}/{}",
+            r.complete_clients, r.clients, r.lost.0, r.lost.1, r.lost.2
+        ));
+        Some(r)
+    } else {
+        None
+    };
+
     let idle = if ctx.args.idle_connections > 0 {
         let idle_topic = format!("kwb-bench-{run_id}-idle");
         create_topic(&ctx.args.brokers, &idle_topic, ctx.args.partitions).await?;
@@ -195,18 +219,20 @@ async fn main() -> Result<()> {
     };
 
     print_report(&ctx, &produced, &ceiling, &ingest, &latency, idle.as_ref());
-    println!(
-        "{}",
-        report_json(
-            &ctx,
-            &topic,
-            &produced,
-            &ceiling,
-            &ingest,
-            &latency,
-            idle.as_ref()
-        )
+    if let Some(p) = &paced {
+        p.print();
+    }
+    let mut json = report_json(
+        &ctx,
+        &topic,
+        &produced,
+        &ceiling,
+        &ingest,
+        &latency,
+        idle.as_ref(),
     );
+    json["paced"] = paced.as_ref().map_or(Value::Null, Paced::json);
+    println!("{json}");
     Ok(())
 }
 
