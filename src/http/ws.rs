@@ -23,8 +23,14 @@ use crate::telemetry;
 /// Bytes a connection reads at a time. Clients send small control messages
 /// (at most `WEBSOCKET_MAX_INCOMING_BYTES`; the buffer grows for a larger
 /// one), so an idle connection does not hold tungstenite's default 128 KiB:
-/// with 1 KiB, 1,000 idle connections cost about 7.6 KB each (`kwb-bench`).
+/// with 1 KiB, 1,000 idle connections cost about 6.3 KB each (`kwb-bench`).
 const READ_BUFFER_BYTES: usize = 1024;
+
+/// Bytes of frames a connection buffers before they are written out: a
+/// pass over the log goes out in a few writes, and a client that stopped
+/// reading holds at most this much (and one frame) besides its kernel
+/// socket buffer, instead of tungstenite's default 128 KiB.
+const WRITE_BUFFER_BYTES: usize = 32 * 1024;
 
 #[derive(Deserialize)]
 pub(crate) struct WsParams {
@@ -172,6 +178,7 @@ pub(crate) async fn ws(
     // ends, or when the upgrade never completes and the future is dropped.
     upgrade
         .read_buffer_size(READ_BUFFER_BYTES)
+        .write_buffer_size(WRITE_BUFFER_BYTES)
         .max_message_size(app.max_incoming_bytes)
         .max_frame_size(app.max_incoming_bytes)
         .on_upgrade(move |socket| {

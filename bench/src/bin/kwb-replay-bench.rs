@@ -309,7 +309,10 @@ async fn main() -> Result<()> {
     let bridge = start_bridge(&a, &topic, &[])?;
     wait_ready(bridge.port).await?;
     // Every record is written to Redis or, when the writer queue is full during this catch-up, dropped (counted).
-    while metric(bridge.port, "replay_buffer_redis_write").await < a.replay_records as f64 {
+    while metric(bridge.port, "replay_buffer_redis_writes_total").await
+        + metric(bridge.port, "replay_buffer_redis_write_dropped_total").await
+        < a.replay_records as f64
+    {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     if a.parts.iter().any(|p| p == "replay") {
@@ -408,7 +411,7 @@ async fn main() -> Result<()> {
         let topic2 = format!("stall-bench-{}", std::process::id());
         create_topic(&a, &topic2, 3).await?;
         create_topic(&a, &format!("{topic2}-dlq"), 1).await?;
-        let bridge = start_bridge(&a, &topic2, &[("WEBSOCKET_SEND_BUFFER_BYTES", "262144")])?;
+        let bridge = start_bridge(&a, &topic2, &[])?;
         wait_ready(bridge.port).await?;
         let mut stall_phases = vec![];
         // Latencies pooled per condition over all rounds (rounds alternate, so drift cancels).
