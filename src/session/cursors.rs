@@ -154,7 +154,9 @@ impl<R> Cursors<R> {
                     pass.more = true;
                 }
                 Page::Entries(page) => {
-                    if page.len() >= remaining.min(rc.page) {
+                    // A full page: the session is behind (more is readable now).
+                    let behind = page.len() >= remaining.min(rc.page);
+                    if behind {
                         pass.more = true;
                     }
                     remaining -= page.len().min(remaining);
@@ -179,7 +181,7 @@ impl<R> Cursors<R> {
                         if !filter.matches(f) {
                             continue;
                         }
-                        if shedding && hub.priorities.of(f) == Priority::Low {
+                        if shedding && behind && hub.priorities.of(f) == Priority::Low {
                             lose(&mut shed, p, e.offset);
                             m.shed.increment(1);
                             continue;

@@ -452,3 +452,98 @@ fn a_reader_that_fell_behind_the_log_catches_up_from_kafka_without_a_hole() {
     // Without Kafka or Redis, offsets 0..=24 are one exact gap.
     run_model(&m).unwrap();
 }
+
+#[test]
+fn at_critical_backpressure_a_reader_that_is_behind_skips_low_priority_frames_with_exact_gaps() {
+    use crate::proto::dash_stream_message::Message;
+    use crate::proto::{DashStreamMessage, Header, TokenChunk};
+    let token = |o: i64| {
+        let v = encode_record(
+            &DashStreamMessage {
+                message: Some(Message::TokenChunk(TokenChunk {
+                    header: Some(Header {
+                        thread_id: "t".into(),
+                        sequence: o as u64 + 1,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })),
+            },
+            None,
+        );
+        let d = decode(Some(&v), &DecodeLimits::default()).unwrap();
+        Arc::new(Frame::new(
+            Cursor {
+                partition: 0,
+                offset: o,
+            },
+            None,
+            &v,
+            d,
+            None,
+        ))
+    };
+    let m = Model {
+        ops: vec![],
+        ring: 100,
+        page: 4,
+        retained_from: 0,
+        kafka_on: true,
+    };
+    let world: Arc<Mutex<World>> = Default::default();
+    let rc = context(&m, &world);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let metrics = DeliveryMetrics::new();
+        let filter = Filter::default();
+        let mut client = Client::default();
+        let mut cursors: Cursors<()> = Cursors::new(&rc.hub, [(0, 0)].into());
+        // 0..=5 token chunks (low), 6 an event (normal), 7 a token chunk.
+        for o in 0..8 {
+            if o == 6 {
+                rc.hub.publish(&frame(0, o));
+            } else {
+                rc.hub.publish(&token(o));
+            }
+        }
+        rc.hub.set_shedding(true);
+        // Pages of 4: both are full, so the reader counts as behind for each.
+        for _ in 0..3 {
+            cursors
+                .pass(&rc, &mut client, &filter, 4, &metrics)
+                .await
+                .unwrap();
+        }
+        assert_eq!(
+            client.frames,
+            vec![(0, 6)],
+            "only the normal-priority frame while behind"
+        );
+        assert_eq!(
+            client.gaps,
+            vec![(0, 0, 3), (0, 4, 5), (0, 7, 7)],
+            "exact ranges of what was skipped while behind"
+        );
+        // At the head the reader is not behind: nothing is skipped any more.
+        rc.hub.publish(&token(8));
+        cursors
+            .pass(&rc, &mut client, &filter, 4, &metrics)
+            .await
+            .unwrap();
+        assert_eq!(client.frames.last(), Some(&(0, 8)));
+        // Without shedding nothing is skipped, behind or not.
+        rc.hub.set_shedding(false);
+        for o in 9..20 {
+            rc.hub.publish(&token(o));
+        }
+        for _ in 0..4 {
+            cursors
+                .pass(&rc, &mut client, &filter, 4, &metrics)
+                .await
+                .unwrap();
+        }
+        assert_eq!(client.frames.len(), 2 + 11);
+    });
+}
