@@ -10,7 +10,6 @@
 //! - `garbage_every`: record `n` is replaced by bytes that are not DashStream.
 
 use std::collections::{HashMap, VecDeque};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::proto::dash_stream_message::Message;
 use crate::proto::{
@@ -300,11 +299,9 @@ impl Iterator for Generator {
     }
 }
 
+/// Microseconds since the Unix epoch (the stamp records carry).
 pub fn now_us() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
+    crate::util::unix_us()
 }
 
 #[cfg(test)]

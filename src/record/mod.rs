@@ -4,3 +4,5 @@
 
 pub(crate) mod decode;
 pub(crate) mod frame;
+#[cfg(test)]
+pub(crate) mod testing;

@@ -17,8 +17,8 @@ use proptest::prelude::*;
 
 use crate::hub::log::RingLimits;
 use crate::hub::{DeliveryLimits, Filter, Hub, PriorityTable};
-use crate::record::decode::{decode, encode_record, DecodeLimits};
-use crate::record::frame::{Cursor, Frame};
+use crate::record::decode::DecodeLimits;
+use crate::record::frame::Frame;
 use crate::replay::driver::{replay, ReplayContext, Sent};
 use crate::replay::kafka::{Fetched, KafkaRecord};
 use crate::replay::out::{Gone, ReplayOut};
@@ -27,39 +27,7 @@ use crate::replay::tiers::{RedisRows, Tiers, Unavailable};
 use crate::replay::ResumeFrom;
 use crate::session::cursors::{Cursors, DeliveryMetrics};
 
-/// Record value of a deliverable offset.
-fn record(p: i32, o: i64) -> Vec<u8> {
-    use crate::proto::dash_stream_message::Message;
-    use crate::proto::{DashStreamMessage, Event, Header};
-    encode_record(
-        &DashStreamMessage {
-            message: Some(Message::Event(Event {
-                header: Some(Header {
-                    thread_id: format!("t{p}"),
-                    sequence: o as u64 + 1,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            })),
-        },
-        None,
-    )
-}
-
-fn frame(p: i32, o: i64) -> Arc<Frame> {
-    let v = record(p, o);
-    let d = decode(Some(&v), &DecodeLimits::default()).unwrap();
-    Arc::new(Frame::new(
-        Cursor {
-            partition: p,
-            offset: o,
-        },
-        None,
-        &v,
-        d,
-        None,
-    ))
-}
+use crate::record::testing::{event_frame as frame, event_value as record};
 
 /// What Redis holds for one offset: its value (a tombstone for an
 /// undeliverable one), or an index entry whose value expired.

@@ -30,38 +30,7 @@ use crate::session::cursors::{Cursors, DeliveryMetrics};
 
 const PARTITIONS: i32 = 2;
 
-fn value(p: i32, o: i64) -> Vec<u8> {
-    use crate::proto::dash_stream_message::Message;
-    use crate::proto::{DashStreamMessage, Event, Header};
-    encode_record(
-        &DashStreamMessage {
-            message: Some(Message::Event(Event {
-                header: Some(Header {
-                    thread_id: format!("t{p}"),
-                    sequence: o as u64 + 1,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            })),
-        },
-        None,
-    )
-}
-
-fn frame(p: i32, o: i64) -> Arc<Frame> {
-    let v = value(p, o);
-    let d = decode(Some(&v), &DecodeLimits::default()).unwrap();
-    Arc::new(Frame::new(
-        Cursor {
-            partition: p,
-            offset: o,
-        },
-        None,
-        &v,
-        d,
-        None,
-    ))
-}
+use crate::record::testing::{event_frame as frame, event_value as value};
 
 /// What the topic and Redis hold.
 #[derive(Default)]
