@@ -81,9 +81,9 @@ impl Ring {
 pub(crate) enum Page {
     /// The log has nothing for this partition.
     Missing,
-    /// The cursor is older than the log's first slot (`first`, appended at
-    /// `first_at_ms`): the reader catches up from the lower tiers.
-    Evicted { first: i64, first_at_ms: i64 },
+    /// The cursor is older than the log's first slot (`first`): the reader
+    /// catches up from the lower tiers.
+    Evicted { first: i64 },
     /// Up to the page limit from the cursor on (empty: the reader is at the head).
     Entries(Vec<Entry>),
 }
@@ -221,7 +221,6 @@ impl Log {
         if first.offset > from {
             return Page::Evicted {
                 first: first.offset,
-                first_at_ms: first.at_ms,
             };
         }
         let i = ring.index_of(from);
@@ -229,7 +228,8 @@ impl Log {
     }
 
     /// Append time of the first slot at or after `from` (the oldest the
-    /// reader has not read), if the log holds one.
+    /// reader has not read; the log's first slot if `from` was evicted), if
+    /// the log holds one.
     pub(crate) fn unread_since_ms(&self, partition: i32, from: i64) -> Option<i64> {
         let ring = self.ring(partition)?;
         let ring = ring.read();
@@ -270,31 +270,24 @@ impl Log {
             .map(|e| e.offset)
     }
 
-    /// Partitions at their limit: (partition, first offset, origin). The
-    /// first offset is what the next append evicts. Cheap when none is: one
-    /// atomic load.
-    pub(crate) fn full_partitions(&self) -> Vec<(i32, i64, i64)> {
+    /// Calls `f(partition, first offset, origin)` for each partition at its
+    /// limit; the first offset is what the next append evicts. One atomic
+    /// load while none is; no allocation either way.
+    pub(crate) fn for_each_full(&self, mut f: impl FnMut(i32, i64, i64)) {
         if !self.any_full.load(Ordering::Relaxed) {
-            return Vec::new();
+            return;
         }
-        let full: Vec<(i32, i64, i64)> = self
-            .partitions
-            .read()
-            .iter()
-            .filter_map(|(p, r)| {
-                let r = r.read();
-                if r.full(&self.limits) {
-                    let first = r.entries.front()?.offset;
-                    Some((*p, first, r.origin.unwrap_or(first)))
-                } else {
-                    None
-                }
-            })
-            .collect();
-        if full.is_empty() {
+        let mut any = false;
+        for (p, r) in self.partitions.read().iter() {
+            let r = r.read();
+            if let (true, Some(e)) = (r.full(&self.limits), r.entries.front()) {
+                any = true;
+                f(*p, e.offset, r.origin.unwrap_or(e.offset));
+            }
+        }
+        if !any {
             self.any_full.store(false, Ordering::Relaxed);
         }
-        full
     }
 
     /// (slots, approximate bytes) held.
@@ -361,19 +354,21 @@ mod tests {
         assert_eq!(log.first(0), Some(2));
         assert_eq!(log.heads()[&0], 4);
         assert!(
-            matches!(
-                log.page(0, 1, 10),
-                Page::Evicted {
-                    first: 2,
-                    first_at_ms: 1002
-                }
-            ),
+            matches!(log.page(0, 1, 10), Page::Evicted { first: 2 }),
             "offset 1 was evicted"
         );
         assert_eq!(offsets(log.page(0, 2, 2)), vec![2, 3]);
         assert_eq!(offsets(log.page(0, 5, 2)), Vec::<i64>::new(), "at the head");
-        assert_eq!(log.full_partitions(), vec![(0, 2, 0)]);
+        let mut full = vec![];
+        log.for_each_full(|p, first, origin| full.push((p, first, origin)));
+        assert_eq!(full, vec![(0, 2, 0)]);
         assert_eq!(log.unread_since_ms(0, 3), Some(1003));
+        assert_eq!(
+            log.unread_since_ms(0, 1),
+            Some(1002),
+            "evicted: the first slot's"
+        );
+        assert_eq!(log.unread_since_ms(0, 5), None, "at the head");
     }
 
     #[test]

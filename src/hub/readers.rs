@@ -142,22 +142,18 @@ impl Readers {
     /// True when the next append to some full partition of `log` would evict
     /// a slot that a reader still reading has not read.
     pub(crate) fn must_wait(&self, log: &Log, now_ms: i64) -> bool {
-        let full = log.full_partitions();
-        if full.is_empty() {
-            return false;
-        }
         let mut free = self.free_below.lock();
-        let mut blocked = false;
+        // Only partitions whose first slot a cached answer does not cover (allocates only then).
         let mut rescan: Vec<(i32, i64, i64)> = Vec::new();
-        for (p, first, origin) in full {
-            if free.get(&p).is_some_and(|f| first < *f) {
-                continue;
+        log.for_each_full(|p, first, origin| {
+            if free.get(&p).is_none_or(|f| first >= *f) {
+                rescan.push((p, first, origin));
             }
-            rescan.push((p, first, origin));
-        }
+        });
         if rescan.is_empty() {
             return false;
         }
+        let mut blocked = false;
         let list = self.list.lock();
         for (p, first, origin) in rescan {
             // The lowest cursor still inside the log, among readers still reading.

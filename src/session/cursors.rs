@@ -277,11 +277,7 @@ impl<R> Cursors<R> {
     fn behind_ms(&self, hub: &Hub, now_ms: i64) -> i64 {
         let mut oldest = now_ms;
         for (p, n) in &self.next {
-            let since = match hub.log.page(*p, *n, 0) {
-                Page::Evicted { first_at_ms, .. } => Some(first_at_ms),
-                _ => hub.log.unread_since_ms(*p, *n),
-            };
-            if let Some(t) = since {
+            if let Some(t) = hub.log.unread_since_ms(*p, *n) {
                 oldest = oldest.min(t);
             }
         }
