@@ -20,6 +20,9 @@ pub(crate) struct HubArgs {
     /// Ingest waits for a client about to fall out of the memory log only while that client made progress within this time; one that stopped reading is left behind (it catches up from Redis or Kafka, or is disconnected).
     #[arg(long, env = "WEBSOCKET_READER_STALL_MS", default_value_t = 1000)]
     pub(crate) websocket_reader_stall_ms: u64,
+    /// At the live edge, ingest waits for one client that reads, but slower than records arrive, at most this long in all (while other clients wait at the head for new records) before leaving it to catch up from Redis or Kafka; reset when it catches up with the head. Reading a backlog (records older than this), ingest waits for the slowest reader without this limit.
+    #[arg(long, env = "WEBSOCKET_READER_HOLD_MS", default_value_t = 1000)]
+    pub(crate) websocket_reader_hold_ms: u64,
     /// Priority of message types, shed at CRITICAL backpressure, e.g. `token_chunk=low,error=high`.
     #[arg(long, env = "MESSAGE_PRIORITIES", default_value = "")]
     pub(crate) message_priorities: String,
@@ -28,11 +31,13 @@ pub(crate) struct HubArgs {
 impl HubArgs {
     pub(crate) fn validate(&self) -> Result<DeliveryLimits, ConfigError> {
         positive("WEBSOCKET_READER_STALL_MS", self.websocket_reader_stall_ms)?;
+        positive("WEBSOCKET_READER_HOLD_MS", self.websocket_reader_hold_ms)?;
         let priorities = PriorityTable::parse(&self.message_priorities)
             .map_err(|e| ConfigError::new("MESSAGE_PRIORITIES", e))?;
         Ok(DeliveryLimits {
             priorities,
             reader_stall: Duration::from_millis(self.websocket_reader_stall_ms),
+            reader_hold: Duration::from_millis(self.websocket_reader_hold_ms),
         })
     }
 

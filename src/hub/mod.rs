@@ -255,6 +255,8 @@ impl PriorityTable {
 pub(crate) struct DeliveryLimits {
     pub(crate) priorities: PriorityTable,
     pub(crate) reader_stall: Duration,
+    /// How long ingest waits in all for one reading session while others wait at the head.
+    pub(crate) reader_hold: Duration,
 }
 
 /// What reaches sessions outside the log's offset order.
@@ -309,7 +311,7 @@ impl Hub {
     pub(crate) fn new(delivery: DeliveryLimits, rings: RingLimits) -> Arc<Self> {
         Arc::new(Self {
             log: Log::new(rings),
-            readers: Readers::new(delivery.reader_stall),
+            readers: Readers::new(delivery.reader_stall, delivery.reader_hold),
             notices: Mutex::new(VecDeque::new()),
             notice_seq: AtomicU64::new(0),
             connected: AtomicUsize::new(0),
@@ -517,6 +519,7 @@ mod tests {
             DeliveryLimits {
                 priorities: PriorityTable::default(),
                 reader_stall: Duration::from_secs(1),
+                reader_hold: Duration::from_secs(5),
             },
             RingLimits {
                 max_per_partition: 100,

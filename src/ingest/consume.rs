@@ -236,6 +236,7 @@ pub(crate) async fn run(r: Runner) -> Instant {
     // The clock is read once per batch of records that were already
     // waiting in librdkafka's queue, and again after anything else.
     let mut clock = Clock::now();
+    let mut last_record_ms: Option<i64> = None;
 
     let stop_started = loop {
         if since_yield >= YIELD_EVERY {
@@ -249,6 +250,10 @@ pub(crate) async fn run(r: Runner) -> Instant {
         // Kafka is the buffer: rather than evict a slot a session that is
         // still reading has not read, wait for it (consumer lag shows it).
         let wait = hub.readers.must_wait(&hub.log, clock.unix_ms);
+        // At the live edge (the last record is recent), waiting delays the
+        // sessions that keep up; reading a backlog, it does not.
+        let live = last_record_ms
+            .is_none_or(|t| clock.unix_ms - t <= hub.readers.hold().as_millis() as i64);
         if wait != waiting {
             waiting = wait;
             waiting_gauge.set(if wait { 1.0 } else { 0.0 });
@@ -318,7 +323,7 @@ pub(crate) async fn run(r: Runner) -> Instant {
                 pipeline.export_replay_gauges();
                 export_lag(consumer.context(), &pipeline);
             }
-            _ = hub.readers.wait_for_room(&hub.log, READER_RECHECK), if wait => clock = Clock::now(),
+            _ = hub.readers.wait_for_room(&hub.log, READER_RECHECK, live), if wait => clock = Clock::now(),
             r = next_record(&mut stream, &mut clock, &hub), if !wait => match r {
                 Some(Ok(msg)) => {
                     since_yield += 1;
@@ -333,6 +338,7 @@ pub(crate) async fn run(r: Runner) -> Instant {
                         value: msg.payload(),
                         traceparent,
                     };
+                    last_record_ms = view.timestamp_ms;
                     let failure = match pipeline.handle(view, clock.at, clock.unix_ms) {
                         Outcome::Delivered => None,
                         Outcome::Rejected { error } => Some(Failure {

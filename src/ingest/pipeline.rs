@@ -381,6 +381,7 @@ mod tests {
             crate::hub::DeliveryLimits {
                 priorities: Default::default(),
                 reader_stall: std::time::Duration::from_secs(1),
+                reader_hold: std::time::Duration::from_secs(5),
             },
             crate::hub::log::RingLimits {
                 max_per_partition: 1000,

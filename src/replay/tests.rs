@@ -272,6 +272,7 @@ fn test_hub(ring: usize) -> Arc<Hub> {
         DeliveryLimits {
             priorities: PriorityTable::default(),
             reader_stall: std::time::Duration::from_secs(1),
+            reader_hold: std::time::Duration::from_secs(5),
         },
         RingLimits {
             max_per_partition: ring,

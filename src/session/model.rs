@@ -232,6 +232,7 @@ fn context(m: &Model, world: &Arc<Mutex<World>>) -> ReplayContext<ModelTiers> {
             DeliveryLimits {
                 priorities: PriorityTable::default(),
                 reader_stall: std::time::Duration::from_secs(1),
+                reader_hold: std::time::Duration::from_secs(5),
             },
             RingLimits {
                 max_per_partition: m.ring,

@@ -179,7 +179,7 @@ fn token(thread: &str, seq: u64) -> DashStreamMessage {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_slow_client_loses_nothing_is_closed_once_too_far_behind_and_resumes_without_a_hole_while_a_stalled_one_is_cut_off(
+async fn a_slow_client_catches_up_without_loss_is_closed_once_too_far_behind_and_resumes_without_a_hole_while_a_stalled_one_is_cut_off(
 ) {
     let topic = unique("slow");
     create_topic(&topic, 1).await;
@@ -189,6 +189,8 @@ async fn a_slow_client_loses_nothing_is_closed_once_too_far_behind_and_resumes_w
         ("WEBSOCKET_SEND_BUFFER_BYTES", "65536"),
         // A reader more than 2 s behind the newest record is closed, to resume from its cursor.
         ("WEBSOCKET_SLOW_CLIENT_DISCONNECT_SECS", "2"),
+        // A small memory log: the slow reader falls out of it and catches up from Kafka.
+        ("REPLAY_MEMORY_MAX_PER_PARTITION", "200"),
         ("RESUME_GRACE_MS", "0"),
     ];
     let bridge = Bridge::start(&topic, &env).await;
@@ -237,9 +239,14 @@ async fn a_slow_client_loses_nothing_is_closed_once_too_far_behind_and_resumes_w
     assert_eq!(frames.len(), 3000, "{control:?}");
     pacer.await.expect("producer");
     let (mut offsets, close) = slow_task.await.expect("slow reader");
-    let (code, reason) = close.expect("the slow reader was closed");
-    assert_eq!(code, 1008, "{reason}");
-    assert!(reason.contains("behind"), "{reason}");
+    // Closed for slowness: it stayed behind too long, or (in its catch-up) a
+    // write to its full socket took longer than the write timeout. When its
+    // socket is full the close frame does not fit and the connection just
+    // ends (the disconnect is counted below either way).
+    if let Some((code, reason)) = close {
+        assert_eq!(code, 1008, "{reason}");
+        assert!(reason.contains("slow"), "{reason}");
+    }
     assert!(
         offsets.windows(2).all(|w| w[1] == w[0] + 1),
         "what the slow reader got has no hole"
@@ -283,4 +290,8 @@ async fn a_slow_client_loses_nothing_is_closed_once_too_far_behind_and_resumes_w
         "the slow and the stalled client's disconnects are counted"
     );
     assert!(m["websocket_client_queue_age_seconds_count"] > 0.0);
+    assert!(
+        m["websocket_client_lag_messages_total"] > 0.0,
+        "the slow reader caught up from Kafka: {m:?}"
+    );
 }
