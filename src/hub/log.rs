@@ -302,36 +302,9 @@ impl Log {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::dash_stream_message::Message;
-    use crate::proto::{DashStreamMessage, Event, Header};
-    use crate::record::decode::{decode, encode_record, DecodeLimits};
-    use crate::record::frame::Cursor;
 
     fn frame(o: i64) -> Slot {
-        let v = encode_record(
-            &DashStreamMessage {
-                message: Some(Message::Event(Event {
-                    header: Some(Header {
-                        thread_id: "t".into(),
-                        sequence: 1,
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                })),
-            },
-            None,
-        );
-        let d = decode(Some(&v), &DecodeLimits::default()).unwrap();
-        Slot::Frame(Arc::new(Frame::new(
-            Cursor {
-                partition: 0,
-                offset: o,
-            },
-            None,
-            &v,
-            d,
-            None,
-        )))
+        Slot::Frame(crate::record::testing::event_frame(0, o))
     }
 
     fn offsets(p: Page) -> Vec<i64> {

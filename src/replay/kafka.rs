@@ -171,3 +171,40 @@ impl KafkaReader {
         })
     }
 }
+
+#[cfg(test)]
+/// What a Kafka read of `[from, to]` returns from a topic whose partition
+/// ends at `end` and retains offsets from `low`: an undeliverable offset is a
+/// value that does not decode (it went to the DLQ when first consumed).
+pub(crate) fn fake_kafka_read(
+    p: i32,
+    from: i64,
+    to: i64,
+    limit: usize,
+    low: i64,
+    end: i64,
+    deliverable: impl Fn(i64) -> bool,
+) -> Fetched {
+    let retention_gap = (from < low).then_some((from, to.min(low - 1)));
+    let mut records = Vec::new();
+    let mut o = from.max(low);
+    while o <= to && o < end && records.len() < limit {
+        records.push(KafkaRecord {
+            offset: o,
+            timestamp_ms: None,
+            value: if deliverable(o) {
+                crate::record::testing::event_value(p, o)
+            } else {
+                b"\xff not a record".to_vec()
+            },
+        });
+        o += 1;
+    }
+    // Past the partition's end the rest of the range does not exist (yet).
+    let next = if o >= end || o > to { to + 1 } else { o };
+    Fetched {
+        records,
+        retention_gap,
+        next,
+    }
+}

@@ -20,14 +20,14 @@ use crate::hub::{DeliveryLimits, Filter, Hub, PriorityTable};
 use crate::record::decode::DecodeLimits;
 use crate::record::frame::Frame;
 use crate::replay::driver::{replay, ReplayContext, Sent};
-use crate::replay::kafka::{Fetched, KafkaRecord};
+use crate::replay::kafka::{fake_kafka_read, Fetched};
 use crate::replay::out::{Gone, ReplayOut};
 use crate::replay::slots::ReplaySlots;
 use crate::replay::tiers::{RedisRows, Tiers, Unavailable};
 use crate::replay::ResumeFrom;
 use crate::session::cursors::{Cursors, DeliveryMetrics};
 
-use crate::record::testing::{event_frame as frame, event_value as record};
+use crate::record::testing::event_frame as frame;
 
 /// What Redis holds for one offset: its value (a tombstone for an
 /// undeliverable one), or an index entry whose value expired.
@@ -211,29 +211,9 @@ impl Tiers for FakeTiers {
         }
         let low = self.case.parts[p as usize].retained_from as i64;
         let end = self.appended.lock().get(&p).copied().unwrap_or(0);
-        let retention_gap = (from < low).then_some((from, to.min(low - 1)));
-        let start = from.max(low);
-        let mut records = Vec::new();
-        let mut o = start;
-        while o <= to && o < end && records.len() < limit {
-            records.push(KafkaRecord {
-                offset: o,
-                timestamp_ms: None,
-                value: if self.deliverable(p, o) {
-                    record(p, o)
-                } else {
-                    b"\xff not a record".to_vec()
-                },
-            });
-            o += 1;
-        }
-        // Past the partition's end the rest of the range does not exist (yet).
-        let next = if o >= end || o > to { to + 1 } else { o };
-        Ok(Fetched {
-            records,
-            retention_gap,
-            next,
-        })
+        Ok(fake_kafka_read(p, from, to, limit, low, end, |o| {
+            self.deliverable(p, o)
+        }))
     }
 }
 

@@ -18,10 +18,10 @@ use proptest::prelude::*;
 
 use crate::hub::log::RingLimits;
 use crate::hub::{DeliveryLimits, Filter, Hub, PriorityTable};
-use crate::record::decode::{decode, encode_record, DecodeLimits};
-use crate::record::frame::{Cursor, Frame};
+use crate::record::decode::{encode_record, DecodeLimits};
+use crate::record::frame::Frame;
 use crate::replay::driver::{replay, ReplayContext, Sent};
-use crate::replay::kafka::{Fetched, KafkaRecord};
+use crate::replay::kafka::{fake_kafka_read, Fetched};
 use crate::replay::out::{Gone, ReplayOut};
 use crate::replay::slots::ReplaySlots;
 use crate::replay::tiers::{RedisRows, Tiers, Unavailable};
@@ -30,7 +30,7 @@ use crate::session::cursors::{Cursors, DeliveryMetrics};
 
 const PARTITIONS: i32 = 2;
 
-use crate::record::testing::{event_frame as frame, event_value as value};
+use crate::record::testing::{event_frame as frame, frame_of};
 
 /// What the topic and Redis hold.
 #[derive(Default)]
@@ -107,28 +107,15 @@ impl Tiers for ModelTiers {
     ) -> Result<Fetched, Unavailable> {
         let w = self.world.lock();
         let end = w.records.get(&p).map_or(0, |r| r.len() as i64);
-        let low = self.retained_from;
-        let retention_gap = (from < low).then_some((from, to.min(low - 1)));
-        let mut records = Vec::new();
-        let mut o = from.max(low);
-        while o <= to && o < end && records.len() < limit {
-            records.push(KafkaRecord {
-                offset: o,
-                timestamp_ms: None,
-                value: if w.records[&p][o as usize].0 {
-                    value(p, o)
-                } else {
-                    b"\xff not a record".to_vec()
-                },
-            });
-            o += 1;
-        }
-        let next = if o >= end || o > to { to + 1 } else { o };
-        Ok(Fetched {
-            records,
-            retention_gap,
-            next,
-        })
+        Ok(fake_kafka_read(
+            p,
+            from,
+            to,
+            limit,
+            self.retained_from,
+            end,
+            |o| w.records[&p][o as usize].0,
+        ))
     }
 }
 
@@ -441,17 +428,7 @@ fn at_critical_backpressure_a_reader_that_is_behind_skips_low_priority_frames_wi
             },
             None,
         );
-        let d = decode(Some(&v), &DecodeLimits::default()).unwrap();
-        Arc::new(Frame::new(
-            Cursor {
-                partition: 0,
-                offset: o,
-            },
-            None,
-            &v,
-            d,
-            None,
-        ))
+        frame_of(0, o, &v)
     };
     let m = Model {
         ops: vec![],
