@@ -32,6 +32,7 @@ pub(crate) const SEQ_TRACKED_THREADS: &str = "dashstream_sequence_tracked_thread
 pub(crate) const SEQ_EVICTED_THREADS: &str = "dashstream_sequence_evicted_threads_total";
 pub(crate) const HALTED_THREADS: &str = "dashstream_halted_threads";
 pub(crate) const HELD_MESSAGES: &str = "dashstream_halted_messages_held";
+pub(crate) const HALTS_REFUSED: &str = "dashstream_halts_refused_total";
 pub(crate) const DLQ_SENDS: &str = "websocket_dlq_sends_total";
 pub(crate) const DLQ_SEND_FAILURES: &str = "websocket_dlq_send_failures_total";
 pub(crate) const DLQ_IN_FLIGHT: &str = "websocket_dlq_in_flight";
@@ -43,6 +44,7 @@ pub(crate) const REPLAY_REDIS_WRITES: &str = "replay_buffer_redis_writes_total";
 pub(crate) const REPLAY_REDIS_WRITE_FAILURES: &str = "replay_buffer_redis_write_failures_total";
 pub(crate) const REPLAY_REDIS_WRITE_DROPPED: &str = "replay_buffer_redis_write_dropped_total";
 pub(crate) const REPLAY_REDIS_QUEUE: &str = "replay_buffer_redis_queue_depth";
+pub(crate) const REPLAY_REDIS_QUEUE_BYTES: &str = "replay_buffer_redis_queue_bytes";
 pub(crate) const REPLAY_MEMORY_ENTRIES: &str = "replay_buffer_memory_entries";
 pub(crate) const REPLAY_MEMORY_BYTES: &str = "replay_buffer_memory_bytes";
 pub(crate) const REPLAY_REQUESTS: &str = "replay_requests_total";
@@ -82,6 +84,8 @@ pub(crate) const DECODE_ERROR_TYPES: &[&str] = &[
     "invalid_protobuf",
     "missing_body",
     "schema_mismatch",
+    "batch_too_large",
+    "id_too_long",
 ];
 
 /// Reasons for `websocket_dropped_messages_total{reason}`.
@@ -227,6 +231,10 @@ fn describe_all() {
         HELD_MESSAGES,
         "Records held back from clients because their thread is halted."
     );
+    describe_counter!(
+        HALTS_REFUSED,
+        "Sequence gaps under GAP_POLICY=halt that did not halt their thread because HALT_MAX_THREADS threads are halted already (the thread is delivered as under warn)."
+    );
     describe_gauge!(BUILD_INFO, "Always 1; labels carry the version.");
     describe_histogram!(
         CLIENT_QUEUE_AGE,
@@ -299,10 +307,14 @@ fn describe_all() {
         "Replay entries dropped because the Redis writer queue was full."
     );
     describe_gauge!(REPLAY_REDIS_QUEUE, "Entries waiting for the Redis writer.");
+    describe_gauge!(
+        REPLAY_REDIS_QUEUE_BYTES,
+        "Record bytes waiting for the Redis writer or in its pipelines (bounded by REPLAY_REDIS_QUEUE_BYTES)."
+    );
     describe_gauge!(REPLAY_MEMORY_ENTRIES, "Entries in the memory replay rings.");
     describe_gauge!(
         REPLAY_MEMORY_BYTES,
-        "Approximate bytes in the memory replay rings."
+        "Bytes held by the memory log: record envelopes, their summaries and JSON text once built."
     );
     describe_counter!(
         REPLAY_REQUESTS,
@@ -351,6 +363,7 @@ pub(crate) struct PipelineMetrics {
     pub(crate) legacy_bare: Counter,
     pub(crate) legacy_zstd: Counter,
     pub(crate) halt_buffer_full: Counter,
+    pub(crate) halts_refused: Counter,
 }
 
 impl PipelineMetrics {
@@ -365,6 +378,7 @@ impl PipelineMetrics {
             legacy_bare: metrics::counter!(LEGACY_FRAMES, "kind" => "bare"),
             legacy_zstd: metrics::counter!(LEGACY_FRAMES, "kind" => "zstd"),
             halt_buffer_full: metrics::counter!(DROPPED_MESSAGES, "reason" => DROP_HALT_BUFFER_FULL),
+            halts_refused: metrics::counter!(HALTS_REFUSED),
         };
         // Export every series from the start so rate() and alerts see zeros, not absence.
         for c in [
@@ -376,6 +390,7 @@ impl PipelineMetrics {
             &m.legacy_bare,
             &m.legacy_zstd,
             &m.halt_buffer_full,
+            &m.halts_refused,
         ] {
             c.increment(0);
         }
@@ -402,6 +417,7 @@ impl PipelineMetrics {
             metrics::counter!(c).increment(0);
         }
         metrics::gauge!(REPLAY_REDIS_QUEUE).set(0.0);
+        metrics::gauge!(REPLAY_REDIS_QUEUE_BYTES).set(0.0);
         metrics::gauge!(REPLAY_ACTIVE).set(0.0);
         metrics::gauge!(REPLAY_WAITING).set(0.0);
         metrics::counter!(DROPPED_MESSAGES, "reason" => DROP_LAGGED_RECEIVER).increment(0);

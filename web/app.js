@@ -227,7 +227,8 @@ async function poll() {
       dlqFailures: sum(ms, 'websocket_dlq_send_failures_total') ?? 0,
       backpressure: sum(ms, 'websocket_backpressure_level'),
       backpressureCategory: sum(ms, 'websocket_backpressure_category'),
-      halted: health.halted_threads || [],
+      halted: typeof health.halted_threads === 'number' ? health.halted_threads : null,
+      held: health.held_messages ?? null,
       health: health.status,
       kafka: health.kafka_status,
       redis: health.replay_redis,
@@ -322,10 +323,11 @@ function renderCards() {
   setText('backpressure', bp === null ? 'n/a' : `${fmt(bp, 2)}${bpCat ? ` ${bpCat}` : ''}`);
   mark('card-bp', bpCat === 'CRITICAL' || bpCat === 'HIGH' ? 'bad' : bpCat === 'ELEVATED' ? 'warn' : null);
   setText('lagged', fmt(client.stats.lagged));
-  const halted = f.halted || [];
-  setText('halted-count', f.halted ? fmt(halted.length) : '—');
-  setText('halted-list', halted.length ? halted.map((h) => `${h.thread_id} (missing ${h.missing} at ${h.at_sequence}, ${h.held_messages} held)`).join(', ') : 'none');
-  mark('card-halted', halted.length ? 'bad' : null);
+  const halted = f.halted ?? 0;
+  setText('halted-count', f.halted === null ? '—' : fmt(halted));
+  // Thread ids are for operators: GET /admin/threads/halted lists them.
+  setText('halted-list', halted ? `${fmt(f.held ?? 0)} records held; GET /admin/threads/halted lists the threads` : 'none');
+  mark('card-halted', halted ? 'bad' : null);
   const age = live.lastPollOk ? (Date.now() - live.lastPollOk) / 1000 : null;
   setText('metrics-age', age === null ? 'waiting…' : age < 5 ? 'fresh' : `stale ${fmt(age)} s`);
   for (const c of document.querySelectorAll('.card[data-metrics]')) c.classList.toggle('stale', age !== null && age > 5);

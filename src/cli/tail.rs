@@ -30,6 +30,7 @@ pub(crate) async fn run(args: TailArgs) -> anyhow::Result<()> {
     let limits = DecodeLimits {
         max_record_bytes: usize::MAX,
         max_decompressed_bytes: 64 * 1_048_576,
+        max_batch_events: usize::MAX,
     };
     let deadline = (args.timeout_secs > 0)
         .then(|| tokio::time::Instant::now() + Duration::from_secs(args.timeout_secs));

@@ -58,7 +58,7 @@ impl Health {
     /// The `/health` document. An idle topic is healthy: health never depends
     /// on how recently a record arrived.
     pub(crate) fn health_json(&self, connected_clients: usize) -> serde_json::Value {
-        let halted = self.ingest.halted();
+        let halted = self.ingest.halted_count();
         let kafka = self.ingest.kafka();
         let dlq = self.dlq.state();
         let (status, alert) = if kafka == KafkaState::Disconnected {
@@ -72,8 +72,8 @@ impl Health {
             ("degraded", Some(format!("DLQ writes failing: {effect}")))
         } else if self.admission.breaker_state() == BreakerState::Open {
             ("degraded", Some("circuit breaker open: new WebSocket clients are refused with 1013 until the backpressure level recovers".to_string()))
-        } else if !halted.is_empty() {
-            ("degraded", Some(format!("{} thread(s) halted by GAP_POLICY=halt; resume with POST /admin/threads/<id>/resume", halted.len())))
+        } else if halted > 0 {
+            ("degraded", Some(format!("{halted} thread(s) halted by GAP_POLICY=halt; GET /admin/threads/halted lists them; resume with POST /admin/threads/<id>/resume")))
         } else {
             ("healthy", None)
         };
@@ -91,6 +91,7 @@ impl Health {
             "records_processed": self.ingest.records_processed.load(Ordering::Relaxed),
             "last_record_unix_ms": (last > 0).then_some(last),
             "halted_threads": halted,
+            "held_messages": self.ingest.held_messages(),
             "replay_redis": self.redis_state(),
             "backpressure": {
                 "level": level,

@@ -13,7 +13,7 @@
 //! and never hold it across an await.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use parking_lot::RwLock;
@@ -30,12 +30,29 @@ pub(crate) enum Slot {
     Tombstone,
 }
 
+/// What one entry costs besides its frame (the slot in the deque).
+const ENTRY_BYTES: usize = std::mem::size_of::<Entry>();
+
 impl Slot {
+    /// Bytes the slot holds, fixed when it is appended; a frame's JSON text,
+    /// built later, is counted apart (`Ring::json`).
     fn bytes(&self) -> usize {
-        match self {
-            // The envelope plus an estimate of the decoded message.
-            Slot::Frame(f) => f.binary_len() * 2 + 256,
-            Slot::Tombstone => 32,
+        ENTRY_BYTES
+            + match self {
+                Slot::Frame(f) => f.base_bytes(),
+                Slot::Tombstone => 0,
+            }
+    }
+
+    fn entered(&self, json: &Arc<AtomicUsize>) {
+        if let Slot::Frame(f) = self {
+            f.entered_log(json);
+        }
+    }
+
+    fn left(&self) {
+        if let Slot::Frame(f) = self {
+            f.left_log();
         }
     }
 }
@@ -58,7 +75,10 @@ pub(crate) struct RingLimits {
 #[derive(Default)]
 struct Ring {
     entries: VecDeque<Entry>,
+    /// What the slots hold, as counted at append.
     bytes: usize,
+    /// JSON text built for frames still held (added by whoever builds it).
+    json: Arc<AtomicUsize>,
     /// Highest offset ever appended (kept after eviction).
     head: Option<i64>,
     /// First offset appended in this process.
@@ -71,9 +91,14 @@ impl Ring {
         self.entries.partition_point(|e| e.offset < offset)
     }
 
+    /// Every byte held: the slots and the JSON text built for them.
+    fn held(&self) -> usize {
+        self.bytes + self.json.load(Ordering::Relaxed)
+    }
+
     fn full(&self, limits: &RingLimits) -> bool {
         self.entries.len() >= limits.max_per_partition
-            || self.bytes >= limits.max_bytes_per_partition
+            || self.held() >= limits.max_bytes_per_partition
     }
 }
 
@@ -145,6 +170,7 @@ impl Log {
             let mut ring = ring.write();
             let size = slot.bytes();
             if ring.head.is_none_or(|h| offset > h) {
+                slot.entered(&ring.json);
                 ring.entries.push_back(Entry {
                     offset,
                     at_ms,
@@ -157,7 +183,13 @@ impl Log {
                 let i = ring.index_of(offset);
                 match ring.entries.get_mut(i) {
                     Some(e) if e.offset == offset => {
-                        let old = std::mem::replace(&mut e.slot, slot).bytes();
+                        let old = std::mem::replace(&mut e.slot, slot);
+                        old.left();
+                        let old = old.bytes();
+                        let json = ring.json.clone();
+                        if let Some(e) = ring.entries.get(i) {
+                            e.slot.entered(&json);
+                        }
                         ring.bytes = ring.bytes - old + size;
                     }
                     // Older than the log, or an offset it never had: the lower tiers answer for it.
@@ -166,10 +198,13 @@ impl Log {
             }
             let limits = self.limits;
             while ring.entries.len() > limits.max_per_partition
-                || (ring.bytes > limits.max_bytes_per_partition && ring.entries.len() > 1)
+                || (ring.held() > limits.max_bytes_per_partition && ring.entries.len() > 1)
             {
                 match ring.entries.pop_front() {
-                    Some(e) => ring.bytes -= e.slot.bytes(),
+                    Some(e) => {
+                        e.slot.left();
+                        ring.bytes -= e.slot.bytes();
+                    }
                     None => break,
                 }
             }
@@ -290,11 +325,11 @@ impl Log {
         }
     }
 
-    /// (slots, approximate bytes) held.
+    /// (slots, bytes) held: each frame's envelope, summary and JSON text once built.
     pub(crate) fn stats(&self) -> (usize, usize) {
         self.partitions.read().values().fold((0, 0), |(n, b), r| {
             let r = r.read();
-            (n + r.entries.len(), b + r.bytes)
+            (n + r.entries.len(), b + r.held())
         })
     }
 }
@@ -385,6 +420,77 @@ mod tests {
         );
         log.append(0, 100, Slot::Tombstone, 0);
         assert_eq!(log.heads()[&0], 100);
+    }
+
+    /// A ~1 KB zstd record whose body is a 1 MiB `bytes` field.
+    fn inflating_frame(o: i64) -> Arc<crate::record::frame::Frame> {
+        use crate::proto::dash_stream_message::Message;
+        use crate::proto::{DashStreamMessage, Header, ToolExecution};
+        let m = DashStreamMessage {
+            message: Some(Message::ToolExecution(ToolExecution {
+                header: Some(Header {
+                    thread_id: "t".into(),
+                    ..Default::default()
+                }),
+                arguments: vec![7u8; 1 << 20],
+                ..Default::default()
+            })),
+        };
+        let v = crate::record::decode::encode_record(&m, Some(3));
+        assert!(v.len() < 2048, "small on the wire: {}", v.len());
+        crate::record::testing::frame_of(0, o, &v)
+    }
+
+    #[test]
+    fn json_text_counts_against_the_log_once_built_and_leaves_with_its_frame() {
+        const LIMIT: usize = 4 << 20;
+        let log = Log::new(RingLimits {
+            max_per_partition: 1000,
+            max_bytes_per_partition: LIMIT,
+        });
+        let first = inflating_frame(0);
+        log.append(0, 0, Slot::Frame(first.clone()), 0);
+        let (_, before) = log.stats();
+        assert!(
+            before < 4096,
+            "the record's bytes, not its 1 MiB body: {before}"
+        );
+        // Base64 of 1 MiB: ~1.4 MB of JSON text, counted as soon as it exists.
+        let text = first.json().len();
+        assert!(text > 1_300_000, "{text}");
+        assert_eq!(log.stats().1, before + text);
+        assert_eq!(first.json().len(), text);
+        assert_eq!(log.stats().1, before + text, "counted once");
+        for o in 1..20 {
+            let f = inflating_frame(2 * o);
+            log.append(0, 2 * o, Slot::Frame(f.clone()), 0);
+            f.json();
+            log.append(0, 2 * o + 1, Slot::Tombstone, 0);
+            let (n, bytes) = log.stats();
+            assert!(bytes <= LIMIT, "after append {o}: {n} slots, {bytes} bytes");
+        }
+        assert!(log.first(0) > Some(0), "the first frame was evicted");
+        // Whatever was evicted took its JSON bytes with it.
+        let (_, bytes) = log.stats();
+        log.append(0, 1000, Slot::Tombstone, 0);
+        let tombstones = 10_000;
+        for o in 1001..1001 + tombstones {
+            log.append(0, o, Slot::Tombstone, 0);
+        }
+        let (n, after) = log.stats();
+        assert_eq!(
+            after,
+            n * ENTRY_BYTES,
+            "only tombstones left: {bytes} → {after}"
+        );
+        // A frame's JSON built after it left the log is not counted.
+        let late = inflating_frame(5000);
+        log.append(0, 5000, Slot::Frame(late.clone()), 0);
+        for o in 5001..5001 + 1000 {
+            log.append(0, o, Slot::Tombstone, 0);
+        }
+        late.json();
+        assert_eq!(log.stats().1, log.stats().0 * ENTRY_BYTES);
     }
 
     #[tokio::test]

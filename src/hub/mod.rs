@@ -141,7 +141,7 @@ impl Filter {
             }
         }
         if let Some(t) = &self.tenant {
-            if frame.decoded.tenant_id() != &**t {
+            if frame.summary.tenant != *t {
                 return false;
             }
         }
@@ -151,16 +151,10 @@ impl Filter {
         true
     }
 
+    /// A frame's threads were listed once at ingest, so this costs at most
+    /// one lookup per distinct thread the record touches.
     fn matches_thread_set(&self, threads: &HashSet<Box<str>>, frame: &Frame) -> bool {
-        if threads.contains(frame.decoded.thread_id()) {
-            return true;
-        }
-        frame
-            .decoded
-            .batch_events()
-            .iter()
-            .filter_map(|e| e.header.as_ref())
-            .any(|h| threads.contains(h.thread_id.as_str()))
+        frame.summary.threads().any(|t| threads.contains(t))
     }
 
     /// True if notices about `thread` concern this client.
@@ -235,13 +229,13 @@ impl PriorityTable {
     }
 
     pub(crate) fn of(&self, f: &Frame) -> Priority {
-        if let crate::proto::dash_stream_message::Message::Event(e) = &f.decoded.body {
+        if f.kind() == MessageKind::Event {
             // GRAPH_END, GRAPH_ERROR, NODE_ERROR, LLM_ERROR, TOOL_ERROR: always kept.
-            if matches!(e.event_type, 2 | 3 | 12 | 32 | 42) {
+            if matches!(f.summary.event_type, 2 | 3 | 12 | 32 | 42) {
                 return Priority::High;
             }
             // NODE_PROGRESS, NODE_THINKING, NODE_SUBSTEP: shed first.
-            if matches!(e.event_type, 80..=82) {
+            if matches!(f.summary.event_type, 80..=82) {
                 return Priority::Low;
             }
         }
@@ -445,6 +439,7 @@ mod tests {
     use crate::proto::{DashStreamMessage, Error as PbError, Event, Header};
     use crate::record::decode::{decode, encode_record, DecodeLimits};
     use crate::record::frame::Cursor;
+    use crate::record::summary::Summary;
 
     fn frame(thread: &str, tenant: &str, error: bool, offset: i64) -> Arc<Frame> {
         let header = Some(Header {
@@ -478,7 +473,7 @@ mod tests {
             },
             None,
             &v,
-            d,
+            Summary::of(&d),
             None,
         ))
     }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
+use crate::ingest::halt::HaltLimits;
 use crate::ingest::ratelimit::{self, Rate};
 use crate::ingest::sequence::{GapPolicy, ValidatorConfig};
 use crate::record::decode::DecodeLimits;
@@ -54,6 +55,9 @@ pub(crate) struct IngestArgs {
     /// Largest decompressed body accepted, in bytes.
     #[arg(long, env = "MAX_DECOMPRESSED_BYTES", default_value_t = 4 * 1_048_576)]
     pub(crate) max_decompressed_bytes: usize,
+    /// Most events one `event_batch` record may carry (over it: DLQ `batch_too_large`).
+    #[arg(long, env = "MAX_BATCH_EVENTS", default_value_t = 10_000)]
+    pub(crate) max_batch_events: usize,
     #[arg(long, env = "GAP_POLICY", value_enum, default_value = "warn")]
     pub(crate) gap_policy: GapPolicy,
     /// Recent sequences remembered per thread to tell duplicates from reorders.
@@ -68,6 +72,13 @@ pub(crate) struct IngestArgs {
     /// Records held per halted thread before further ones are dropped (and counted).
     #[arg(long, env = "HALT_MAX_HELD_MESSAGES", default_value_t = 10_000)]
     pub(crate) halt_max_held_messages: usize,
+    /// Threads halted at once, at most (a gap on a further thread is counted in
+    /// dashstream_halts_refused_total and delivered as under warn).
+    #[arg(long, env = "HALT_MAX_THREADS", default_value_t = 1_000)]
+    pub(crate) halt_max_threads: usize,
+    /// Bytes held for halted threads in all, at most (beyond: a record is not held; its DLQ copy is the only one).
+    #[arg(long, env = "HALT_MAX_HELD_BYTES", default_value_t = 64 * 1_048_576)]
+    pub(crate) halt_max_held_bytes: usize,
     /// Default per-tenant rate limit, records per second (unset: no limit).
     #[arg(long, env = "TENANT_RATE_LIMIT")]
     pub(crate) tenant_rate_limit: Option<f64>,
@@ -88,7 +99,7 @@ pub(crate) struct IngestConfig {
     pub(crate) limits: DecodeLimits,
     pub(crate) gap_policy: GapPolicy,
     pub(crate) sequence: ValidatorConfig,
-    pub(crate) halt_max_held: usize,
+    pub(crate) halt: HaltLimits,
     pub(crate) tenant_default_rate: Option<Rate>,
     pub(crate) tenant_rate_overrides: BTreeMap<String, Rate>,
 }
@@ -105,6 +116,10 @@ impl IngestArgs {
         positive("KAFKA_STATS_INTERVAL_MS", self.kafka_stats_interval_ms)?;
         positive("MAX_MESSAGE_BYTES", self.max_message_bytes as u64)?;
         positive("MAX_DECOMPRESSED_BYTES", self.max_decompressed_bytes as u64)?;
+        positive("MAX_BATCH_EVENTS", self.max_batch_events as u64)?;
+        if self.max_batch_events > 1_000_000 {
+            return Err(ConfigError::new("MAX_BATCH_EVENTS", "at most 1000000"));
+        }
         if self.max_message_bytes > 256 * 1_048_576 {
             return Err(ConfigError::new(
                 "MAX_MESSAGE_BYTES",
@@ -126,6 +141,11 @@ impl IngestArgs {
         positive("SEQUENCE_MAX_THREADS", self.sequence_max_threads as u64)?;
         positive("SEQUENCE_THREAD_IDLE_SECS", self.sequence_thread_idle_secs)?;
         positive("HALT_MAX_HELD_MESSAGES", self.halt_max_held_messages as u64)?;
+        positive("HALT_MAX_THREADS", self.halt_max_threads as u64)?;
+        positive("HALT_MAX_HELD_BYTES", self.halt_max_held_bytes as u64)?;
+        if self.halt_max_threads > 100_000 {
+            return Err(ConfigError::new("HALT_MAX_THREADS", "at most 100000"));
+        }
         let tenant_default_rate = match self.tenant_rate_limit {
             None => None,
             Some(r) => {
@@ -173,6 +193,7 @@ impl IngestArgs {
             limits: DecodeLimits {
                 max_record_bytes: self.max_message_bytes,
                 max_decompressed_bytes: self.max_decompressed_bytes,
+                max_batch_events: self.max_batch_events,
             },
             gap_policy: self.gap_policy,
             sequence: ValidatorConfig {
@@ -180,7 +201,11 @@ impl IngestArgs {
                 max_threads: self.sequence_max_threads,
                 idle: Duration::from_secs(self.sequence_thread_idle_secs),
             },
-            halt_max_held: self.halt_max_held_messages,
+            halt: HaltLimits {
+                max_held: self.halt_max_held_messages,
+                max_threads: self.halt_max_threads,
+                max_held_bytes: self.halt_max_held_bytes,
+            },
             tenant_default_rate,
             tenant_rate_overrides,
         })

@@ -10,13 +10,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::hub::Hub;
-use crate::ingest::halt::{BufferFull, Halts, ReleaseError};
+use crate::ingest::halt::{BufferFull, HaltLimits, Halts, ReleaseError};
 use crate::ingest::offsets::OffsetBook;
 use crate::ingest::ratelimit::TenantRateLimiter;
 use crate::ingest::sequence::{GapPolicy, SequenceValidator, ValidatorConfig, Verdict};
 use crate::ingest::status::IngestStatus;
 use crate::record::decode::{self, DecodeLimits, Framing};
 use crate::record::frame::{control, Cursor, Frame};
+use crate::record::summary::Summary;
 use crate::replay::redis::RedisTier;
 use crate::telemetry::{self, PipelineMetrics};
 
@@ -54,7 +55,7 @@ pub(crate) struct PipelineConfig {
     pub(crate) limits: DecodeLimits,
     pub(crate) gap_policy: GapPolicy,
     pub(crate) sequence: ValidatorConfig,
-    pub(crate) halt_max_held: usize,
+    pub(crate) halt: HaltLimits,
 }
 
 pub(crate) struct Pipeline {
@@ -68,6 +69,8 @@ pub(crate) struct Pipeline {
     status: Arc<IngestStatus>,
     m: PipelineMetrics,
     log_throttle: LogThrottle,
+    gap_log: LogThrottle,
+    halt_log: LogThrottle,
     /// Unix ms of the record being handled (read once per batch by the caller).
     now_ms: i64,
 }
@@ -78,13 +81,15 @@ impl Pipeline {
             rate_limits: TenantRateLimiter::new(None, Default::default()),
             redis: None,
             validator: SequenceValidator::new(cfg.sequence),
-            halts: Halts::new(cfg.halt_max_held),
+            halts: Halts::new(cfg.halt),
             cfg,
             offsets: OffsetBook::default(),
             hub,
             status,
             m: PipelineMetrics::new(),
             log_throttle: LogThrottle::default(),
+            gap_log: LogThrottle::default(),
+            halt_log: LogThrottle::default(),
             now_ms: 0,
         }
     }
@@ -129,6 +134,7 @@ impl Pipeline {
         metrics::gauge!(telemetry::REPLAY_MEMORY_BYTES).set(bytes as f64);
         if let Some(r) = &self.redis {
             metrics::gauge!(telemetry::REPLAY_REDIS_QUEUE).set(r.queue_len() as f64);
+            metrics::gauge!(telemetry::REPLAY_REDIS_QUEUE_BYTES).set(r.queue_bytes() as f64);
         }
     }
 
@@ -203,14 +209,19 @@ impl Pipeline {
                     self.m.gap_size.record(missing as f64);
                     match self.cfg.gap_policy {
                         GapPolicy::Continue => {}
-                        GapPolicy::Warn => tracing::warn!(
-                            thread_id = unit.thread_id,
-                            sequence = unit.sequence,
-                            missing,
-                            partition = rec.partition,
-                            offset = rec.offset,
-                            "sequence gap"
-                        ),
+                        GapPolicy::Warn => {
+                            if let Some(suppressed) = self.gap_log.allow(now) {
+                                tracing::warn!(
+                                    thread_id = ?unit.thread_id,
+                                    sequence = unit.sequence,
+                                    missing,
+                                    partition = rec.partition,
+                                    offset = rec.offset,
+                                    suppressed,
+                                    "sequence gap (at most one line per second; `suppressed` gaps since the last)"
+                                )
+                            }
+                        }
                         GapPolicy::Halt => {
                             if !self.halts.is_halted(unit.thread_id) {
                                 newly_halted.push((
@@ -228,34 +239,57 @@ impl Pipeline {
             }
         }
         for (thread, missing, seq) in newly_halted {
-            tracing::error!(thread_id = %thread, sequence = seq, missing, "HALTED thread due to sequence gap (GAP_POLICY=halt); resume with POST /admin/threads/{thread}/resume");
+            if self.halts.halt(thread.clone(), missing, seq).is_err() {
+                self.m.halts_refused.increment(1);
+                if let Some(suppressed) = self.halt_log.allow(now) {
+                    tracing::error!(thread_id = ?thread, sequence = seq, missing, suppressed, "sequence gap NOT halted: HALT_MAX_THREADS threads are halted already; the thread is delivered as under GAP_POLICY=warn (at most one line per second; `suppressed` since the last)");
+                }
+                continue;
+            }
+            if let Some(suppressed) = self.halt_log.allow(now) {
+                tracing::error!(thread_id = ?thread, sequence = seq, missing, suppressed, "HALTED thread due to sequence gap (GAP_POLICY=halt); resume with POST /admin/threads/{{thread}}/resume (at most one line per second; `suppressed` since the last)");
+            }
             self.hub
                 .notify_thread(&thread, &control::thread_halted(&thread, missing, seq));
-            self.halts.halt(thread, missing, seq);
+            if let Some(info) = self.halts.info(&thread) {
+                self.status.put_halted(info);
+            }
+            self.export_halt_gauges();
         }
 
+        let summary = Summary::of(&decoded);
+        drop(decoded);
         let cursor = Cursor {
             partition: rec.partition,
             offset: rec.offset,
         };
         let value = rec.value.unwrap_or_default();
+        let halted = self.halts.thread_of(&summary);
+        // Over its rate limit, a record costs no copy: only its DLQ document.
+        if halted.is_none()
+            && self.rate_limits.enabled()
+            && !self.rate_limits.allow(&summary.tenant, now)
+        {
+            self.skip(rec.partition, rec.offset);
+            return Outcome::RateLimited {
+                tenant: summary.tenant.into(),
+            };
+        }
         let frame = Arc::new(Frame::new(
             cursor,
             rec.timestamp_ms,
             value,
-            decoded,
+            summary,
             trace_id,
         ));
-        if let Some(thread) = self.halts.thread_of(&frame) {
+        if let Some(thread) = halted {
             self.skip(frame.cursor.partition, frame.cursor.offset);
             let buffered = self.hold(&thread, frame);
-            self.publish_halts();
+            if let Some(info) = self.halts.info(&thread) {
+                self.status.count_halted(info);
+            }
+            self.export_halt_gauges();
             return Outcome::Held { thread, buffered };
-        }
-        if self.rate_limits.enabled() && !self.rate_limits.allow(frame.decoded.tenant_id(), now) {
-            let tenant = frame.decoded.tenant_id().to_string();
-            self.skip(frame.cursor.partition, frame.cursor.offset);
-            return Outcome::RateLimited { tenant };
         }
         self.deliver(&frame);
         Outcome::Delivered
@@ -278,8 +312,9 @@ impl Pipeline {
     /// were delivered.
     pub(crate) fn release_thread(&mut self, thread: &str) -> Result<usize, ReleaseError> {
         let release = self.halts.release(thread, &mut self.offsets)?;
+        self.status.remove_halted(thread);
         let released = release.len();
-        tracing::info!(thread_id = thread, released, "thread resumed by operator");
+        tracing::info!(thread_id = ?thread, released, "thread resumed by operator");
         // Tell clients first, so they know the frames that follow are late.
         self.hub
             .notify_thread(thread, &control::thread_resumed(thread, released));
@@ -291,11 +326,20 @@ impl Pipeline {
         Ok(released)
     }
 
+    /// Every halted thread's status again (after a release or revocation
+    /// moved held records between threads).
     fn publish_halts(&self) {
-        let (v, held) = self.halts.summary();
-        metrics::gauge!(telemetry::HALTED_THREADS).set(v.len() as f64);
+        for info in self.halts.all() {
+            self.status.put_halted(info);
+        }
+        self.export_halt_gauges();
+    }
+
+    fn export_halt_gauges(&self) {
+        let (held, _) = self.halts.held();
+        self.status.set_held_messages(held);
+        metrics::gauge!(telemetry::HALTED_THREADS).set(self.halts.halted_threads() as f64);
         metrics::gauge!(telemetry::HELD_MESSAGES).set(held as f64);
-        self.status.set_halted(v);
     }
 
     /// Periodic upkeep: idle thread eviction and gauges.
@@ -377,6 +421,22 @@ mod tests {
     }
 
     fn pipeline(policy: GapPolicy) -> (Pipeline, Arc<Hub>) {
+        let (p, hub, _) = pipeline_with(
+            policy,
+            HaltLimits {
+                max_held: 100,
+                max_threads: 1000,
+                max_held_bytes: 1 << 30,
+            },
+        );
+        (p, hub)
+    }
+
+    fn pipeline_with(
+        policy: GapPolicy,
+        halt: HaltLimits,
+    ) -> (Pipeline, Arc<Hub>, Arc<IngestStatus>) {
+        let status = Arc::new(IngestStatus::default());
         let hub = Hub::new(
             crate::hub::DeliveryLimits {
                 priorities: Default::default(),
@@ -393,12 +453,12 @@ mod tests {
                 limits: DecodeLimits::default(),
                 gap_policy: policy,
                 sequence: ValidatorConfig::default(),
-                halt_max_held: 100,
+                halt,
             },
             hub.clone(),
-            Arc::new(IngestStatus::default()),
+            status.clone(),
         );
-        (p, hub)
+        (p, hub, status)
     }
 
     fn view(offset: i64, v: &[u8]) -> RecordView<'_> {
@@ -470,6 +530,72 @@ mod tests {
             p.release_thread("a"),
             Err(ReleaseError::NotHalted("a".into()))
         );
+    }
+
+    #[test]
+    fn halts_are_bounded_by_thread_count_and_held_bytes() {
+        let one = Frame::new(
+            Cursor {
+                partition: 0,
+                offset: 0,
+            },
+            None,
+            &rec("t0", 6),
+            Summary::of(&decode::decode(Some(&rec("t0", 6)), &DecodeLimits::default()).unwrap()),
+            None,
+        )
+        .base_bytes();
+        let (mut p, hub, status) = pipeline_with(
+            GapPolicy::Halt,
+            HaltLimits {
+                max_held: 100,
+                max_threads: 3,
+                max_held_bytes: 4 * one,
+            },
+        );
+        let now = Instant::now();
+        let mut o = 0;
+        let mut next = |p: &mut Pipeline, t: &str, seq: u64| {
+            o += 1;
+            p.handle(view(o, &rec(t, seq)), now, 0)
+        };
+        for t in 0..5 {
+            next(&mut p, &format!("t{t}"), 1);
+            let gap = next(&mut p, &format!("t{t}"), 5);
+            if t < 3 {
+                assert!(matches!(gap, Outcome::Held { .. }), "t{t}: {gap:?}");
+            } else {
+                assert_eq!(
+                    gap,
+                    Outcome::Delivered,
+                    "t{t}: over HALT_MAX_THREADS, delivered"
+                );
+            }
+        }
+        assert_eq!(status.halted_count(), 3);
+        let ids: Vec<String> = status.halted().into_iter().map(|h| h.thread_id).collect();
+        assert_eq!(ids, ["t0", "t1", "t2"]);
+        // t0..t2 hold one record each; one more fits, the rest are not held.
+        let held: Vec<bool> = (6..10)
+            .map(|s| match next(&mut p, "t0", s) {
+                Outcome::Held { buffered, .. } => buffered,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(held, [true, false, false, false]);
+        assert_eq!(status.held_messages(), 4);
+        let t0 = status.halted().into_iter().next().unwrap();
+        assert_eq!((t0.held_messages, t0.dropped_messages), (2, 3));
+        assert_eq!(p.release_thread("t0"), Ok(2));
+        assert_eq!((status.halted_count(), status.held_messages()), (2, 2));
+        // Room again: a new halt is taken.
+        next(&mut p, "t9", 1);
+        assert!(matches!(
+            next(&mut p, "t9", 3),
+            Outcome::Held { buffered: true, .. }
+        ));
+        assert_eq!(status.halted_count(), 3);
+        drop(hub);
     }
 
     #[test]

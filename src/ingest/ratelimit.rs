@@ -4,14 +4,17 @@
 //! the DLQ as `rate_limited`, so nothing is lost silently.
 //!
 //! Memory is bounded: at most `MAX_TENANTS` buckets (least recently seen
-//! evicted, which only refills it), and `dashstream_rate_limit_exceeded_total`
-//! labels at most `MAX_TENANT_LABELS` tenants by name, the rest as `other`.
+//! evicted, which only refills it; ids are at most `MAX_ID_BYTES`), and
+//! `dashstream_rate_limit_exceeded_total` names only tenants an operator gave
+//! an override (at most `MAX_TENANT_LABELS`); every other tenant counts as
+//! `other`, so tenant ids from records never create label values.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroUsize;
 use std::time::Instant;
 
 use lru::LruCache;
+use metrics::Counter;
 
 use crate::telemetry;
 
@@ -72,7 +75,9 @@ pub(crate) struct TenantRateLimiter {
     default: Option<Rate>,
     overrides: BTreeMap<String, Rate>,
     buckets: LruCache<Box<str>, Bucket>,
-    labelled: HashSet<Box<str>>,
+    /// Counters of tenants named in the metric (ones with an override).
+    labelled: HashMap<Box<str>, Counter>,
+    other: Counter,
 }
 
 impl TenantRateLimiter {
@@ -82,7 +87,8 @@ impl TenantRateLimiter {
             default,
             overrides,
             buckets: LruCache::new(cap),
-            labelled: HashSet::new(),
+            labelled: HashMap::new(),
+            other: metrics::counter!(telemetry::RATE_LIMIT_EXCEEDED, "tenant_id" => "other"),
         }
     }
 
@@ -122,15 +128,17 @@ impl TenantRateLimiter {
             b.tokens -= 1.0;
             return true;
         }
-        let label = if self.labelled.contains(tenant) {
-            tenant.to_string()
-        } else if self.labelled.len() < MAX_TENANT_LABELS {
-            self.labelled.insert(tenant.into());
-            tenant.to_string()
-        } else {
-            "other".to_string()
-        };
-        metrics::counter!(telemetry::RATE_LIMIT_EXCEEDED, "tenant_id" => label).increment(1);
+        match self.labelled.get(tenant) {
+            Some(c) => c.increment(1),
+            None if self.labelled.len() < MAX_TENANT_LABELS
+                && self.overrides.contains_key(tenant) =>
+            {
+                let c = metrics::counter!(telemetry::RATE_LIMIT_EXCEEDED, "tenant_id" => tenant.to_string());
+                c.increment(1);
+                self.labelled.insert(tenant.into(), c);
+            }
+            None => self.other.increment(1),
+        }
         false
     }
 
@@ -202,6 +210,44 @@ mod tests {
         assert!(l.allow("noisy", t0));
         l.set("noisy", None);
         assert!(l.allow("noisy", t0) && l.allow("noisy", t0));
+    }
+
+    #[test]
+    fn only_tenants_with_an_override_are_named_in_the_metric() {
+        let recorder = metrics_util::debugging::DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        metrics::with_local_recorder(&recorder, || {
+            let t0 = Instant::now();
+            let mut l = TenantRateLimiter::new(
+                Some(Rate {
+                    messages_per_second: 0.001,
+                    burst: 1.0,
+                }),
+                parse_overrides("vip=0.001:1").unwrap(),
+            );
+            for i in 0..300 {
+                let junk = format!("junk-{i}");
+                l.allow(&junk, t0);
+                l.allow(&junk, t0);
+            }
+            l.allow("vip", t0);
+            l.allow("vip", t0);
+            let mut labels: Vec<(String, u64)> = snapshotter
+                .snapshot()
+                .into_vec()
+                .into_iter()
+                .filter(|(k, ..)| k.key().name() == telemetry::RATE_LIMIT_EXCEEDED)
+                .map(|(k, _, _, v)| {
+                    let label = k.key().labels().next().unwrap().value().to_string();
+                    match v {
+                        metrics_util::debugging::DebugValue::Counter(n) => (label, n),
+                        _ => panic!("counter expected"),
+                    }
+                })
+                .collect();
+            labels.sort();
+            assert_eq!(labels, vec![("other".into(), 300), ("vip".into(), 1)]);
+        });
     }
 
     #[test]

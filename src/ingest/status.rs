@@ -5,6 +5,8 @@
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
+use std::collections::BTreeMap;
+
 use parking_lot::RwLock;
 use serde::Serialize;
 
@@ -52,7 +54,9 @@ pub(crate) struct IngestStatus {
     shutting_down: AtomicBool,
     pub(crate) records_processed: AtomicU64,
     pub(crate) last_record_unix_ms: AtomicI64,
-    halted: RwLock<Vec<HaltedThread>>,
+    /// Updated one thread at a time (never rebuilt per record).
+    halted: RwLock<BTreeMap<String, HaltedThread>>,
+    held_messages: AtomicUsize,
 }
 
 impl IngestStatus {
@@ -80,10 +84,31 @@ impl IngestStatus {
     pub(crate) fn shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::Relaxed)
     }
-    pub(crate) fn set_halted(&self, v: Vec<HaltedThread>) {
-        *self.halted.write() = v;
+    /// Adds or replaces one halted thread.
+    pub(crate) fn put_halted(&self, h: &HaltedThread) {
+        self.halted.write().insert(h.thread_id.clone(), h.clone());
     }
+    /// Updates one halted thread's counts (no allocation).
+    pub(crate) fn count_halted(&self, h: &HaltedThread) {
+        if let Some(e) = self.halted.write().get_mut(&h.thread_id) {
+            e.held_messages = h.held_messages;
+            e.dropped_messages = h.dropped_messages;
+        }
+    }
+    pub(crate) fn remove_halted(&self, thread: &str) {
+        self.halted.write().remove(thread);
+    }
+    pub(crate) fn set_held_messages(&self, n: usize) {
+        self.held_messages.store(n, Ordering::Relaxed);
+    }
+    pub(crate) fn held_messages(&self) -> usize {
+        self.held_messages.load(Ordering::Relaxed)
+    }
+    pub(crate) fn halted_count(&self) -> usize {
+        self.halted.read().len()
+    }
+    /// The halted threads, sorted by id (at most `HALT_MAX_THREADS`).
     pub(crate) fn halted(&self) -> Vec<HaltedThread> {
-        self.halted.read().clone()
+        self.halted.read().values().cloned().collect()
     }
 }

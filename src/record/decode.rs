@@ -23,10 +23,17 @@ const ZSTD_MAGIC: [u8; 4] = [0x28, 0xB5, 0x2F, 0xFD];
 /// Largest zstd window accepted (2^24 = 16 MiB): bounds decoder memory.
 const ZSTD_WINDOW_LOG_MAX: u32 = 24;
 
+/// Longest thread or tenant id accepted from a record, in bytes (the same
+/// bound `/ws` filters and `/admin` paths apply).
+pub(crate) const MAX_ID_BYTES: usize = 256;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DecodeLimits {
     pub(crate) max_record_bytes: usize,
     pub(crate) max_decompressed_bytes: usize,
+    /// Most events one `event_batch` may carry (counted on the wire, before
+    /// anything is decoded).
+    pub(crate) max_batch_events: usize,
 }
 
 impl Default for DecodeLimits {
@@ -34,6 +41,19 @@ impl Default for DecodeLimits {
         Self {
             max_record_bytes: 1_048_576,
             max_decompressed_bytes: 4 * 1_048_576,
+            max_batch_events: 10_000,
+        }
+    }
+}
+
+impl DecodeLimits {
+    /// For bytes that already passed these checks once (a frame's own
+    /// record, decoded again for its JSON text).
+    pub(crate) const fn validated() -> Self {
+        Self {
+            max_record_bytes: usize::MAX,
+            max_decompressed_bytes: 1 << 30,
+            max_batch_events: usize::MAX,
         }
     }
 }
@@ -62,6 +82,14 @@ pub enum DecodeError {
     InvalidProtobuf(String),
     #[error("message has no body (no oneof field set)")]
     MissingBody,
+    #[error("event_batch carries {count} events, over the {limit}-event limit")]
+    TooManyEvents { count: usize, limit: usize },
+    #[error("{field} is {len} bytes, over the {limit}-byte limit")]
+    IdTooLong {
+        field: &'static str,
+        len: usize,
+        limit: usize,
+    },
     #[error("schema_version {found} is newer than supported version {supported}{}", where_.map(|i| format!(" (event_batch event #{i})")).unwrap_or_default())]
     SchemaMismatch {
         found: u32,
@@ -80,6 +108,8 @@ impl DecodeError {
             DecodeError::InvalidProtobuf(_) => "invalid_protobuf",
             DecodeError::MissingBody => "missing_body",
             DecodeError::SchemaMismatch { .. } => "schema_mismatch",
+            DecodeError::TooManyEvents { .. } => "batch_too_large",
+            DecodeError::IdTooLong { .. } => "id_too_long",
         }
     }
 
@@ -93,7 +123,9 @@ impl DecodeError {
             DecodeError::Decompression(_) | DecodeError::DecompressedTooLarge { .. } => {
                 "decompress"
             }
-            DecodeError::SchemaMismatch { .. } => "validate",
+            DecodeError::SchemaMismatch { .. }
+            | DecodeError::TooManyEvents { .. }
+            | DecodeError::IdTooLong { .. } => "validate",
         }
     }
 }
@@ -353,18 +385,44 @@ pub fn decode(value: Option<&[u8]>, limits: &DecodeLimits) -> Result<Decoded, De
             value
         }
     };
+    // Counted on the wire first: decoding a batch costs ~250 B per event,
+    // however small the event is on the wire.
+    let events = crate::record::scan::batch_events(body);
+    if events > limits.max_batch_events {
+        return Err(DecodeError::TooManyEvents {
+            count: events,
+            limit: limits.max_batch_events,
+        });
+    }
     let message =
         DashStreamMessage::decode(body).map_err(|e| DecodeError::InvalidProtobuf(e.to_string()))?;
     let Some(body) = message.message else {
         return Err(DecodeError::MissingBody);
     };
-    check_schema(header_of(&body), None)?;
+    check_header(header_of(&body), None)?;
     if let Message::EventBatch(batch) = &body {
         for (i, e) in batch.events.iter().enumerate() {
-            check_schema(e.header.as_ref(), Some(i))?;
+            check_header(e.header.as_ref(), Some(i))?;
         }
     }
     Ok(Decoded { body, framing })
+}
+
+/// Schema version and id lengths of one header.
+fn check_header(h: Option<&Header>, where_: Option<usize>) -> Result<(), DecodeError> {
+    check_schema(h, where_)?;
+    if let Some(h) = h {
+        for (field, id) in [("thread_id", &h.thread_id), ("tenant_id", &h.tenant_id)] {
+            if id.len() > MAX_ID_BYTES {
+                return Err(DecodeError::IdTooLong {
+                    field,
+                    len: id.len(),
+                    limit: MAX_ID_BYTES,
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Resets enum fields holding values this build does not know to 0
@@ -536,6 +594,7 @@ mod tests {
         let limits = DecodeLimits {
             max_record_bytes: 10,
             max_decompressed_bytes: 100,
+            max_batch_events: 10,
         };
         let e = decode(Some(&[0u8; 11]), &limits).unwrap_err();
         assert_eq!(e.error_type(), "payload_too_large");
@@ -662,10 +721,71 @@ mod tests {
         assert!(d.involves_thread("b"));
     }
 
+    #[test]
+    fn a_small_zstd_record_of_many_empty_events_is_refused_before_it_is_decoded() {
+        // ~2 bytes per event on the wire, ~250 B each once decoded.
+        let batch = DashStreamMessage {
+            message: Some(Message::EventBatch(EventBatch {
+                header: header("t", 0, 1),
+                events: vec![Event::default(); 2_000_000],
+            })),
+        };
+        let v = encode_record(&batch, Some(3));
+        assert!(v.len() < 4096, "{} bytes on the wire", v.len());
+        let e = decode(Some(&v), &DecodeLimits::default()).unwrap_err();
+        assert_eq!(e.error_type(), "batch_too_large");
+        assert_eq!(e.stage(), "validate");
+        assert!(e.to_string().contains("10000-event limit"), "{e}");
+        let ok = DashStreamMessage {
+            message: Some(Message::EventBatch(EventBatch {
+                header: header("t", 0, 1),
+                events: vec![Event::default(); 10_000],
+            })),
+        };
+        decode(Some(&encode_record(&ok, Some(3))), &DecodeLimits::default()).unwrap();
+    }
+
+    #[test]
+    fn ids_longer_than_256_bytes_are_refused_in_headers_and_batch_events() {
+        let limits = DecodeLimits::default();
+        let long = "x".repeat(MAX_ID_BYTES + 1);
+        decode(
+            Some(&encode_record(&event(&"x".repeat(MAX_ID_BYTES), 1), None)),
+            &limits,
+        )
+        .unwrap();
+        let e = decode(Some(&encode_record(&event(&long, 1), Some(3))), &limits).unwrap_err();
+        assert_eq!(e.error_type(), "id_too_long");
+        assert!(e.to_string().starts_with("thread_id is 257 bytes"), "{e}");
+        let mut tenant = event("t", 1);
+        if let Some(Message::Event(ev)) = &mut tenant.message {
+            ev.header.as_mut().unwrap().tenant_id = long.clone();
+        }
+        let e = decode(Some(&encode_record(&tenant, None)), &limits).unwrap_err();
+        assert!(e.to_string().starts_with("tenant_id is 257"), "{e}");
+        let batch = DashStreamMessage {
+            message: Some(Message::EventBatch(EventBatch {
+                header: header("t", 0, 1),
+                events: vec![
+                    Event {
+                        header: header("t", 1, 1),
+                        ..Default::default()
+                    },
+                    Event {
+                        header: header(&long, 2, 1),
+                        ..Default::default()
+                    },
+                ],
+            })),
+        };
+        let e = decode(Some(&encode_record(&batch, None)), &limits).unwrap_err();
+        assert_eq!(e.error_type(), "id_too_long");
+    }
+
     proptest::proptest! {
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..2048)) {
-            let _ = decode(Some(&bytes), &DecodeLimits { max_record_bytes: 1024, max_decompressed_bytes: 4096 });
+            let _ = decode(Some(&bytes), &DecodeLimits { max_record_bytes: 1024, max_decompressed_bytes: 4096, max_batch_events: 100 });
         }
 
         #[test]

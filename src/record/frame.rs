@@ -4,13 +4,15 @@
 //! A [`Frame`] is built once per record and shared (`Arc`) by every client.
 //! The binary envelope is built eagerly (it is a single copy of the record);
 //! the JSON text is encoded on first use by a JSON client, once, and the
-//! bytes are shared with every other JSON client.
+//! bytes are shared with every other JSON client. A frame keeps the record's
+//! [`Summary`], never its decoded message, so what it holds in memory is
+//! [`Frame::held_bytes`], whatever the record decompresses or decodes to.
 //!
 //! Binary envelope v1, big-endian (see docs/PROTOCOL.md):
 //! `u8 version=1 | i32 partition | i64 offset | i64 kafka_timestamp_ms (-1: none) | record value`.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use axum::extract::ws::Utf8Bytes;
 use bytes::{BufMut, Bytes, BytesMut};
@@ -18,6 +20,7 @@ use serde::ser::{Serialize, Serializer};
 
 use crate::proto::dash_stream_message::Message;
 use crate::record::decode::{DecodeError, DecodeLimits, Decoded, MessageKind};
+use crate::record::summary::Summary;
 
 pub(crate) const ENVELOPE_VERSION: u8 = 1;
 pub(crate) const ENVELOPE_HEADER_LEN: usize = 21;
@@ -33,21 +36,34 @@ pub struct Cursor {
 pub(crate) struct Frame {
     pub(crate) cursor: Cursor,
     pub(crate) kafka_timestamp_ms: Option<i64>,
-    pub(crate) decoded: Decoded,
+    pub(crate) summary: Summary,
     pub(crate) trace_id: Option<Box<str>>,
     binary: Bytes,
     json: OnceLock<Utf8Bytes>,
+    /// Where the JSON text is counted once built (the log partition holding the frame).
+    meter: OnceLock<Arc<AtomicUsize>>,
+    held: AtomicU8,
     latency_recorded: AtomicBool,
     /// Released after a halt: delivered below offsets a client already has.
     late: AtomicBool,
 }
+
+/// `Frame::held`: not in the log / in the log / in the log with its JSON
+/// text counted / evicted from the log.
+const OUTSIDE: u8 = 0;
+const IN_LOG: u8 = 1;
+const IN_LOG_JSON_COUNTED: u8 = 2;
+const EVICTED: u8 = 3;
+
+/// What a frame costs besides its heap parts (the struct and its `Arc`).
+const FRAME_OVERHEAD: usize = std::mem::size_of::<Frame>() + 16;
 
 impl Frame {
     pub(crate) fn new(
         cursor: Cursor,
         kafka_timestamp_ms: Option<i64>,
         value: &[u8],
-        decoded: Decoded,
+        summary: Summary,
         trace_id: Option<Box<str>>,
     ) -> Self {
         let mut buf = BytesMut::with_capacity(ENVELOPE_HEADER_LEN + value.len());
@@ -59,17 +75,19 @@ impl Frame {
         Self {
             cursor,
             kafka_timestamp_ms,
-            decoded,
+            summary,
             trace_id,
             binary: buf.freeze(),
             json: OnceLock::new(),
+            meter: OnceLock::new(),
+            held: AtomicU8::new(OUTSIDE),
             latency_recorded: AtomicBool::new(false),
             late: AtomicBool::new(false),
         }
     }
 
     pub(crate) fn kind(&self) -> MessageKind {
-        self.decoded.kind()
+        self.summary.kind
     }
 
     /// The binary envelope (shared bytes, no copy).
@@ -77,9 +95,13 @@ impl Frame {
         self.binary.clone()
     }
 
-    /// Size of the binary envelope, without touching its reference count.
-    pub(crate) fn binary_len(&self) -> usize {
-        self.binary.len()
+    /// What the frame holds besides its JSON text (fixed once built): the
+    /// envelope, the summary and the struct itself.
+    pub(crate) fn base_bytes(&self) -> usize {
+        FRAME_OVERHEAD
+            + self.binary.len()
+            + self.summary.heap_bytes()
+            + self.trace_id.as_ref().map_or(0, |t| t.len())
     }
 
     #[cfg(test)]
@@ -88,19 +110,78 @@ impl Frame {
         &self.binary[ENVELOPE_HEADER_LEN..]
     }
 
-    /// The JSON text, encoded on first call and shared afterwards.
+    /// The JSON text, encoded on first call (decoding the record again:
+    /// a frame keeps its bytes, not the decoded message) and shared
+    /// afterwards. Once built, its size counts against the log partition
+    /// holding the frame.
     pub(crate) fn json(&self) -> Utf8Bytes {
-        self.json
+        if let Some(j) = self.json.get() {
+            return j.clone();
+        }
+        let mut built = false;
+        let j = self
+            .json
             .get_or_init(|| {
-                encode_json(
-                    self.cursor,
-                    self.kafka_timestamp_ms,
-                    &self.decoded,
-                    self.trace_id.as_deref(),
-                )
+                built = true;
+                let value = &self.binary[ENVELOPE_HEADER_LEN..];
+                match crate::record::decode::decode(Some(value), &DecodeLimits::validated()) {
+                    Ok(d) => encode_json(
+                        self.cursor,
+                        self.kafka_timestamp_ms,
+                        &d,
+                        self.trace_id.as_deref(),
+                    ),
+                    Err(e) => control::error("encode_failed", &e.to_string()),
+                }
                 .into()
             })
-            .clone()
+            .clone();
+        if built {
+            self.count_json(j.len());
+        }
+        j
+    }
+
+    /// Counts `n` JSON bytes against the log partition holding the frame,
+    /// if it is still there. Added first and taken back if the frame left
+    /// the log meanwhile, so the partition's count never falls below what
+    /// it holds.
+    fn count_json(&self, n: usize) {
+        let Some(meter) = self.meter.get() else {
+            return;
+        };
+        meter.fetch_add(n, Ordering::Relaxed);
+        if self
+            .held
+            .compare_exchange(
+                IN_LOG,
+                IN_LOG_JSON_COUNTED,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_err()
+        {
+            meter.fetch_sub(n, Ordering::Relaxed);
+        }
+    }
+
+    /// The log took the frame: its JSON text, when built, counts on `meter`.
+    pub(crate) fn entered_log(&self, meter: &Arc<AtomicUsize>) {
+        if self.meter.set(meter.clone()).is_ok() {
+            self.held.store(IN_LOG, Ordering::Release);
+            if let Some(j) = self.json.get() {
+                self.count_json(j.len());
+            }
+        }
+    }
+
+    /// The log let the frame go: takes its JSON bytes back off the meter.
+    pub(crate) fn left_log(&self) {
+        if self.held.swap(EVICTED, Ordering::AcqRel) == IN_LOG_JSON_COUNTED {
+            if let (Some(m), Some(j)) = (self.meter.get(), self.json.get()) {
+                m.fetch_sub(j.len(), Ordering::Relaxed);
+            }
+        }
     }
 
     pub(crate) fn mark_late(&self) {
@@ -120,7 +201,7 @@ impl Frame {
             env.cursor,
             env.kafka_timestamp_ms,
             env.value,
-            decoded,
+            Summary::of(&decoded),
             None,
         ))
     }
@@ -359,7 +440,7 @@ mod tests {
             },
             Some(1234),
             &v,
-            d,
+            Summary::of(&d),
             None,
         );
         let b = f.binary();
@@ -387,7 +468,7 @@ mod tests {
             },
             None,
             &v,
-            d,
+            Summary::of(&d),
             Some("abc".into()),
         );
         let j: serde_json::Value = serde_json::from_str(f.json().as_str()).unwrap();
@@ -466,7 +547,7 @@ mod tests {
             },
             None,
             &v,
-            d,
+            Summary::of(&d),
             None,
         );
         assert!(f.claim_latency_sample());

@@ -6,6 +6,7 @@ use crate::proto::dash_stream_message::Message;
 use crate::proto::{DashStreamMessage, Event, Header};
 use crate::record::decode::{decode, encode_record, DecodeLimits};
 use crate::record::frame::{Cursor, Frame};
+use crate::record::summary::Summary;
 
 /// The value of an `event` record of thread `t{p}` whose sequence is `o + 1`.
 pub(crate) fn event_value(p: i32, o: i64) -> Vec<u8> {
@@ -34,7 +35,7 @@ pub(crate) fn frame_of(p: i32, o: i64, value: &[u8]) -> Arc<Frame> {
         },
         None,
         value,
-        d,
+        Summary::of(&d),
         None,
     ))
 }

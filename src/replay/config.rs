@@ -24,6 +24,9 @@ pub(crate) struct ReplayArgs {
     /// Entries waiting for the Redis writer before new ones are dropped (and counted).
     #[arg(long, env = "REPLAY_REDIS_QUEUE", default_value_t = 50_000)]
     pub(crate) replay_redis_queue: usize,
+    /// Record bytes waiting for (or being written by) the Redis writer before new ones are dropped (and counted).
+    #[arg(long, env = "REPLAY_REDIS_QUEUE_BYTES", default_value_t = 64 * 1_048_576)]
+    pub(crate) replay_redis_queue_bytes: usize,
     #[arg(
         long,
         env = "REPLAY_MEMORY_MAX_PER_PARTITION",
@@ -56,6 +59,7 @@ pub(crate) struct ReplayConfig {
     pub(crate) redis_ttl_secs: u64,
     pub(crate) redis_max_per_partition: u64,
     pub(crate) redis_queue: usize,
+    pub(crate) redis_queue_bytes: usize,
     pub(crate) memory: RingLimits,
     pub(crate) kafka: bool,
     pub(crate) kafka_max_concurrent: usize,
@@ -85,6 +89,10 @@ impl ReplayArgs {
         )?;
         positive("REPLAY_REDIS_QUEUE", self.replay_redis_queue as u64)?;
         positive(
+            "REPLAY_REDIS_QUEUE_BYTES",
+            self.replay_redis_queue_bytes as u64,
+        )?;
+        positive(
             "REPLAY_MEMORY_MAX_PER_PARTITION",
             self.replay_memory_max_per_partition as u64,
         )?;
@@ -112,6 +120,7 @@ impl ReplayArgs {
             redis_ttl_secs: self.replay_redis_ttl_secs,
             redis_max_per_partition: self.replay_redis_max_per_partition,
             redis_queue: self.replay_redis_queue,
+            redis_queue_bytes: self.replay_redis_queue_bytes,
             memory: RingLimits {
                 max_per_partition: self.replay_memory_max_per_partition,
                 max_bytes_per_partition: self.replay_memory_max_bytes_per_partition,

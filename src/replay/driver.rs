@@ -20,6 +20,7 @@ use crate::hub::log::{Page, Slot};
 use crate::hub::{Filter, Hub};
 use crate::record::decode::{self, DecodeLimits};
 use crate::record::frame::{control, Cursor, Frame};
+use crate::record::summary::Summary;
 use crate::replay::out::{Gone, ReplayOut};
 use crate::replay::slots::ReplaySlots;
 use crate::replay::tiers::{LiveTiers, Tiers};
@@ -305,7 +306,7 @@ impl<'a, T: Tiers, O: ReplayOut> Run<'a, T, O> {
                         },
                         rec.timestamp_ms,
                         &rec.value,
-                        d,
+                        Summary::of(&d),
                         None,
                     );
                     self.emit(&f, Source::Kafka).await?;

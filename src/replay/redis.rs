@@ -16,7 +16,7 @@
 //! SCAN anywhere.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,6 +40,8 @@ pub(crate) struct RedisTierConfig {
     pub(crate) ttl_secs: u64,
     pub(crate) max_per_partition: u64,
     pub(crate) queue: usize,
+    /// Record bytes queued or in a pipeline, at most.
+    pub(crate) queue_bytes: usize,
     pub(crate) batch: usize,
     pub(crate) op_timeout: Duration,
 }
@@ -63,6 +65,8 @@ pub(crate) struct RedisTier {
     tx: mpsc::Sender<Write>,
     dropped: Counter,
     healthy: Arc<AtomicBool>,
+    /// Record bytes queued or in a pipeline not yet settled.
+    queued_bytes: AtomicUsize,
 }
 
 impl RedisTier {
@@ -88,6 +92,7 @@ impl RedisTier {
             tx,
             dropped: metrics::counter!(telemetry::REPLAY_REDIS_WRITE_DROPPED),
             healthy: Arc::new(AtomicBool::new(true)),
+            queued_bytes: AtomicUsize::new(0),
         });
         tokio::spawn(writer(tier.clone(), rx));
         Ok(tier)
@@ -103,9 +108,9 @@ impl RedisTier {
 
     /// Queues a delivered frame; never waits.
     pub(crate) fn offer(&self, frame: &Frame) {
-        let d = &frame.decoded;
-        let thread = (!d.thread_id().is_empty() && d.sequence() > 0)
-            .then(|| (d.thread_id().into(), d.sequence()));
+        let s = &frame.summary;
+        let thread =
+            (!s.thread.is_empty() && s.sequence > 0).then(|| (s.thread.clone(), s.sequence));
         self.push(Write {
             partition: frame.cursor.partition,
             offset: frame.cursor.offset,
@@ -124,10 +129,29 @@ impl RedisTier {
         });
     }
 
+    /// Record bytes queued or being written.
+    pub(crate) fn queue_bytes(&self) -> usize {
+        self.queued_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Queues a write unless the queue is full by entries or by bytes (the
+    /// queue keeps envelopes the memory log may already have let go).
     fn push(&self, w: Write) {
+        let n = w.value.len();
+        let before = self.queued_bytes.fetch_add(n, Ordering::Relaxed);
+        if before + n > self.cfg.queue_bytes && before > 0 {
+            self.queued_bytes.fetch_sub(n, Ordering::Relaxed);
+            self.dropped.increment(1);
+            return;
+        }
         if self.tx.try_send(w).is_err() {
+            self.queued_bytes.fetch_sub(n, Ordering::Relaxed);
             self.dropped.increment(1);
         }
+    }
+
+    fn written(&self, bytes: usize) {
+        self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
     }
 
     fn offsets_key(&self, p: i32) -> String {
@@ -288,25 +312,28 @@ async fn writer(tier: Arc<RedisTier>, mut rx: mpsc::Receiver<Write>) {
     let prefix = key_prefix(&tier.cfg.namespace);
     let mut batch = Vec::with_capacity(tier.cfg.batch);
     let mut last_error_log: Option<std::time::Instant> = None;
-    let mut settle = |(n, result): (usize, anyhow::Result<()>)| match result {
-        Ok(()) => {
-            written.increment(n as u64);
-            if !tier.healthy.swap(true, Ordering::Relaxed) {
-                tracing::info!("redis replay writes recovered");
+    let mut settle = |(n, bytes, result): (usize, usize, anyhow::Result<()>)| {
+        tier.written(bytes);
+        match result {
+            Ok(()) => {
+                written.increment(n as u64);
+                if !tier.healthy.swap(true, Ordering::Relaxed) {
+                    tracing::info!("redis replay writes recovered");
+                }
             }
-        }
-        Err(e) => {
-            failures.increment(n as u64);
-            tier.healthy.store(false, Ordering::Relaxed);
-            let now = std::time::Instant::now();
-            if last_error_log.is_none_or(|t| now.duration_since(t) > Duration::from_secs(10)) {
-                tracing::warn!(error = %e, lost = n, "redis replay write failed; delivery continues");
-                last_error_log = Some(now);
+            Err(e) => {
+                failures.increment(n as u64);
+                tier.healthy.store(false, Ordering::Relaxed);
+                let now = std::time::Instant::now();
+                if last_error_log.is_none_or(|t| now.duration_since(t) > Duration::from_secs(10)) {
+                    tracing::warn!(error = %e, lost = n, "redis replay write failed; delivery continues");
+                    last_error_log = Some(now);
+                }
             }
         }
     };
     // Pipelines run concurrently inside this task; each yields its entry count and result.
-    let send = |pipe: redis::Pipeline, n: usize| {
+    let send = |pipe: redis::Pipeline, n: usize, bytes: usize| {
         let t = tier.clone();
         async move {
             let result = tokio::time::timeout(t.cfg.op_timeout, async {
@@ -317,7 +344,7 @@ async fn writer(tier: Arc<RedisTier>, mut rx: mpsc::Receiver<Write>) {
             .await
             .map_err(|_| anyhow::anyhow!("timed out"))
             .and_then(|r| r);
-            (n, result)
+            (n, bytes, result)
         }
     };
     let mut in_flight = FuturesUnordered::new();
@@ -339,9 +366,65 @@ async fn writer(tier: Arc<RedisTier>, mut rx: mpsc::Receiver<Write>) {
                 settle(r);
             }
         }
-        in_flight.push(send(pipeline(&tier, &prefix, &batch), n));
+        // The pipeline holds its own copy of the values: they count until it settles.
+        let bytes = batch.iter().map(|w| w.value.len()).sum();
+        in_flight.push(send(pipeline(&tier, &prefix, &batch), n, bytes));
     }
     while let Some(r) = in_flight.next().await {
         settle(r);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::dash_stream_message::Message;
+    use crate::proto::{DashStreamMessage, Event};
+
+    /// With Redis accepting connections but never answering, what waits for
+    /// the writer stays within `queue_bytes`, however many entries fit.
+    #[tokio::test]
+    async fn a_blackholed_redis_holds_at_most_the_queue_bytes() {
+        let hole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = hole.local_addr().unwrap();
+        let held = tokio::spawn(async move {
+            let mut conns = vec![];
+            while let Ok((c, _)) = hole.accept().await {
+                conns.push(c);
+            }
+        });
+        const LIMIT: usize = 1 << 20;
+        let tier = RedisTier::start(RedisTierConfig {
+            url: format!("redis://{addr}"),
+            namespace: "t".into(),
+            ttl_secs: 60,
+            max_per_partition: 1000,
+            queue: 50_000,
+            queue_bytes: LIMIT,
+            batch: 4,
+            op_timeout: Duration::from_secs(30),
+        })
+        .unwrap();
+        let value = crate::record::decode::encode_record(
+            &DashStreamMessage {
+                message: Some(Message::Event(Event {
+                    node_id: "n".repeat(100_000),
+                    ..Default::default()
+                })),
+            },
+            None,
+        );
+        for o in 0..200 {
+            tier.offer(&crate::record::testing::frame_of(0, o, &value));
+            assert!(
+                tier.queue_bytes() <= LIMIT,
+                "after {o}: {}",
+                tier.queue_bytes()
+            );
+            tokio::task::yield_now().await;
+        }
+        assert!(tier.queue_bytes() > LIMIT / 2, "{}", tier.queue_bytes());
+        assert!(tier.queue_len() < 20, "{} entries", tier.queue_len());
+        held.abort();
     }
 }

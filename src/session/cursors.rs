@@ -300,7 +300,7 @@ fn lose(ranges: &mut Vec<(i32, i64, i64)>, p: i32, offset: i64) {
 /// writes it first.
 fn sample_latency(f: &Frame, samples: &mut Vec<i64>) {
     if f.claim_latency_sample() {
-        if let Some(ts_us) = f.decoded.timestamp_us() {
+        if let Some(ts_us) = f.summary.timestamp_us {
             samples.push(ts_us);
         }
     }

@@ -264,10 +264,16 @@ async fn halt_policy_holds_a_thread_and_the_admin_call_releases_it_with_nothing_
         .await
         .is_none());
 
+    // A thread id over 256 bytes never halts (it could not be released
+    // through /admin): its records go to the DLQ as id_too_long.
+    let long = "L".repeat(300);
+    produce(&p, &topic, &[good(&long, 1), good(&long, 9)]).await;
+    bridge.wait_processed(10, Duration::from_secs(10)).await;
+
     let h = bridge.health().await;
     assert_eq!(h["status"], "degraded");
-    assert_eq!(h["halted_threads"][0]["thread_id"], "a");
-    assert_eq!(h["halted_threads"][0]["held_messages"], 3);
+    assert_eq!(h["halted_threads"], 1, "a count: ids are for /admin only");
+    assert_eq!(h["held_messages"], 3);
     assert!(h["alert"].as_str().is_some_and(|a| a.contains("halted")));
     let m = bridge.metrics().await;
     assert_eq!(m["dashstream_halted_threads"], 1.0);
@@ -276,7 +282,18 @@ async fn halt_policy_holds_a_thread_and_the_admin_call_releases_it_with_nothing_
         .await
         .expect("http");
     assert_eq!(code, 200, "{body}");
-    assert!(body.contains("\"a\""));
+    let listed: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(listed["halted_threads"][0]["thread_id"], "a", "{body}");
+    assert_eq!(listed["halted_threads"][0]["held_messages"], 3, "{body}");
+    assert_eq!(
+        listed["halted_threads"].as_array().unwrap().len(),
+        1,
+        "{body}"
+    );
+    assert_eq!(
+        m["websocket_decode_errors_total{error_type=\"id_too_long\"}"], 2.0,
+        "{m:?}"
+    );
 
     let (code, _) = http(bridge.port, "POST", "/admin/threads/zzz/resume")
         .await
