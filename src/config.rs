@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::dlq::config::DlqArgs;
-use crate::dlq::sink::DlqConfig;
+use crate::dlq::document::DlqConfig;
 use crate::http::config::{HttpArgs, HttpConfig};
 use crate::hub::config::HubArgs;
 use crate::hub::DeliveryLimits;

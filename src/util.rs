@@ -1,5 +1,6 @@
 //! Small helpers shared by several stages.
 
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Truncates to at most `max` bytes without splitting a UTF-8 character.
@@ -12,6 +13,43 @@ pub(crate) fn truncate_on_char_boundary(s: &mut String, max: usize) {
         cut -= 1;
     }
     s.truncate(cut);
+}
+
+/// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.
+pub(crate) fn truncate_utf8(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut cut = max;
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    &s[..cut]
+}
+
+/// At most one log line per second for a repeated condition, from any
+/// thread; tells the caller how many lines were left out since the last.
+#[derive(Default)]
+pub(crate) struct LogThrottle {
+    last_ms: AtomicI64,
+    suppressed: AtomicU64,
+}
+
+impl LogThrottle {
+    pub(crate) fn allow(&self) -> Option<u64> {
+        let now = unix_ms();
+        let last = self.last_ms.load(Ordering::Relaxed);
+        if now - last >= 1000
+            && self
+                .last_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            return Some(self.suppressed.swap(0, Ordering::Relaxed));
+        }
+        self.suppressed.fetch_add(1, Ordering::Relaxed);
+        None
+    }
 }
 
 /// Milliseconds since the Unix epoch (0 if the clock is before it).
@@ -42,5 +80,16 @@ mod tests {
         let mut s = "😀".to_string();
         truncate_on_char_boundary(&mut s, 3);
         assert_eq!(s, "");
+        assert_eq!(truncate_utf8("aé€", 2), "a");
+        assert_eq!(truncate_utf8("aé€", 3), "aé");
+    }
+
+    #[test]
+    fn the_throttle_lets_one_line_a_second_through_and_counts_the_rest() {
+        let t = LogThrottle::default();
+        assert_eq!(t.allow(), Some(0));
+        assert_eq!((0..5).filter_map(|_| t.allow()).count(), 0);
+        t.last_ms.store(0, Ordering::Relaxed);
+        assert_eq!(t.allow(), Some(5));
     }
 }

@@ -60,7 +60,7 @@ pub fn main() -> ExitCode {
         let token = shutdown::install()?;
         match cli.command {
             Command::Serve(args) => {
-                telemetry::init_logging(args.log_format == LogFormat::Json);
+                let _logs = telemetry::init_logging(args.log_format == LogFormat::Json);
                 let cfg = args.validate()?;
                 let listener = tokio::select! {
                     _ = token.cancelled() => return Ok(()),
@@ -69,7 +69,7 @@ pub fn main() -> ExitCode {
                 serve::run(cfg, listener, token).await
             }
             Command::Produce(args) => {
-                telemetry::init_logging(false);
+                let _logs = telemetry::init_logging(false);
                 produce::run(args, token).await
             }
             Command::Tail(args) => tail::run(args).await,

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use crate::dlq::sink::DlqConfig;
+use crate::dlq::document::DlqConfig;
 use crate::settings::{validate_topic, ConfigError, KafkaArgs, CONSUMER_ONLY_PREFIXES};
 
 #[derive(Args, Clone, Debug)]

@@ -3,5 +3,6 @@
 //! tools that read and redrive the topic ([`tools`]).
 
 pub(crate) mod config;
+pub(crate) mod document;
 pub(crate) mod sink;
 pub(crate) mod tools;

@@ -1,188 +1,47 @@
 //! Dead-letter stage: every record the bridge cannot deliver is written to
 //! the DLQ topic as a JSON document with Kafka Connect-style headers, for the
-//! operator who reads it later (see docs/DLQ.md).
+//! operator who reads it later (see docs/DLQ.md; the document is built in
+//! [`crate::dlq::document`]).
 //!
 //! Fail-open (default): a send never blocks the consumer. At most
-//! `MAX_CONCURRENT_DLQ_SENDS` are in flight; beyond that the DLQ record is
-//! dropped and counted (`reason="backpressure"`); each send is bounded by
-//! `DLQ_SEND_TIMEOUT_SECS`. The main topic's offset moves on regardless.
+//! `MAX_CONCURRENT_DLQ_SENDS` are in flight; the consumer takes a permit
+//! ([`DlqSink::reserve`]) before it builds a document, so beyond the limit a
+//! DLQ record costs a counter (`reason="backpressure"`) and nothing else.
+//! Each send is bounded by `DLQ_SEND_TIMEOUT_SECS`. The main topic's offset
+//! moves on regardless.
 //!
 //! Fail-closed (`DLQ_FAIL_CLOSED=true`): the record's offset is held (not
-//! committed) until the DLQ acknowledges it; sends are retried with backoff
-//! and the consumer pauses while the DLQ is failing. Availability is traded
-//! for durability: a DLQ outage becomes consumer lag, never a lost record.
+//! committed) until the DLQ acknowledges it; sends are retried with backoff,
+//! the consumer pauses while the DLQ is failing and takes no record while
+//! `MAX_CONCURRENT_DLQ_SENDS` are pending. A DLQ outage becomes consumer
+//! lag. A *permanent* producer error (the record is too large for the
+//! broker, the topic is not authorized, or it stays unknown after
+//! `UNKNOWN_TOPIC_ATTEMPTS`) is the one final outcome besides success: the
+//! record is counted in `websocket_dlq_records_lost_total`, logged with its
+//! offset, and its offset is released, so one record can never wedge the
+//! bridge.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use base64::Engine as _;
 use metrics::Counter;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
-use serde_json::json;
-use sha2::{Digest, Sha256};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::record::decode::OriginalInfo;
+pub(crate) use crate::dlq::document::{DlqConfig, DlqRecord};
 use crate::telemetry;
+use crate::util::{unix_ms as now_ms, LogThrottle};
 
-/// Header a redriven record carries: how many times it was redriven.
-pub(crate) const REDRIVE_ATTEMPT_HEADER: &str = "x-dlq-redrive-attempt";
-/// Longest `__connect.errors.exception.message` header value, in bytes.
-pub(crate) const MAX_ERROR_MESSAGE_BYTES: usize = 1024;
-
-/// Settings of the DLQ stage (validated by `config`).
-#[derive(Clone, Debug)]
-pub(crate) struct DlqConfig {
-    pub(crate) topic: String,
-    pub(crate) producer_properties: Vec<(String, String)>,
-    pub(crate) max_in_flight: usize,
-    pub(crate) send_timeout: Duration,
-    pub(crate) fail_closed: bool,
-    pub(crate) include_payload: bool,
-    pub(crate) payload_max_bytes: usize,
-}
-
-/// The record that could not be delivered, as read from Kafka.
-pub(crate) struct SourceRecord<'a> {
-    pub(crate) topic: &'a str,
-    pub(crate) partition: i32,
-    pub(crate) offset: i64,
-    pub(crate) timestamp_ms: Option<i64>,
-    pub(crate) key: Option<&'a [u8]>,
-    pub(crate) value: Option<&'a [u8]>,
-    pub(crate) headers: Vec<(&'a str, Option<&'a [u8]>)>,
-    pub(crate) trace_id: Option<&'a str>,
-}
-
-/// Why a record goes to the DLQ.
-#[derive(Clone, Debug)]
-pub(crate) struct Failure {
-    pub(crate) error_type: &'static str,
-    pub(crate) stage: &'static str,
-    pub(crate) message: String,
-    pub(crate) original: Option<OriginalInfo>,
-}
-
-/// A ready-to-send DLQ record.
-#[derive(Clone, Debug)]
-pub(crate) struct DlqRecord {
-    pub(crate) key: Option<Vec<u8>>,
-    pub(crate) value: Vec<u8>,
-    pub(crate) headers: Vec<(String, Vec<u8>)>,
-    pub(crate) error_type: &'static str,
-    pub(crate) partition: i32,
-    pub(crate) offset: i64,
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
-fn truncate_utf8(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut cut = max;
-    while !s.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    &s[..cut]
-}
-
-/// Builds the DLQ document and headers for one failed record.
-pub(crate) fn build_record(
-    src: &SourceRecord<'_>,
-    failure: &Failure,
-    cfg: &DlqConfig,
-    group_id: &str,
-) -> DlqRecord {
-    let value = src.value.unwrap_or_default();
-    let sha = Sha256::digest(value);
-    let sha_hex: String = sha.iter().map(|b| format!("{b:02x}")).collect();
-    let key_text = src.key.map(|k| String::from_utf8_lossy(k).into_owned());
-    let (payload, truncated) = if cfg.include_payload {
-        let kept = &value[..value.len().min(cfg.payload_max_bytes)];
-        (
-            Some(base64::engine::general_purpose::STANDARD.encode(kept)),
-            kept.len() < value.len(),
-        )
-    } else {
-        (None, false)
-    };
-    let attempts = src
-        .headers
-        .iter()
-        .find(|(k, _)| *k == REDRIVE_ATTEMPT_HEADER)
-        .and_then(|(_, v)| std::str::from_utf8((*v)?).ok()?.trim().parse::<u32>().ok())
-        .unwrap_or(0);
-    let doc = json!({
-        "error_type": failure.error_type,
-        "error": failure.message,
-        "stage": failure.stage,
-        "source": {
-            "topic": src.topic,
-            "partition": src.partition,
-            "offset": src.offset,
-            "timestamp_ms": src.timestamp_ms,
-            "key": key_text,
-        },
-        "original_message": failure.original,
-        "trace_id": src.trace_id,
-        "payload_sha256": sha_hex,
-        "payload_size": value.len(),
-        "payload_base64": payload,
-        "payload_included": cfg.include_payload,
-        "payload_truncated": truncated,
-        "redrive_attempts": attempts,
-        "consumer_group": group_id,
-        "bridge_version": env!("CARGO_PKG_VERSION"),
-        "dlq_timestamp_ms": now_ms(),
-    });
-    let mut headers: Vec<(String, Vec<u8>)> = src
-        .headers
-        .iter()
-        .filter(|(k, _)| !k.starts_with("__connect.errors."))
-        .map(|(k, v)| (k.to_string(), v.unwrap_or_default().to_vec()))
-        .collect();
-    let connect = [
-        ("__connect.errors.topic", src.topic.to_string()),
-        ("__connect.errors.partition", src.partition.to_string()),
-        ("__connect.errors.offset", src.offset.to_string()),
-        (
-            "__connect.errors.exception.class.name",
-            failure.error_type.to_string(),
-        ),
-        (
-            "__connect.errors.exception.message",
-            truncate_utf8(&failure.message, MAX_ERROR_MESSAGE_BYTES).to_string(),
-        ),
-        ("__connect.errors.stage", failure.stage.to_string()),
-    ];
-    headers.extend(
-        connect
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v.into_bytes())),
-    );
-    DlqRecord {
-        key: src.key.map(<[u8]>::to_vec),
-        // Serializing a json! value cannot fail.
-        value: serde_json::to_vec(&doc).unwrap_or_default(),
-        headers,
-        error_type: failure.error_type,
-        partition: src.partition,
-        offset: src.offset,
-    }
-}
+/// Attempts before an unknown DLQ topic counts as a permanent error
+/// (librdkafka creates it on first use where the broker allows).
+pub(crate) const UNKNOWN_TOPIC_ATTEMPTS: u32 = 10;
 
 /// DLQ health as `/health` reports it.
 #[derive(Default)]
@@ -222,19 +81,27 @@ pub(crate) enum FailClosedEvent {
     Acked { partition: i32, offset: i64 },
     /// An attempt failed; the record will be retried.
     Failing,
+    /// The DLQ can never take this record (a permanent error): counted as
+    /// lost, its offset is released.
+    GaveUp { partition: i32, offset: i64 },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum SendError {
     Timeout,
     Kafka,
+    /// The topic does not exist (yet): retried a few times, then permanent.
+    UnknownTopic,
+    /// Retrying cannot help: too large, not authorized, invalid.
+    Permanent,
 }
 
 impl SendError {
     fn reason(self) -> &'static str {
         match self {
             SendError::Timeout => "timeout",
-            SendError::Kafka => "kafka_error",
+            SendError::Kafka | SendError::UnknownTopic => "kafka_error",
+            SendError::Permanent => "permanent",
         }
     }
 }
@@ -247,6 +114,21 @@ fn classify(e: &KafkaError) -> SendError {
             | RDKafkaErrorCode::RequestTimedOut
             | RDKafkaErrorCode::OperationTimedOut,
         ) => SendError::Timeout,
+        Some(
+            RDKafkaErrorCode::UnknownTopicOrPartition
+            | RDKafkaErrorCode::UnknownTopic
+            | RDKafkaErrorCode::UnknownPartition,
+        ) => SendError::UnknownTopic,
+        Some(
+            RDKafkaErrorCode::MessageSizeTooLarge
+            | RDKafkaErrorCode::MessageBatchTooLarge
+            | RDKafkaErrorCode::InvalidMessageSize
+            | RDKafkaErrorCode::InvalidMessage
+            | RDKafkaErrorCode::InvalidRecord
+            | RDKafkaErrorCode::TopicAuthorizationFailed
+            | RDKafkaErrorCode::ClusterAuthorizationFailed
+            | RDKafkaErrorCode::InvalidTopic,
+        ) => SendError::Permanent,
         _ => SendError::Kafka,
     }
 }
@@ -257,9 +139,27 @@ struct Inner {
     timeout: Duration,
     health: Arc<DlqHealth>,
     backpressure: Counter,
+    failure_log: LogThrottle,
+    drop_log: LogThrottle,
+    lost_log: LogThrottle,
 }
 
 impl Inner {
+    /// Counts a record the DLQ can never take.
+    fn lost(&self, rec: &DlqRecord) {
+        metrics::counter!(telemetry::DLQ_RECORDS_LOST, "error_type" => rec.error_type).increment(1);
+        if let Some(suppressed) = self.lost_log.allow() {
+            tracing::error!(
+                partition = rec.partition,
+                offset = rec.offset,
+                error_type = rec.error_type,
+                bytes = rec.size(),
+                suppressed,
+                "DLQ record LOST: the DLQ producer refuses it for good (too large, not authorized or no such topic); the original record's offset is released (see docs/DLQ.md)"
+            );
+        }
+    }
+
     async fn send_once(&self, rec: &DlqRecord) -> Result<(), SendError> {
         let mut headers = OwnedHeaders::new_with_capacity(rec.headers.len());
         for (k, v) in &rec.headers {
@@ -290,13 +190,16 @@ impl Inner {
                 self.health.failure();
                 metrics::counter!(telemetry::DLQ_SEND_FAILURES, "reason" => e.reason())
                     .increment(1);
-                tracing::warn!(
-                    partition = rec.partition,
-                    offset = rec.offset,
-                    error_type = rec.error_type,
-                    reason = e.reason(),
-                    "DLQ send failed"
-                );
+                if let Some(suppressed) = self.failure_log.allow() {
+                    tracing::warn!(
+                        partition = rec.partition,
+                        offset = rec.offset,
+                        error_type = rec.error_type,
+                        reason = e.reason(),
+                        suppressed,
+                        "DLQ send failed (at most one line per second; `suppressed` since the last)"
+                    );
+                }
             }
         }
         result
@@ -337,6 +240,9 @@ impl DlqSink {
             timeout: cfg.send_timeout,
             health,
             backpressure: metrics::counter!(telemetry::DLQ_SEND_FAILURES, "reason" => "backpressure"),
+            failure_log: LogThrottle::default(),
+            drop_log: LogThrottle::default(),
+            lost_log: LogThrottle::default(),
         };
         Ok(Self {
             cfg: cfg.clone(),
@@ -357,6 +263,11 @@ impl DlqSink {
         self.fail_closed
     }
 
+    /// Sends in flight at once, at most (`MAX_CONCURRENT_DLQ_SENDS`).
+    pub(crate) fn max_in_flight(&self) -> usize {
+        self.max_in_flight
+    }
+
     pub(crate) fn in_flight(&self) -> usize {
         self.max_in_flight - self.permits.available_permits()
     }
@@ -370,24 +281,42 @@ impl DlqSink {
         metrics::gauge!(telemetry::DLQ_IN_FLIGHT).set(n as f64);
     }
 
-    /// Fail-open send: returns at once. Dropped and counted when the
-    /// in-flight limit is reached.
-    pub(crate) fn send_fail_open(&self, rec: DlqRecord) {
-        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
-            self.inner.backpressure.increment(1);
-            self.inner.health.failure();
-            tracing::warn!(
-                partition = rec.partition,
-                offset = rec.offset,
-                error_type = rec.error_type,
-                "DLQ record dropped: MAX_CONCURRENT_DLQ_SENDS in flight"
-            );
-            return;
-        };
+    /// A permit for one fail-open send, taken before the document is
+    /// built. `None` at the in-flight limit: the record is counted as
+    /// dropped (`reason="backpressure"`) and costs nothing more.
+    pub(crate) fn reserve(
+        &self,
+        partition: i32,
+        offset: i64,
+        error_type: &'static str,
+    ) -> Option<OwnedSemaphorePermit> {
+        match self.permits.clone().try_acquire_owned() {
+            Ok(p) => Some(p),
+            Err(_) => {
+                self.inner.backpressure.increment(1);
+                self.inner.health.failure();
+                if let Some(suppressed) = self.inner.drop_log.allow() {
+                    tracing::warn!(
+                        partition,
+                        offset,
+                        error_type,
+                        suppressed,
+                        "DLQ record dropped: MAX_CONCURRENT_DLQ_SENDS in flight (at most one line per second; `suppressed` since the last)"
+                    );
+                }
+                None
+            }
+        }
+    }
+
+    /// Fail-open send with a permit from [`DlqSink::reserve`]: returns at once.
+    pub(crate) fn send_fail_open(&self, rec: DlqRecord, permit: OwnedSemaphorePermit) {
         let inner = self.inner.clone();
         self.export_gauges();
         self.tracker.spawn(async move {
-            let _ = inner.send_once(&rec).await;
+            if let Err(SendError::Permanent) = inner.send_once(&rec).await {
+                inner.lost(&rec);
+            }
             drop(permit);
         });
     }
@@ -408,6 +337,7 @@ impl DlqSink {
                 return;
             };
             let mut backoff = Duration::from_millis(200);
+            let mut unknown_topic = 0;
             loop {
                 if cancel.is_cancelled() {
                     metrics::counter!(telemetry::DLQ_SEND_FAILURES, "reason" => "shutdown")
@@ -422,7 +352,16 @@ impl DlqSink {
                         });
                         break;
                     }
-                    Err(_) => {
+                    Err(e) => {
+                        unknown_topic += u32::from(e == SendError::UnknownTopic);
+                        if e == SendError::Permanent || unknown_topic >= UNKNOWN_TOPIC_ATTEMPTS {
+                            inner.lost(&rec);
+                            let _ = events.send(FailClosedEvent::GaveUp {
+                                partition: rec.partition,
+                                offset: rec.offset,
+                            });
+                            break;
+                        }
                         let _ = events.send(FailClosedEvent::Failing);
                         tokio::select! {
                             _ = tokio::time::sleep(backoff) => {}
@@ -460,102 +399,50 @@ impl DlqSink {
 mod tests {
     use super::*;
 
-    fn cfg(include: bool, max: usize) -> DlqConfig {
-        DlqConfig {
-            topic: "t-dlq".into(),
-            producer_properties: vec![],
-            max_in_flight: 1,
-            send_timeout: Duration::from_secs(1),
-            fail_closed: false,
-            include_payload: include,
-            payload_max_bytes: max,
-        }
-    }
-
-    #[test]
-    fn record_carries_documented_fields_and_connect_headers() {
-        let tp = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        let src = SourceRecord {
-            topic: "t",
-            partition: 2,
-            offset: 77,
-            timestamp_ms: Some(123),
-            key: Some(b"thread-1"),
-            value: Some(b"\x00garbage"),
-            headers: vec![
-                ("traceparent", Some(tp)),
-                (REDRIVE_ATTEMPT_HEADER, Some(b"2")),
-            ],
-            trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736"),
-        };
-        let failure = Failure {
-            error_type: "invalid_protobuf",
-            stage: "decode",
-            message: "é".repeat(2000),
-            original: None,
-        };
-        let rec = build_record(&src, &failure, &cfg(true, 4), "g");
-        let v: serde_json::Value = serde_json::from_slice(&rec.value).unwrap();
-        assert_eq!(v["error_type"], "invalid_protobuf");
-        assert_eq!(v["stage"], "decode");
-        assert_eq!(v["source"]["partition"], 2);
-        assert_eq!(v["source"]["offset"], 77);
-        assert_eq!(v["source"]["key"], "thread-1");
-        assert_eq!(v["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
-        assert_eq!(v["payload_size"], 8);
-        assert_eq!(v["payload_truncated"], true, "cap of 4 bytes < 8");
-        assert_eq!(
-            v["payload_base64"],
-            base64::engine::general_purpose::STANDARD.encode(b"\x00gar")
+    #[tokio::test]
+    async fn fail_open_capacity_is_taken_before_a_document_is_built() {
+        let recorder = metrics_util::debugging::DebuggingRecorder::new();
+        let snap = recorder.snapshotter();
+        let _local = metrics::set_default_local_recorder(&recorder);
+        let sink = DlqSink::new(
+            &DlqConfig {
+                topic: "t-dlq".into(),
+                producer_properties: vec![("bootstrap.servers".into(), "127.0.0.1:1".into())],
+                max_in_flight: 2,
+                send_timeout: Duration::from_secs(1),
+                fail_closed: false,
+                include_payload: true,
+                payload_max_bytes: 10,
+            },
+            Arc::new(DlqHealth::default()),
+        )
+        .unwrap();
+        let a = sink.reserve(0, 1, "invalid_protobuf");
+        let b = sink.reserve(0, 2, "invalid_protobuf");
+        assert!(a.is_some() && b.is_some());
+        assert!(
+            sink.reserve(0, 3, "invalid_protobuf").is_none(),
+            "at the limit"
         );
-        assert_eq!(v["payload_sha256"].as_str().unwrap().len(), 64);
-        assert_eq!(v["redrive_attempts"], 2);
-        let h: std::collections::HashMap<_, _> = rec
-            .headers
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.clone()))
-            .collect();
-        assert_eq!(h["__connect.errors.topic"], b"t");
-        assert_eq!(h["__connect.errors.partition"], b"2");
-        assert_eq!(h["__connect.errors.offset"], b"77");
-        assert_eq!(
-            h["__connect.errors.exception.class.name"],
-            b"invalid_protobuf"
+        drop(a);
+        assert!(
+            sink.reserve(0, 4, "invalid_protobuf").is_some(),
+            "a permit came back"
         );
-        assert_eq!(h["__connect.errors.stage"], b"decode");
-        assert_eq!(h["traceparent"], tp.to_vec(), "original headers copied");
-        let msg = std::str::from_utf8(&h["__connect.errors.exception.message"])
-            .expect("capped on a char boundary");
-        assert!(msg.len() <= MAX_ERROR_MESSAGE_BYTES);
-        assert_eq!(rec.key.as_deref(), Some(&b"thread-1"[..]));
-    }
-
-    #[test]
-    fn payload_can_be_left_out_but_the_hash_stays() {
-        let src = SourceRecord {
-            topic: "t",
-            partition: 0,
-            offset: 0,
-            timestamp_ms: None,
-            key: None,
-            value: Some(b"abc"),
-            headers: vec![],
-            trace_id: None,
-        };
-        let f = Failure {
-            error_type: "x",
-            stage: "decode",
-            message: "m".into(),
-            original: None,
-        };
-        let v: serde_json::Value =
-            serde_json::from_slice(&build_record(&src, &f, &cfg(false, 10), "g").value).unwrap();
-        assert!(v["payload_base64"].is_null());
-        assert_eq!(v["payload_included"], false);
-        assert_eq!(
-            v["payload_sha256"],
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
+        let dropped: u64 = snap
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .filter(|(k, ..)| {
+                k.key().name() == telemetry::DLQ_SEND_FAILURES
+                    && k.key().labels().any(|l| l.value() == "backpressure")
+            })
+            .map(|(.., v)| match v {
+                metrics_util::debugging::DebugValue::Counter(n) => n,
+                _ => 0,
+            })
+            .sum();
+        assert_eq!(dropped, 1);
     }
 
     #[test]
@@ -570,7 +457,24 @@ mod tests {
             classify(&KafkaError::MessageProduction(
                 RDKafkaErrorCode::UnknownTopicOrPartition
             )),
-            SendError::Kafka
+            SendError::UnknownTopic
+        );
+        for code in [
+            RDKafkaErrorCode::MessageSizeTooLarge,
+            RDKafkaErrorCode::TopicAuthorizationFailed,
+        ] {
+            assert_eq!(
+                classify(&KafkaError::MessageProduction(code)),
+                SendError::Permanent,
+                "{code:?}"
+            );
+        }
+        assert_eq!(
+            classify(&KafkaError::MessageProduction(
+                RDKafkaErrorCode::BrokerTransportFailure
+            )),
+            SendError::Kafka,
+            "a broker going away is retried"
         );
     }
 }

@@ -20,7 +20,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::Value;
 
-use crate::dlq::sink::REDRIVE_ATTEMPT_HEADER;
+use crate::dlq::document::REDRIVE_ATTEMPT_HEADER;
 use crate::settings::KafkaArgs;
 
 #[derive(Subcommand, Clone, Debug)]

@@ -24,13 +24,13 @@ use rdkafka::types::RDKafkaErrorCode;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::dlq::sink::{self, DlqSink, FailClosedEvent, Failure, SourceRecord};
+use crate::dlq::document::{build_record, Failure, SourceRecord};
+use crate::dlq::sink::{DlqSink, FailClosedEvent};
 use crate::hub::Hub;
 use crate::ingest::halt::ReleaseError;
 use crate::ingest::offsets::Progress;
-use crate::ingest::pipeline::{trace_id_from_traceparent, Outcome, Pipeline, RecordView};
+use crate::ingest::pipeline::{trace_id_from_traceparent, Pipeline, RecordView};
 use crate::ingest::status::{IngestStatus, KafkaState};
-use crate::record::decode;
 use crate::replay::Watermarks;
 use crate::telemetry;
 
@@ -307,6 +307,15 @@ pub(crate) async fn run(r: Runner) -> Instant {
                         tracing::info!("DLQ acknowledged every held record: consumption resumed");
                     }
                 }
+                FailClosedEvent::GaveUp { partition, offset } => {
+                    // Counted and logged by the sink: the offset is released, as if acknowledged.
+                    fc_pending = fc_pending.saturating_sub(1);
+                    pipeline.offsets_mut().release(partition, offset);
+                    store(&consumer, &topic, &pipeline, &mut stored, partition);
+                    if fc_pending == 0 && paused {
+                        paused = !set_paused(&consumer, false);
+                    }
+                }
                 FailClosedEvent::Failing => {
                     if fc_pending > 0 && !paused {
                         paused = set_paused(&consumer, true);
@@ -324,7 +333,8 @@ pub(crate) async fn run(r: Runner) -> Instant {
                 export_lag(consumer.context(), &pipeline);
             }
             _ = hub.readers.wait_for_room(&hub.log, READER_RECHECK, live), if wait => clock = Clock::now(),
-            r = next_record(&mut stream, &mut clock, &hub), if !wait => match r {
+            // Fail-closed: no record is taken while every DLQ permit has one waiting.
+            r = next_record(&mut stream, &mut clock, &hub), if !wait && fc_pending < dlq.max_in_flight() => match r {
                 Some(Ok(msg)) => {
                     since_yield += 1;
                     let traceparent = msg.headers().and_then(|h| {
@@ -339,32 +349,16 @@ pub(crate) async fn run(r: Runner) -> Instant {
                         traceparent,
                     };
                     last_record_ms = view.timestamp_ms;
-                    let failure = match pipeline.handle(view, clock.at, clock.unix_ms) {
-                        Outcome::Delivered => None,
-                        Outcome::Rejected { error } => Some(Failure {
-                            error_type: error.error_type(),
-                            stage: error.stage(),
-                            message: error.to_string(),
-                            original: decode::original_info(view.value, pipeline.limits()),
-                        }),
-                        Outcome::RateLimited { tenant } => Some(Failure {
-                            error_type: "rate_limited",
-                            stage: "rate_limit",
-                            message: format!("tenant '{tenant}' is over its rate limit"),
-                            original: decode::original_info(view.value, pipeline.limits()),
-                        }),
-                        Outcome::Held { thread, buffered } => Some(Failure {
-                            error_type: "thread_halted",
-                            stage: "sequence",
-                            message: if buffered {
-                                format!("thread '{thread}' is halted by GAP_POLICY=halt; the record is held for release and copied here")
-                            } else {
-                                format!("thread '{thread}' is halted and its buffer (HALT_MAX_HELD_MESSAGES) is full: this copy is the only one; it will not be released")
-                            },
-                            original: decode::original_info(view.value, pipeline.limits()),
-                        }),
-                    };
-                    if let Some(failure) = failure {
+                    let outcome = pipeline.handle(view, clock.at, clock.unix_ms);
+                    if let Some(failure) = Failure::of(outcome) {
+                        let held = dlq.fail_closed();
+                        // Fail-open: capacity first; without it the record costs nothing more.
+                        let permit = if held { None } else {
+                            match dlq.reserve(view.partition, view.offset, failure.error_type) {
+                                Some(p) => Some(p),
+                                None => continue,
+                            }
+                        };
                         let trace = traceparent.and_then(trace_id_from_traceparent);
                         let src = SourceRecord {
                             topic: &topic,
@@ -376,13 +370,17 @@ pub(crate) async fn run(r: Runner) -> Instant {
                             headers: msg.headers().map(|h| h.iter().map(|x| (x.key, x.value)).collect()).unwrap_or_default(),
                             trace_id: trace.as_deref(),
                         };
-                        let rec = sink::build_record(&src, &failure, dlq.config(), &group_id);
-                        if dlq.fail_closed() {
-                            pipeline.offsets_mut().hold(view.partition, view.offset);
-                            fc_pending += 1;
-                            dlq.send_fail_closed(rec, fc_tx.clone());
-                        } else {
-                            dlq.send_fail_open(rec);
+                        let rec = build_record(&src, &failure, dlq.config(), &group_id);
+                        match permit {
+                            Some(permit) => dlq.send_fail_open(rec, permit),
+                            None => {
+                                pipeline.offsets_mut().hold(view.partition, view.offset);
+                                fc_pending += 1;
+                                dlq.send_fail_closed(rec, fc_tx.clone());
+                                if fc_pending >= dlq.max_in_flight() && !paused {
+                                    tracing::warn!(pending = fc_pending, "DLQ_FAIL_CLOSED: MAX_CONCURRENT_DLQ_SENDS records wait for the DLQ: no record is taken until one is acknowledged");
+                                }
+                            }
                         }
                     }
                 }

@@ -15,7 +15,7 @@ use crate::ingest::offsets::OffsetBook;
 use crate::ingest::ratelimit::TenantRateLimiter;
 use crate::ingest::sequence::{GapPolicy, SequenceValidator, ValidatorConfig, Verdict};
 use crate::ingest::status::IngestStatus;
-use crate::record::decode::{self, DecodeLimits, Framing};
+use crate::record::decode::{self, DecodeLimits, Framing, OriginalInfo, Rejected};
 use crate::record::frame::{control, Cursor, Frame};
 use crate::record::summary::Summary;
 use crate::replay::redis::RedisTier;
@@ -33,7 +33,7 @@ pub(crate) struct RecordView<'a> {
 }
 
 /// What happened to a record.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Outcome {
     /// Appended to the log (and offered to Redis).
     Delivered,
@@ -41,14 +41,14 @@ pub(crate) enum Outcome {
     Held {
         thread: String,
         buffered: bool,
+        summary: Box<Summary>,
     },
     Rejected {
         error: decode::DecodeError,
+        original: Option<Box<OriginalInfo>>,
     },
     /// Over its tenant's rate limit: not delivered (sent to the DLQ).
-    RateLimited {
-        tenant: String,
-    },
+    RateLimited { summary: Box<Summary> },
 }
 
 pub(crate) struct PipelineConfig {
@@ -138,10 +138,6 @@ impl Pipeline {
         }
     }
 
-    pub(crate) fn limits(&self) -> &DecodeLimits {
-        &self.cfg.limits
-    }
-
     pub(crate) fn offsets(&self) -> &OffsetBook {
         &self.offsets
     }
@@ -167,9 +163,9 @@ impl Pipeline {
 
     fn process(&mut self, rec: RecordView<'_>, now: Instant) -> Outcome {
         let trace_id = rec.traceparent.and_then(trace_id_from_traceparent);
-        let decoded = match decode::decode(rec.value, &self.cfg.limits) {
+        let decoded = match decode::decode_or_reject(rec.value, &self.cfg.limits) {
             Ok(d) => d,
-            Err(e) => {
+            Err(Rejected { error: e, original }) => {
                 let error_type = e.error_type();
                 self.m.error.increment(1);
                 PipelineMetrics::decode_error(error_type);
@@ -185,7 +181,7 @@ impl Pipeline {
                     );
                 }
                 self.skip(rec.partition, rec.offset);
-                return Outcome::Rejected { error: e };
+                return Outcome::Rejected { error: e, original };
             }
         };
         self.m.success.increment(1);
@@ -272,7 +268,7 @@ impl Pipeline {
         {
             self.skip(rec.partition, rec.offset);
             return Outcome::RateLimited {
-                tenant: summary.tenant.into(),
+                summary: Box::new(summary),
             };
         }
         let frame = Arc::new(Frame::new(
@@ -284,12 +280,17 @@ impl Pipeline {
         ));
         if let Some(thread) = halted {
             self.skip(frame.cursor.partition, frame.cursor.offset);
+            let summary = Box::new(frame.summary.clone());
             let buffered = self.hold(&thread, frame);
             if let Some(info) = self.halts.info(&thread) {
                 self.status.count_halted(info);
             }
             self.export_halt_gauges();
-            return Outcome::Held { thread, buffered };
+            return Outcome::Held {
+                thread,
+                buffered,
+                summary,
+            };
         }
         self.deliver(&frame);
         Outcome::Delivered
@@ -605,7 +606,7 @@ mod tests {
         let now = Instant::now();
         assert!(matches!(
             p.handle(view(0, b"\x00\xff\xff"), now, 0),
-            Outcome::Rejected { error } if error.error_type() == "invalid_protobuf"
+            Outcome::Rejected { error, original: None } if error.error_type() == "invalid_protobuf"
         ));
         assert!(matches!(
             p.handle(view(1, &good), now, 0),

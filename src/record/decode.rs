@@ -357,6 +357,56 @@ fn decompress(body: &[u8], limit: usize) -> Result<Vec<u8>, DecodeError> {
 
 /// Decodes and validates one record value. Never panics, whatever the input.
 pub fn decode(value: Option<&[u8]>, limits: &DecodeLimits) -> Result<Decoded, DecodeError> {
+    decode_inner(value, limits).map_err(|(e, _)| e)
+}
+
+/// [`decode`], keeping what could be read of a record that failed a check
+/// after it decoded (no second decode for its DLQ document).
+pub(crate) fn decode_or_reject(
+    value: Option<&[u8]>,
+    limits: &DecodeLimits,
+) -> Result<Decoded, Rejected> {
+    decode_inner(value, limits).map_err(|(error, body)| Rejected {
+        error,
+        original: body.map(|b| Box::new(OriginalInfo::of(*b))),
+    })
+}
+
+type Failed = (DecodeError, Option<Box<Message>>);
+
+fn decode_inner(value: Option<&[u8]>, limits: &DecodeLimits) -> Result<Decoded, Failed> {
+    let no_body = |e: DecodeError| (e, None);
+    decode_body(value, limits).map_err(no_body)?.check()
+}
+
+/// A parsed body still to be checked.
+struct Parsed {
+    body: Message,
+    framing: Framing,
+}
+
+impl Parsed {
+    fn check(self) -> Result<Decoded, Failed> {
+        let body = self.body;
+        let checked = check_header(header_of(&body), None).and_then(|()| {
+            if let Message::EventBatch(batch) = &body {
+                for (i, e) in batch.events.iter().enumerate() {
+                    check_header(e.header.as_ref(), Some(i))?;
+                }
+            }
+            Ok(())
+        });
+        match checked {
+            Ok(()) => Ok(Decoded {
+                body,
+                framing: self.framing,
+            }),
+            Err(e) => Err((e, Some(Box::new(body)))),
+        }
+    }
+}
+
+fn decode_body(value: Option<&[u8]>, limits: &DecodeLimits) -> Result<Parsed, DecodeError> {
     let value = value.filter(|v| !v.is_empty()).ok_or(DecodeError::Empty)?;
     if value.len() > limits.max_record_bytes {
         return Err(DecodeError::TooLarge {
@@ -399,13 +449,7 @@ pub fn decode(value: Option<&[u8]>, limits: &DecodeLimits) -> Result<Decoded, De
     let Some(body) = message.message else {
         return Err(DecodeError::MissingBody);
     };
-    check_header(header_of(&body), None)?;
-    if let Message::EventBatch(batch) = &body {
-        for (i, e) in batch.events.iter().enumerate() {
-            check_header(e.header.as_ref(), Some(i))?;
-        }
-    }
-    Ok(Decoded { body, framing })
+    Ok(Parsed { body, framing })
 }
 
 /// Schema version and id lengths of one header.
@@ -488,36 +532,41 @@ pub(crate) struct OriginalInfo {
     pub(crate) schema_version: u32,
 }
 
-/// What can be read of a rejected record's header, ignoring the schema
-/// check (for DLQ records). `None` when the body does not decode at all.
-pub(crate) fn original_info(value: Option<&[u8]>, limits: &DecodeLimits) -> Option<OriginalInfo> {
-    let value = value.filter(|v| !v.is_empty() && v.len() <= limits.max_record_bytes)?;
-    let decompressed;
-    let body: &[u8] = match value[0] {
-        FRAME_PROTOBUF => &value[1..],
-        FRAME_ZSTD => {
-            decompressed = decompress(&value[1..], limits.max_decompressed_bytes).ok()?;
-            &decompressed
+impl OriginalInfo {
+    /// From a message that decoded but failed a check (ids cut to
+    /// `MAX_ID_BYTES`: the DLQ document stays small whatever they were).
+    fn of(body: Message) -> Self {
+        let d = Decoded {
+            body,
+            framing: Framing::Protobuf,
+        };
+        let cut = |s: &str| crate::util::truncate_utf8(s, MAX_ID_BYTES).to_string();
+        OriginalInfo {
+            thread_id: cut(d.thread_id()),
+            tenant_id: cut(d.tenant_id()),
+            sequence: d.sequence(),
+            message_type: d.kind().as_str().to_string(),
+            schema_version: d.header().map(|h| h.schema_version.max(1)).unwrap_or(1),
         }
-        _ if value.starts_with(&ZSTD_MAGIC) => {
-            decompressed = decompress(value, limits.max_decompressed_bytes).ok()?;
-            &decompressed
+    }
+
+    pub(crate) fn of_summary(s: &crate::record::summary::Summary) -> Self {
+        OriginalInfo {
+            thread_id: s.thread.to_string(),
+            tenant_id: s.tenant.to_string(),
+            sequence: s.sequence,
+            message_type: s.kind.as_str().to_string(),
+            schema_version: s.schema_version,
         }
-        _ => value,
-    };
-    let body = DashStreamMessage::decode(body).ok()?.message?;
-    let d = Decoded {
-        body,
-        framing: Framing::Protobuf,
-    };
-    let h = d.header();
-    Some(OriginalInfo {
-        thread_id: d.thread_id().to_string(),
-        tenant_id: d.tenant_id().to_string(),
-        sequence: d.sequence(),
-        message_type: d.kind().as_str().to_string(),
-        schema_version: h.map(|h| h.schema_version.max(1)).unwrap_or(1),
-    })
+    }
+}
+
+/// A record that failed decoding, with what could be read of it (for its
+/// DLQ document; `None` when the body did not decode at all).
+#[derive(Debug)]
+pub(crate) struct Rejected {
+    pub(crate) error: DecodeError,
+    pub(crate) original: Option<Box<OriginalInfo>>,
 }
 
 /// Encodes a message in the current framing (`0x00` or `0x01` + zstd).
@@ -780,6 +829,40 @@ mod tests {
         };
         let e = decode(Some(&encode_record(&batch, None)), &limits).unwrap_err();
         assert_eq!(e.error_type(), "id_too_long");
+    }
+
+    #[test]
+    fn a_rejected_record_keeps_what_its_one_decode_read_with_ids_cut() {
+        let limits = DecodeLimits::default();
+        let mut future = event("t1", 7);
+        if let Some(Message::Event(e)) = &mut future.message {
+            e.header.as_mut().unwrap().schema_version = 9;
+        }
+        let r = decode_or_reject(Some(&encode_record(&future, Some(3))), &limits).unwrap_err();
+        assert_eq!(r.error.error_type(), "schema_mismatch");
+        let info = r.original.unwrap();
+        assert_eq!(
+            (info.thread_id.as_str(), info.sequence, info.schema_version),
+            ("t1", 7, 9)
+        );
+        let long = "é".repeat(1000);
+        let r =
+            decode_or_reject(Some(&encode_record(&event(&long, 1), None)), &limits).unwrap_err();
+        assert_eq!(r.error.error_type(), "id_too_long");
+        assert_eq!(
+            r.original.unwrap().thread_id.len(),
+            256,
+            "cut on a char boundary"
+        );
+        let batch = DashStreamMessage {
+            message: Some(Message::EventBatch(EventBatch {
+                header: header("t", 0, 1),
+                events: vec![Event::default(); 20_000],
+            })),
+        };
+        let r = decode_or_reject(Some(&encode_record(&batch, None)), &limits).unwrap_err();
+        assert_eq!(r.error.error_type(), "batch_too_large");
+        assert!(r.original.is_none(), "refused before it was decoded");
     }
 
     proptest::proptest! {

@@ -21,6 +21,7 @@ pub(crate) struct Summary {
     pub(crate) timestamp_us: Option<i64>,
     /// The record's own sequence (0 for a batch, whose events carry theirs).
     pub(crate) sequence: u64,
+    pub(crate) schema_version: u32,
 }
 
 impl Summary {
@@ -46,6 +47,7 @@ impl Summary {
             thread,
             timestamp_us: d.timestamp_us(),
             sequence: d.sequence(),
+            schema_version: d.header().map_or(1, |h| h.schema_version.max(1)),
         }
     }
 

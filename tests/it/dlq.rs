@@ -410,6 +410,95 @@ async fn dlq_backpressure_drops_and_counts_without_blocking() {
     assert!(m["websocket_dlq_in_flight"] <= 1.0);
 }
 
+/// A DLQ record the producer can never send (over `message.max.bytes`)
+/// ends as counted and lost, and fail-closed consumption goes on past it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fail_closed_gives_up_on_a_record_the_dlq_refuses_for_good_and_moves_on() {
+    let topic = unique("dlqtoobig");
+    create_topic(&topic, 1).await;
+    let group = unique("grp");
+    let bridge = Bridge::start_with_group(
+        &topic,
+        &group,
+        &[
+            ("DLQ_FAIL_CLOSED", "true"),
+            // The DLQ producer's own request limit: a 6 KB document is over it.
+            ("KAFKA_PROPERTIES", "message.max.bytes=4000"),
+        ],
+    )
+    .await;
+    let (mut ws, _) = connect(&bridge.ws_url("?format=json")).await;
+    let mut bad = vec![0u8, 0xff, 0xff, 0xff];
+    bad.extend(std::iter::repeat_n(b'z', 6000));
+    let cursors = produce(
+        &producer(),
+        &topic,
+        &[
+            good("t", 1),
+            (Some("t".into()), bad),
+            good("t", 2),
+            good("t", 3),
+        ],
+    )
+    .await;
+    let (frames, _) = collect(&mut ws, 3, Duration::from_secs(15)).await;
+    assert_eq!(frames.len(), 3, "delivery goes on past the record");
+    let m = wait_metric(
+        &bridge,
+        |m| m["websocket_dlq_records_lost_total{error_type=\"invalid_protobuf\"}"] >= 1.0,
+        "the refused DLQ record counted as lost",
+    )
+    .await;
+    assert!(m["websocket_dlq_send_failures_total{reason=\"permanent\"}"] >= 1.0);
+    assert_eq!(
+        m["websocket_dlq_sends_total{error_type=\"invalid_protobuf\"}"],
+        0.0
+    );
+    // Its offset was released: the commit point moves past it.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while committed(&topic, &group).is_none_or(|c| c <= cursors[1].1) {
+        assert!(
+            Instant::now() < deadline,
+            "commit stuck at {:?}",
+            committed(&topic, &group)
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Fail-closed with the DLQ down: no more than MAX_CONCURRENT_DLQ_SENDS
+/// bad records wait, and the bridge takes no record beyond them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fail_closed_takes_no_record_while_every_dlq_permit_waits() {
+    let topic = unique("dlqpending");
+    create_topic(&topic, 1).await;
+    let closed = format!("127.0.0.1:{}", free_port());
+    let bridge = Bridge::start(
+        &topic,
+        &[
+            ("KAFKA_DLQ_BROKERS", &closed),
+            ("DLQ_SEND_TIMEOUT_SECS", "1"),
+            ("DLQ_FAIL_CLOSED", "true"),
+            ("MAX_CONCURRENT_DLQ_SENDS", "2"),
+        ],
+    )
+    .await;
+    let recs: Vec<_> = (0..40)
+        .map(|_| (Some("t".to_string()), b"\x00\xff\xff\xff".to_vec()))
+        .collect();
+    produce(&producer(), &topic, &recs).await;
+    bridge.wait_processed(2, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let h = bridge.health().await;
+    assert_eq!(h["records_processed"], 2, "{h}");
+    let m = bridge.metrics().await;
+    assert!(
+        m["websocket_dlq_in_flight"] <= 2.0,
+        "{}",
+        m["websocket_dlq_in_flight"]
+    );
+}
+
 /// A second broker, started by the test, serving as the DLQ cluster.
 struct DlqBroker {
     child: Child,

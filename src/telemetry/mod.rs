@@ -5,6 +5,8 @@
 //! and dashboards are written against these names. Hot paths hold pre-built
 //! handles (see [`PipelineMetrics`]) instead of looking names up per record.
 
+mod logs;
+
 use std::time::Duration;
 
 use metrics::{describe_counter, describe_gauge, describe_histogram, Counter, Histogram, Unit};
@@ -32,9 +34,11 @@ pub(crate) const SEQ_TRACKED_THREADS: &str = "dashstream_sequence_tracked_thread
 pub(crate) const SEQ_EVICTED_THREADS: &str = "dashstream_sequence_evicted_threads_total";
 pub(crate) const HALTED_THREADS: &str = "dashstream_halted_threads";
 pub(crate) const HELD_MESSAGES: &str = "dashstream_halted_messages_held";
+pub(crate) const LOG_LINES_DROPPED: &str = "websocket_log_lines_dropped_total";
 pub(crate) const HALTS_REFUSED: &str = "dashstream_halts_refused_total";
 pub(crate) const DLQ_SENDS: &str = "websocket_dlq_sends_total";
 pub(crate) const DLQ_SEND_FAILURES: &str = "websocket_dlq_send_failures_total";
+pub(crate) const DLQ_RECORDS_LOST: &str = "websocket_dlq_records_lost_total";
 pub(crate) const DLQ_IN_FLIGHT: &str = "websocket_dlq_in_flight";
 pub(crate) const REPLAY_MEMORY_HITS: &str = "replay_buffer_memory_hits_total";
 pub(crate) const REPLAY_REDIS_HITS: &str = "replay_buffer_redis_hits_total";
@@ -70,8 +74,13 @@ pub(crate) const MEMORY_LIMIT: &str = "websocket_memory_limit_bytes";
 pub(crate) const BUILD_INFO: &str = "websocket_build_info";
 
 /// Reasons for `websocket_dlq_send_failures_total{reason}`.
-pub(crate) const DLQ_FAILURE_REASONS: &[&str] =
-    &["timeout", "kafka_error", "backpressure", "shutdown"];
+pub(crate) const DLQ_FAILURE_REASONS: &[&str] = &[
+    "timeout",
+    "kafka_error",
+    "permanent",
+    "backpressure",
+    "shutdown",
+];
 /// error_type values of DLQ records that are not decode errors.
 pub(crate) const DLQ_EXTRA_ERROR_TYPES: &[&str] = &["thread_halted", "rate_limited"];
 
@@ -232,6 +241,10 @@ fn describe_all() {
         "Records held back from clients because their thread is halted."
     );
     describe_counter!(
+        LOG_LINES_DROPPED,
+        "Log lines dropped because stdout did not keep up (the bridge never waits for its logs)."
+    );
+    describe_counter!(
         HALTS_REFUSED,
         "Sequence gaps under GAP_POLICY=halt that did not halt their thread because HALT_MAX_THREADS threads are halted already (the thread is delivered as under warn)."
     );
@@ -344,7 +357,8 @@ fn describe_all() {
         DLQ_SENDS,
         "Records written to the DLQ topic, by error_type."
     );
-    describe_counter!(DLQ_SEND_FAILURES, "DLQ records that could not be written, by reason (timeout | kafka_error | backpressure | shutdown).");
+    describe_counter!(DLQ_SEND_FAILURES, "DLQ send attempts that failed, by reason (timeout | kafka_error | permanent | backpressure | shutdown).");
+    describe_counter!(DLQ_RECORDS_LOST, "DLQ records the DLQ producer refused for good (too large, not authorized, no such topic), by error_type: no DLQ copy exists and the original offset was released.");
     describe_gauge!(
         DLQ_IN_FLIGHT,
         "DLQ sends in flight (bounded by MAX_CONCURRENT_DLQ_SENDS)."
@@ -401,6 +415,9 @@ impl PipelineMetrics {
         for t in DECODE_ERROR_TYPES.iter().chain(DLQ_EXTRA_ERROR_TYPES) {
             metrics::counter!(DLQ_SENDS, "error_type" => *t).increment(0);
         }
+        for t in DECODE_ERROR_TYPES.iter().chain(DLQ_EXTRA_ERROR_TYPES) {
+            metrics::counter!(DLQ_RECORDS_LOST, "error_type" => *t).increment(0);
+        }
         for r in DLQ_FAILURE_REASONS {
             metrics::counter!(DLQ_SEND_FAILURES, "reason" => *r).increment(0);
         }
@@ -431,6 +448,7 @@ impl PipelineMetrics {
         metrics::gauge!(CONNECTED_CLIENTS).set(0.0);
         metrics::gauge!(HALTED_THREADS).set(0.0);
         metrics::gauge!(HELD_MESSAGES).set(0.0);
+        metrics::counter!(LOG_LINES_DROPPED).increment(0);
         metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
         m
     }
@@ -446,18 +464,22 @@ impl Default for PipelineMetrics {
     }
 }
 
-/// Structured logs to stdout; `RUST_LOG` filters, `json` switches the format.
-pub(crate) fn init_logging(json: bool) {
+/// Structured logs to stdout through a bounded, non-blocking queue
+/// ([`logs`]); `RUST_LOG` filters, `json` switches the format. Keep the
+/// guard until exit: dropping it flushes what is queued.
+pub(crate) fn init_logging(json: bool) -> logs::LogGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rdkafka=warn"));
     use std::io::IsTerminal;
+    let (writer, guard) = logs::non_blocking(std::io::stdout(), logs::BUFFER_LINES);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stdout().is_terminal())
-        .with_writer(std::io::stdout);
+        .with_writer(writer);
     if json {
         builder.json().with_current_span(false).init();
     } else {
         builder.init();
     }
+    guard
 }
