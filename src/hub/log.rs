@@ -13,14 +13,14 @@
 //! and never hold it across an await.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
 
 use parking_lot::RwLock;
 use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
 
-use crate::record::frame::Frame;
+use crate::record::frame::{Frame, JsonMeter};
 
 /// One offset of a partition's history.
 #[derive(Clone)]
@@ -44,7 +44,7 @@ impl Slot {
             }
     }
 
-    fn entered(&self, json: &Arc<AtomicUsize>) {
+    fn entered(&self, json: &Arc<dyn JsonMeter>) {
         if let Slot::Frame(f) = self {
             f.entered_log(json);
         }
@@ -72,13 +72,51 @@ pub(crate) struct RingLimits {
     pub(crate) max_bytes_per_partition: usize,
 }
 
+/// The JSON bytes of one partition's frames. Whoever builds a frame's JSON
+/// text adds to it and, when that takes the partition over its bytes,
+/// evicts its oldest slots then and there, so the bound holds without
+/// waiting for the next append.
+#[derive(Default)]
+struct PartitionMeter {
+    /// Signed: an eviction may take bytes back an instant before they were added.
+    json: AtomicIsize,
+    ring: OnceLock<(Weak<RwLock<Ring>>, RingLimits)>,
+}
+
+impl PartitionMeter {
+    fn bytes(&self) -> usize {
+        self.json.load(Ordering::Relaxed).max(0) as usize
+    }
+}
+
+impl JsonMeter for PartitionMeter {
+    fn add(&self, n: usize, trim: bool) {
+        self.json.fetch_add(n as isize, Ordering::Relaxed);
+        if !trim {
+            return;
+        }
+        if let Some((ring, limits)) = self.ring.get() {
+            if let Some(ring) = ring.upgrade() {
+                let mut r = ring.write();
+                if r.held() > limits.max_bytes_per_partition {
+                    r.evict_over(limits);
+                }
+            }
+        }
+    }
+
+    fn sub(&self, n: usize) {
+        self.json.fetch_sub(n as isize, Ordering::Relaxed);
+    }
+}
+
 #[derive(Default)]
 struct Ring {
     entries: VecDeque<Entry>,
     /// What the slots hold, as counted at append.
     bytes: usize,
     /// JSON text built for frames still held (added by whoever builds it).
-    json: Arc<AtomicUsize>,
+    json: Arc<PartitionMeter>,
     /// Highest offset ever appended (kept after eviction).
     head: Option<i64>,
     /// First offset appended in this process.
@@ -93,7 +131,22 @@ impl Ring {
 
     /// Every byte held: the slots and the JSON text built for them.
     fn held(&self) -> usize {
-        self.bytes + self.json.load(Ordering::Relaxed)
+        self.bytes + self.json.bytes()
+    }
+
+    /// Evicts the oldest slots beyond the limits (the newest always stays).
+    fn evict_over(&mut self, limits: &RingLimits) {
+        while self.entries.len() > limits.max_per_partition
+            || (self.held() > limits.max_bytes_per_partition && self.entries.len() > 1)
+        {
+            match self.entries.pop_front() {
+                Some(e) => {
+                    e.slot.left();
+                    self.bytes -= e.slot.bytes();
+                }
+                None => break,
+            }
+        }
     }
 
     fn full(&self, limits: &RingLimits) -> bool {
@@ -161,7 +214,15 @@ impl Log {
             Some(r) => r,
             None => {
                 let mut parts = self.partitions.write();
-                let r = parts.entry(partition).or_default().clone();
+                let r = parts
+                    .entry(partition)
+                    .or_insert_with(|| {
+                        let ring = Arc::new(RwLock::new(Ring::default()));
+                        let meter = ring.read().json.clone();
+                        let _ = meter.ring.set((Arc::downgrade(&ring), self.limits));
+                        ring
+                    })
+                    .clone();
                 self.generation.fetch_add(1, Ordering::SeqCst);
                 r
             }
@@ -170,7 +231,8 @@ impl Log {
             let mut ring = ring.write();
             let size = slot.bytes();
             if ring.head.is_none_or(|h| offset > h) {
-                slot.entered(&ring.json);
+                let json: Arc<dyn JsonMeter> = ring.json.clone();
+                slot.entered(&json);
                 ring.entries.push_back(Entry {
                     offset,
                     at_ms,
@@ -186,7 +248,7 @@ impl Log {
                         let old = std::mem::replace(&mut e.slot, slot);
                         old.left();
                         let old = old.bytes();
-                        let json = ring.json.clone();
+                        let json: Arc<dyn JsonMeter> = ring.json.clone();
                         if let Some(e) = ring.entries.get(i) {
                             e.slot.entered(&json);
                         }
@@ -197,17 +259,7 @@ impl Log {
                 }
             }
             let limits = self.limits;
-            while ring.entries.len() > limits.max_per_partition
-                || (ring.held() > limits.max_bytes_per_partition && ring.entries.len() > 1)
-            {
-                match ring.entries.pop_front() {
-                    Some(e) => {
-                        e.slot.left();
-                        ring.bytes -= e.slot.bytes();
-                    }
-                    None => break,
-                }
-            }
+            ring.evict_over(&limits);
             ring.full(&limits)
         };
         if full {
@@ -323,6 +375,15 @@ impl Log {
         if !any {
             self.any_full.store(false, Ordering::Relaxed);
         }
+    }
+
+    #[cfg(test)]
+    /// (slots, bytes) of one partition.
+    pub(crate) fn partition_stats(&self, partition: i32) -> (usize, usize) {
+        self.ring(partition).map_or((0, 0), |r| {
+            let r = r.read();
+            (r.entries.len(), r.held())
+        })
     }
 
     /// (slots, bytes) held: each frame's envelope, summary and JSON text once built.

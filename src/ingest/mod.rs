@@ -10,6 +10,8 @@
 //! - [`offsets`]: the commit point per partition.
 //! - [`ratelimit`]: per-tenant token buckets.
 
+#[cfg(test)]
+mod bounds;
 pub(crate) mod config;
 pub(crate) mod consume;
 pub(crate) mod halt;

@@ -11,7 +11,7 @@
 //! Binary envelope v1, big-endian (see docs/PROTOCOL.md):
 //! `u8 version=1 | i32 partition | i64 offset | i64 kafka_timestamp_ms (-1: none) | record value`.
 
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use axum::extract::ws::Utf8Bytes;
@@ -41,11 +41,19 @@ pub(crate) struct Frame {
     binary: Bytes,
     json: OnceLock<Utf8Bytes>,
     /// Where the JSON text is counted once built (the log partition holding the frame).
-    meter: OnceLock<Arc<AtomicUsize>>,
+    meter: OnceLock<Arc<dyn JsonMeter>>,
     held: AtomicU8,
     latency_recorded: AtomicBool,
     /// Released after a halt: delivered below offsets a client already has.
     late: AtomicBool,
+}
+
+/// Counts the JSON text of the frames a log partition holds.
+pub(crate) trait JsonMeter: Send + Sync {
+    /// `n` more bytes; `trim`: the holder may evict to stay within its bound
+    /// (false while the holder's own lock is taken).
+    fn add(&self, n: usize, trim: bool);
+    fn sub(&self, n: usize);
 }
 
 /// `Frame::held`: not in the log / in the log / in the log with its JSON
@@ -105,6 +113,12 @@ impl Frame {
     }
 
     #[cfg(test)]
+    /// Length of the JSON text, if built.
+    pub(crate) fn json_len(&self) -> Option<usize> {
+        self.json.get().map(|j| j.len())
+    }
+
+    #[cfg(test)]
     /// The original Kafka record value.
     pub(crate) fn record_value(&self) -> &[u8] {
         &self.binary[ENVELOPE_HEADER_LEN..]
@@ -137,20 +151,18 @@ impl Frame {
             })
             .clone();
         if built {
-            self.count_json(j.len());
+            self.count_json(j.len(), true);
         }
         j
     }
 
     /// Counts `n` JSON bytes against the log partition holding the frame,
-    /// if it is still there. Added first and taken back if the frame left
-    /// the log meanwhile, so the partition's count never falls below what
-    /// it holds.
-    fn count_json(&self, n: usize) {
+    /// if it is still there (`trim`: the partition may evict to stay within
+    /// its bound).
+    fn count_json(&self, n: usize, trim: bool) {
         let Some(meter) = self.meter.get() else {
             return;
         };
-        meter.fetch_add(n, Ordering::Relaxed);
         if self
             .held
             .compare_exchange(
@@ -159,18 +171,21 @@ impl Frame {
                 Ordering::AcqRel,
                 Ordering::Acquire,
             )
-            .is_err()
+            .is_ok()
         {
-            meter.fetch_sub(n, Ordering::Relaxed);
+            // If the frame leaves the log meanwhile, `left_log` takes the
+            // bytes back, before or after this add: the meter is signed.
+            meter.add(n, trim);
         }
     }
 
     /// The log took the frame: its JSON text, when built, counts on `meter`.
-    pub(crate) fn entered_log(&self, meter: &Arc<AtomicUsize>) {
+    /// Called under the log partition's lock (so never trims).
+    pub(crate) fn entered_log(&self, meter: &Arc<dyn JsonMeter>) {
         if self.meter.set(meter.clone()).is_ok() {
             self.held.store(IN_LOG, Ordering::Release);
             if let Some(j) = self.json.get() {
-                self.count_json(j.len());
+                self.count_json(j.len(), false);
             }
         }
     }
@@ -179,7 +194,7 @@ impl Frame {
     pub(crate) fn left_log(&self) {
         if self.held.swap(EVICTED, Ordering::AcqRel) == IN_LOG_JSON_COUNTED {
             if let (Some(m), Some(j)) = (self.meter.get(), self.json.get()) {
-                m.fetch_sub(j.len(), Ordering::Relaxed);
+                m.sub(j.len());
             }
         }
     }
