@@ -270,7 +270,7 @@ pub(crate) async fn run(r: Runner) -> Instant {
                 }
                 AdminCommand::SetRateLimit { tenant, rate, reply } => {
                     pipeline.rate_limits_mut().set(&tenant, rate);
-                    tracing::info!(tenant_id = %tenant, ?rate, "tenant rate limit changed by operator");
+                    tracing::info!(tenant_id = ?tenant, ?rate, "tenant rate limit changed by operator");
                     let _ = reply.send(pipeline.rate_limits_mut().describe());
                 }
                 AdminCommand::ReleaseThread { thread, reply } => {

@@ -172,4 +172,24 @@ mod tests {
         let text = String::from_utf8(seen.lock().clone()).unwrap();
         assert!(text.starts_with("line 0\nline 1\n"), "{text}");
     }
+
+    #[test]
+    fn an_id_with_a_newline_cannot_forge_a_log_line() {
+        let open = Arc::new(AtomicBool::new(true));
+        let seen = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let (w, guard) = non_blocking(Stuck(open, seen.clone()), 8);
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(w)
+            .finish();
+        let thread = "t\n2026-01-01T00:00:00Z ERROR forged";
+        tracing::subscriber::with_default(subscriber, || {
+            // How ids from records are logged: Debug, which escapes.
+            tracing::warn!(thread_id = ?thread, "sequence gap");
+        });
+        drop(guard);
+        let text = String::from_utf8(seen.lock().clone()).unwrap();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(text.contains(r#"thread_id="t\n2026"#), "{text}");
+    }
 }
