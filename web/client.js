@@ -424,6 +424,15 @@ class DashStreamClient {
         }
         this._notice(f);
         break;
+      case 'offsets_reset':
+        // The partition's offsets restarted: the stored cursor belongs to another history.
+        if (Number.isInteger(f.partition)) {
+          this.cursors.delete(f.partition);
+          this._dirty = true;
+          this._schedulePersist();
+        }
+        this._notice(f);
+        break;
       case 'pong':
         break;
       default: // thread_halted, error, and anything newer

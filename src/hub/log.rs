@@ -121,6 +121,10 @@ struct Ring {
     head: Option<i64>,
     /// First offset appended in this process.
     origin: Option<i64>,
+    /// Changes when the partition's offsets restarted (the topic was
+    /// recreated or the broker lost data): slots of another epoch are
+    /// another history.
+    epoch: u64,
 }
 
 impl Ring {
@@ -296,14 +300,59 @@ impl Log {
         self.waiting.store(true, Ordering::SeqCst);
     }
 
+    /// Forgets a partition's history: its offsets restarted, and the new
+    /// history so far is `first..=last` (read from Kafka by whoever needs
+    /// it: the log holds none of it). Returns the new epoch.
+    pub(crate) fn reset(&self, partition: i32, first: i64, last: i64) -> u64 {
+        let Some(ring) = self.ring(partition) else {
+            return 0;
+        };
+        let mut r = ring.write();
+        for e in r.entries.drain(..) {
+            e.slot.left();
+        }
+        r.bytes = 0;
+        r.head = Some(last);
+        r.origin = Some(first);
+        r.epoch += 1;
+        let epoch = r.epoch;
+        drop(r);
+        self.version.fetch_add(1, Ordering::SeqCst);
+        epoch
+    }
+
+    /// The partition's epoch (see [`Log::reset`]).
+    pub(crate) fn epoch(&self, partition: i32) -> u64 {
+        self.ring(partition).map_or(0, |r| r.read().epoch)
+    }
+
     /// Up to `limit` entries from `from` on.
     pub(crate) fn page(&self, partition: i32, from: i64, limit: usize) -> Page {
+        self.page_in(partition, None, from, limit)
+    }
+
+    /// [`Log::page`] for a reader that knows the partition's `epoch`: a page
+    /// of another epoch is `Missing` (the reader takes the reset notice first).
+    pub(crate) fn page_in(
+        &self,
+        partition: i32,
+        epoch: Option<u64>,
+        from: i64,
+        limit: usize,
+    ) -> Page {
         let Some(ring) = self.ring(partition) else {
             return Page::Missing;
         };
         let ring = ring.read();
-        let Some(first) = ring.entries.front() else {
+        if epoch.is_some_and(|e| e != ring.epoch) {
             return Page::Missing;
+        }
+        let Some(first) = ring.entries.front() else {
+            // Emptied by a reset: what it had up to the head is below it.
+            return match ring.head {
+                Some(h) if from <= h => Page::Evicted { first: h + 1 },
+                _ => Page::Missing,
+            };
         };
         if first.offset > from {
             return Page::Evicted {

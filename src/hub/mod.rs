@@ -260,6 +260,12 @@ pub(crate) enum Notice {
     Thread { thread: Box<str>, text: Utf8Bytes },
     /// A record released after a halt: sessions past its offset get it too.
     Late(Arc<Frame>),
+    /// The partition's offsets restarted at `first` (epoch `epoch` of the log).
+    OffsetsReset {
+        partition: i32,
+        first: i64,
+        epoch: u64,
+    },
 }
 
 /// Notices kept for sessions that have not read them yet.
@@ -361,6 +367,18 @@ impl Hub {
     pub(crate) fn skip_at(&self, partition: i32, offset: i64, at_ms: i64) {
         self.log
             .append_quietly(partition, offset, Slot::Tombstone, at_ms);
+    }
+
+    /// The partition's offsets went backwards (topic recreated, broker data
+    /// lost): its history is dropped and sessions restart it at `first`,
+    /// told by an `offsets_reset` frame.
+    pub(crate) fn reset_partition(&self, partition: i32, first: i64, last: i64) {
+        let epoch = self.log.reset(partition, first, last);
+        self.notice(Notice::OffsetsReset {
+            partition,
+            first,
+            epoch,
+        });
     }
 
     /// Wakes the sessions waiting for what ingest appended since the last wake.

@@ -30,6 +30,7 @@ use crate::hub::Hub;
 use crate::ingest::halt::ReleaseError;
 use crate::ingest::offsets::Progress;
 use crate::ingest::pipeline::{trace_id_from_traceparent, Pipeline, RecordView};
+use crate::ingest::reset::ResetWatch;
 use crate::ingest::status::{IngestStatus, KafkaState};
 use crate::replay::Watermarks;
 use crate::telemetry;
@@ -39,6 +40,8 @@ use crate::telemetry;
 struct PartitionStats {
     hi_offset: i64,
     consumer_lag: i64,
+    /// When librdkafka reported them.
+    at: Instant,
 }
 
 pub(crate) enum RebalanceEvent {
@@ -78,6 +81,7 @@ impl ClientContext for BridgeContext {
                         PartitionStats {
                             hi_offset: ps.hi_offset,
                             consumer_lag: ps.consumer_lag,
+                            at: Instant::now(),
                         },
                     );
                 }
@@ -221,6 +225,7 @@ pub(crate) async fn run(r: Runner) -> Instant {
     let mut last_error_log: Option<Instant> = None;
     let (fc_tx, mut fc_rx) = mpsc::unbounded_channel::<FailClosedEvent>();
     let mut fc_pending = 0usize;
+    let mut resets = ResetWatch::default();
     let mut paused = false;
     status.set_consuming(true);
     // A broker fetch hands over hundreds of records at once; yielding between
@@ -328,6 +333,12 @@ pub(crate) async fn run(r: Runner) -> Instant {
                 store_all(&consumer, &topic, &pipeline, &mut stored);
                 clock = Clock::now();
                 pipeline.tick(clock.at);
+                let watermarks: HashMap<i32, (i64, Instant)> = consumer.context().stats.lock().iter().map(|(p, s)| (*p, (s.hi_offset, s.at))).collect();
+                for (p, first, last) in resets.check(&watermarks) {
+                    tracing::warn!(partition = p, first_offset = first, "partition offsets restarted (topic recreated or broker data lost): its memory and Redis history is dropped and clients restart it with an offsets_reset frame");
+                    metrics::counter!(telemetry::OFFSET_RESETS).increment(1);
+                    pipeline.reset_partition(p, first, last);
+                }
                 dlq.export_gauges();
                 pipeline.export_replay_gauges();
                 export_lag(consumer.context(), &pipeline);
@@ -349,6 +360,7 @@ pub(crate) async fn run(r: Runner) -> Instant {
                         traceparent,
                     };
                     last_record_ms = view.timestamp_ms;
+                    resets.observe(view.partition, view.offset, clock.at);
                     let outcome = pipeline.handle(view, clock.at, clock.unix_ms);
                     if let Some(failure) = Failure::of(outcome) {
                         let held = dlq.fail_closed();

@@ -18,5 +18,6 @@ pub(crate) mod halt;
 pub(crate) mod offsets;
 pub(crate) mod pipeline;
 pub(crate) mod ratelimit;
+mod reset;
 pub(crate) mod sequence;
 pub(crate) mod status;

@@ -353,6 +353,15 @@ impl Pipeline {
             .set(self.validator.tracked_threads() as f64);
     }
 
+    /// The partition's offsets restarted at `first`: its log and Redis
+    /// history are dropped and sessions restart it there.
+    pub(crate) fn reset_partition(&mut self, partition: i32, first: i64, last: i64) {
+        self.hub.reset_partition(partition, first, last);
+        if let Some(r) = &self.redis {
+            r.reset_partition(partition);
+        }
+    }
+
     /// Held frames of a partition are dropped when it is revoked: the next
     /// owner re-reads them from the committed offset, which never passed them.
     pub(crate) fn forget_partition(&mut self, partition: i32) {

@@ -395,6 +395,13 @@ pub(crate) mod control {
             .to_string()
     }
 
+    /// The partition's offsets restarted (topic recreated, broker data lost):
+    /// what the client holds for it belongs to another history; records
+    /// follow from `first` on.
+    pub(crate) fn offsets_reset(partition: i32, first: i64) -> String {
+        json!({"type": "offsets_reset", "partition": partition, "first_offset": first}).to_string()
+    }
+
     /// A resume waits for a replay slot (`REPLAY_MAX_CONCURRENT` replays run at once).
     pub(crate) fn replay_queued(waiting: usize, max_concurrent: usize) -> String {
         json!({"type": "replay_queued", "waiting": waiting, "max_concurrent": max_concurrent})

@@ -53,6 +53,8 @@ struct Write {
     /// Empty for a tombstone.
     value: bytes::Bytes,
     thread: Option<(Box<str>, u64)>,
+    /// Not a record: the partition's offsets restarted; drop its index.
+    reset: bool,
 }
 
 fn key_prefix(ns: &str) -> String {
@@ -116,6 +118,7 @@ impl RedisTier {
             offset: frame.cursor.offset,
             value: frame.binary(),
             thread,
+            reset: false,
         });
     }
 
@@ -126,7 +129,24 @@ impl RedisTier {
             offset,
             value: bytes::Bytes::new(),
             thread: None,
+            reset: false,
         });
+    }
+
+    /// The partition's offsets restarted: its offset index is dropped (after
+    /// every write queued before), so replays never mix two histories. The
+    /// old values expire with their TTL; new records overwrite theirs.
+    pub(crate) fn reset_partition(&self, partition: i32) {
+        let w = Write {
+            partition,
+            offset: -1,
+            value: bytes::Bytes::new(),
+            thread: None,
+            reset: true,
+        };
+        if self.tx.try_send(w).is_err() {
+            self.dropped.increment(1);
+        }
     }
 
     /// Record bytes queued or being written.
@@ -249,6 +269,10 @@ fn pipeline(tier: &RedisTier, prefix: &str, batch: &[Write]) -> redis::Pipeline 
     let mut partitions: BTreeSet<i32> = BTreeSet::new();
     let mut threads: BTreeSet<&str> = BTreeSet::new();
     for w in batch {
+        if w.reset {
+            pipe.cmd("DEL").arg(tier.offsets_key(w.partition)).ignore();
+            continue;
+        }
         pipe.cmd("SET")
             .arg(tier.value_key(w.partition, w.offset))
             .arg(&w.value[..])
@@ -361,7 +385,13 @@ async fn writer(tier: Arc<RedisTier>, mut rx: mpsc::Receiver<Write>) {
         if n == 0 {
             break;
         }
-        while in_flight.len() >= WRITER_PIPELINES {
+        // A reset runs after every write queued before it has settled.
+        let limit = if batch.iter().any(|w| w.reset) {
+            1
+        } else {
+            WRITER_PIPELINES
+        };
+        while in_flight.len() >= limit {
             if let Some(r) = in_flight.next().await {
                 settle(r);
             }

@@ -65,6 +65,8 @@ pub(crate) struct Cursors<R> {
     notice_seq: u64,
     generation: u64,
     parts: Vec<i32>,
+    /// The log epoch each partition's cursor belongs to (see `Log::reset`).
+    epochs: HashMap<i32, u64>,
     /// The Kafka reader of the last catch-up, kept for the next one.
     reader: Option<R>,
     handle: ReaderHandle,
@@ -88,6 +90,7 @@ impl<R> Cursors<R> {
             notice_seq: hub.notice_seq(),
             generation: u64::MAX,
             parts: Vec::new(),
+            epochs: HashMap::new(),
             reader: None,
             handle,
             sampled: 0,
@@ -143,7 +146,8 @@ impl<R> Cursors<R> {
             let Some(mut n) = self.next.get(&p).copied() else {
                 continue;
             };
-            match hub.log.page(p, n, remaining.min(rc.page)) {
+            let epoch = *self.epochs.entry(p).or_insert_with(|| hub.log.epoch(p));
+            match hub.log.page_in(p, Some(epoch), n, remaining.min(rc.page)) {
                 Page::Missing => {}
                 Page::Evicted { first, .. } => {
                     // Boxed: a catch-up's state is on the heap only while it runs.
@@ -244,6 +248,20 @@ impl<R> Cursors<R> {
                     if filter.matches(&f) {
                         out.frame(&f).await?;
                         pass.frames += 1;
+                    }
+                }
+                Notice::OffsetsReset {
+                    partition,
+                    first,
+                    epoch,
+                } => {
+                    if self.epochs.get(&partition).is_none_or(|e| *e < epoch) {
+                        self.epochs.insert(partition, epoch);
+                        if self.next.contains_key(&partition) {
+                            self.next.insert(partition, first);
+                        }
+                        out.control(control::offsets_reset(partition, first))
+                            .await?;
                     }
                 }
             }

@@ -34,6 +34,7 @@ pub(crate) const SEQ_TRACKED_THREADS: &str = "dashstream_sequence_tracked_thread
 pub(crate) const SEQ_EVICTED_THREADS: &str = "dashstream_sequence_evicted_threads_total";
 pub(crate) const HALTED_THREADS: &str = "dashstream_halted_threads";
 pub(crate) const HELD_MESSAGES: &str = "dashstream_halted_messages_held";
+pub(crate) const OFFSET_RESETS: &str = "websocket_partition_offset_resets_total";
 pub(crate) const LOG_LINES_DROPPED: &str = "websocket_log_lines_dropped_total";
 pub(crate) const HALTS_REFUSED: &str = "dashstream_halts_refused_total";
 pub(crate) const DLQ_SENDS: &str = "websocket_dlq_sends_total";
@@ -239,6 +240,10 @@ fn describe_all() {
     describe_gauge!(
         HELD_MESSAGES,
         "Records held back from clients because their thread is halted."
+    );
+    describe_counter!(
+        OFFSET_RESETS,
+        "Partitions whose offsets restarted (topic recreated, broker data lost): their history was dropped and clients got offsets_reset."
     );
     describe_counter!(
         LOG_LINES_DROPPED,
@@ -449,6 +454,7 @@ impl PipelineMetrics {
         metrics::gauge!(HALTED_THREADS).set(0.0);
         metrics::gauge!(HELD_MESSAGES).set(0.0);
         metrics::counter!(LOG_LINES_DROPPED).increment(0);
+        metrics::counter!(OFFSET_RESETS).increment(0);
         metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
         m
     }

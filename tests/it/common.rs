@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -279,7 +279,10 @@ pub async fn next_frame(ws: &mut Ws, timeout: Duration) -> Option<Frame> {
     loop {
         let msg = match tokio::time::timeout(timeout, ws.next()).await {
             Err(_) | Ok(None) => return None,
-            Ok(Some(Err(_))) => return None,
+            Ok(Some(Err(e))) => {
+                eprintln!("websocket error: {e}");
+                return None;
+            }
             Ok(Some(Ok(m))) => m,
         };
         return Some(match msg {
@@ -367,5 +370,48 @@ pub async fn wait_metric(
             bridge.log_text()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A broker of the test's own (memory storage), beside the shared one: a DLQ
+/// cluster, or one to restart.
+pub struct PrivateBroker {
+    child: Child,
+}
+
+impl PrivateBroker {
+    pub async fn start(port: u16) -> PrivateBroker {
+        let bin =
+            std::env::var("KWB_TANSU_BIN").expect("KWB_TANSU_BIN (set by scripts/services.sh)");
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new(bin)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+                "--storage-engine",
+                "memory://tansu/",
+            ])
+            .env_remove("CLUSTER_ID")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start second broker");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "second broker did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        PrivateBroker { child }
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

@@ -4,7 +4,7 @@
 //! tools (`dlq inspect`, `dlq redrive`).
 
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::common::*;
@@ -499,48 +499,6 @@ async fn fail_closed_takes_no_record_while_every_dlq_permit_waits() {
     );
 }
 
-/// A second broker, started by the test, serving as the DLQ cluster.
-struct DlqBroker {
-    child: Child,
-}
-
-impl DlqBroker {
-    async fn start(port: u16) -> DlqBroker {
-        let bin =
-            std::env::var("KWB_TANSU_BIN").expect("KWB_TANSU_BIN (set by scripts/services.sh)");
-        let url = format!("tcp://127.0.0.1:{port}");
-        let child = Command::new(bin)
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-                "--storage-engine",
-                "memory://tansu/",
-            ])
-            .env_remove("CLUSTER_ID")
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start second broker");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "second broker did not start");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        DlqBroker { child }
-    }
-}
-
-impl Drop for DlqBroker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn committed(topic: &str, group: &str) -> Option<i64> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers())
@@ -622,7 +580,7 @@ async fn fail_closed_keeps_the_bad_offset_uncommitted_through_an_outage_and_a_re
     );
 
     // The DLQ comes back; the restarted bridge re-reads the bad record, gets it acknowledged, and moves on.
-    let _dlq = DlqBroker::start(dlq_port).await;
+    let _dlq = PrivateBroker::start(dlq_port).await;
     create_topics_on(
         &format!("127.0.0.1:{dlq_port}"),
         &[(&format!("{topic}-dlq"), 1)],
