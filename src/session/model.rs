@@ -124,6 +124,7 @@ impl Tiers for ModelTiers {
 struct Client {
     frames: Vec<(i32, i64)>,
     gaps: Vec<(i32, i64, i64)>,
+    resets: Vec<(i32, i64)>,
 }
 
 impl Client {
@@ -154,6 +155,10 @@ impl ReplayOut for Client {
         if v["type"] == "gap" {
             let n = |k: &str| v[k].as_i64().unwrap();
             self.gaps.push((n("partition") as i32, n("from"), n("to")));
+        }
+        if v["type"] == "offsets_reset" {
+            let n = |k: &str| v[k].as_i64().unwrap();
+            self.resets.push((n("partition") as i32, n("first_offset")));
         }
         Ok(())
     }
@@ -408,6 +413,69 @@ fn a_reader_that_fell_behind_the_log_catches_up_from_kafka_without_a_hole() {
     };
     // Without Kafka or Redis, offsets 0..=24 are one exact gap.
     run_model(&m).unwrap();
+}
+
+/// The partition's offsets restart: a reader that had the old history gets
+/// `offsets_reset`, then the new history once, in order: what ingest read
+/// before the reset was noticed from Kafka, the rest from the log.
+#[test]
+fn offsets_that_restart_reach_a_reader_as_a_reset_then_the_new_history() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let m = Model {
+            ops: vec![],
+            ring: 100,
+            page: 4,
+            retained_from: 0,
+            kafka_on: true,
+        };
+        let world: Arc<Mutex<World>> = Default::default();
+        let rc = context(&m, &world);
+        let (filter, metrics) = (Filter::default(), DeliveryMetrics::new());
+        let mut client = Client::default();
+        let mut cursors: Cursors<()> = Cursors::new(&rc.hub, HashMap::from([(0, 0)]));
+        world.lock().records.insert(0, vec![(true, false); 20]);
+        for o in 0..20 {
+            rc.hub.publish(&frame(0, o));
+        }
+        for _ in 0..10 {
+            cursors
+                .pass(&rc, &mut client, &filter, 100, &metrics)
+                .await
+                .unwrap();
+        }
+        assert_eq!(client.frames.len(), 20);
+        // The topic is recreated: 5 records; ingest read 0..=2 before it noticed.
+        world.lock().records.insert(0, vec![(true, false); 5]);
+        rc.hub.reset_partition(0, 0, 2);
+        for o in 3..5 {
+            rc.hub.publish(&frame(0, o));
+        }
+        for _ in 0..10 {
+            cursors
+                .pass(&rc, &mut client, &filter, 100, &metrics)
+                .await
+                .unwrap();
+        }
+        assert_eq!(client.resets, vec![(0, 0)]);
+        assert_eq!(
+            client.frames[20..],
+            [(0, 0), (0, 1), (0, 2), (0, 3), (0, 4)]
+        );
+        assert!(client.gaps.is_empty(), "{:?}", client.gaps);
+        // A reader that starts after the reset reads the new history only.
+        let mut late = Client::default();
+        let mut c2: Cursors<()> = Cursors::new(&rc.hub, HashMap::from([(0, 0)]));
+        for _ in 0..10 {
+            c2.pass(&rc, &mut late, &filter, 100, &metrics)
+                .await
+                .unwrap();
+        }
+        assert_eq!(late.frames, [(0, 0), (0, 1), (0, 2), (0, 3), (0, 4)]);
+    });
 }
 
 #[test]
