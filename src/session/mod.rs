@@ -140,7 +140,11 @@ where
                 Intent::Live
             }
         }
-        Some(Ok(Message::Close(_))) | None | Some(Err(_)) => Intent::Gone,
+        Some(Ok(Message::Close(_))) => {
+            tx.answer_close().await;
+            Intent::Gone
+        }
+        None | Some(Err(_)) => Intent::Gone,
         Some(Ok(Message::Binary(_))) => {
             metrics::counter!(telemetry::CLIENT_PROTOCOL_ERRORS, "reason" => "binary_from_client")
                 .increment(1);
@@ -311,7 +315,11 @@ where
     S: futures_util::Sink<Message> + Unpin + Send,
 {
     match inc {
-        None | Some(Ok(Message::Close(_))) => Some(None),
+        Some(Ok(Message::Close(_))) => {
+            tx.answer_close().await;
+            Some(None)
+        }
+        None => Some(None),
         Some(Err(e)) => Some(close_for_read_error(e)),
         Some(Ok(Message::Text(t))) => {
             let reply = handle_client_text(&t);

@@ -88,6 +88,13 @@ where
         bounded(self.write_timeout, &self.slow_disconnects, self.tx.flush()).await
     }
 
+    /// The client sent a Close: the WebSocket layer queued the reply (its
+    /// code echoed, RFC 6455 §5.5.1); writing it out takes a flush, bounded
+    /// like [`Socket::close`]. Then the connection ends.
+    pub(crate) async fn answer_close(&mut self) {
+        let _ = tokio::time::timeout(CLOSE_WRITE_LIMIT, self.tx.flush()).await;
+    }
+
     /// Sends a close frame, waiting at most 500 ms for it to go out.
     pub(crate) async fn close(&mut self, code: u16, reason: &'static str) {
         let frame = CloseFrame {

@@ -162,3 +162,46 @@ fn invalid_configuration_is_refused_at_startup_naming_the_setting() {
         assert!(stderr.contains(expect), "{var}={value}: {stderr}");
     }
 }
+
+/// RFC 6455 §5.5.1: a client's Close is answered with a Close echoing its
+/// code, before the connection ends, in the grace period as when live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_close_from_the_client_is_answered_with_its_code() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let topic = unique("close");
+    create_topic(&topic, 1).await;
+    let bridge = Bridge::start(&topic, &[]).await;
+    for (wait, code) in [(0u64, 1000u16), (600, 4001)] {
+        let (mut ws, _) = connect(&bridge.ws_url("?format=json")).await;
+        // 0: within the resume grace period (250 ms); 600: live delivery.
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        ws.send(Message::Close(Some(CloseFrame {
+            code: CloseCode::from(code),
+            reason: "bye".into(),
+        })))
+        .await
+        .expect("send close");
+        let reply = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match ws.next().await {
+                    Some(Ok(Message::Close(f))) => break Ok(f),
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) => break Err(e.to_string()),
+                    None => break Err("ended without a Close".into()),
+                }
+            }
+        })
+        .await
+        .expect("an answer within 5 s");
+        let frame = reply.unwrap_or_else(|e| panic!("after {wait} ms: {e}"));
+        assert_eq!(
+            frame.map(|f| u16::from(f.code)),
+            Some(code),
+            "after {wait} ms"
+        );
+    }
+}
