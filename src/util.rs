@@ -36,8 +36,9 @@ pub(crate) struct LogThrottle {
 }
 
 impl LogThrottle {
-    pub(crate) fn allow(&self) -> Option<u64> {
-        let now = unix_ms();
+    /// `now_ms`: Unix ms (callers that read the clock once per batch pass theirs).
+    pub(crate) fn allow(&self, now_ms: i64) -> Option<u64> {
+        let now = now_ms;
         let last = self.last_ms.load(Ordering::Relaxed);
         if now - last >= 1000
             && self
@@ -87,9 +88,8 @@ mod tests {
     #[test]
     fn the_throttle_lets_one_line_a_second_through_and_counts_the_rest() {
         let t = LogThrottle::default();
-        assert_eq!(t.allow(), Some(0));
-        assert_eq!((0..5).filter_map(|_| t.allow()).count(), 0);
-        t.last_ms.store(0, Ordering::Relaxed);
-        assert_eq!(t.allow(), Some(5));
+        assert_eq!(t.allow(10_000), Some(0));
+        assert_eq!((0..5).filter_map(|_| t.allow(10_500)).count(), 0);
+        assert_eq!(t.allow(11_000), Some(5));
     }
 }

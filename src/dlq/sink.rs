@@ -148,7 +148,7 @@ impl Inner {
     /// Counts a record the DLQ can never take.
     fn lost(&self, rec: &DlqRecord) {
         metrics::counter!(telemetry::DLQ_RECORDS_LOST, "error_type" => rec.error_type).increment(1);
-        if let Some(suppressed) = self.lost_log.allow() {
+        if let Some(suppressed) = self.lost_log.allow(now_ms()) {
             tracing::error!(
                 partition = rec.partition,
                 offset = rec.offset,
@@ -190,7 +190,7 @@ impl Inner {
                 self.health.failure();
                 metrics::counter!(telemetry::DLQ_SEND_FAILURES, "reason" => e.reason())
                     .increment(1);
-                if let Some(suppressed) = self.failure_log.allow() {
+                if let Some(suppressed) = self.failure_log.allow(now_ms()) {
                     tracing::warn!(
                         partition = rec.partition,
                         offset = rec.offset,
@@ -295,7 +295,7 @@ impl DlqSink {
             Err(_) => {
                 self.inner.backpressure.increment(1);
                 self.inner.health.failure();
-                if let Some(suppressed) = self.inner.drop_log.allow() {
+                if let Some(suppressed) = self.inner.drop_log.allow(now_ms()) {
                     tracing::warn!(
                         partition,
                         offset,
@@ -429,18 +429,10 @@ mod tests {
             sink.reserve(0, 4, "invalid_protobuf").is_some(),
             "a permit came back"
         );
-        let dropped: u64 = snap
-            .snapshot()
-            .into_vec()
-            .into_iter()
-            .filter(|(k, ..)| {
-                k.key().name() == telemetry::DLQ_SEND_FAILURES
-                    && k.key().labels().any(|l| l.value() == "backpressure")
-            })
-            .map(|(.., v)| match v {
-                metrics_util::debugging::DebugValue::Counter(n) => n,
-                _ => 0,
-            })
+        let dropped: u64 = telemetry::test_counters(&snap, telemetry::DLQ_SEND_FAILURES)
+            .iter()
+            .filter(|(reason, _)| reason == "backpressure")
+            .map(|(_, n)| n)
             .sum();
         assert_eq!(dropped, 1);
     }

@@ -20,6 +20,7 @@ use crate::record::frame::{control, Cursor, Frame};
 use crate::record::summary::Summary;
 use crate::replay::redis::RedisTier;
 use crate::telemetry::{self, PipelineMetrics};
+use crate::util::LogThrottle;
 
 /// One Kafka record, borrowed from the client.
 #[derive(Clone, Copy, Debug)]
@@ -169,7 +170,7 @@ impl Pipeline {
                 let error_type = e.error_type();
                 self.m.error.increment(1);
                 PipelineMetrics::decode_error(error_type);
-                if let Some(suppressed) = self.log_throttle.allow(now) {
+                if let Some(suppressed) = self.log_throttle.allow(self.now_ms) {
                     tracing::warn!(
                         partition = rec.partition,
                         offset = rec.offset,
@@ -206,7 +207,7 @@ impl Pipeline {
                     match self.cfg.gap_policy {
                         GapPolicy::Continue => {}
                         GapPolicy::Warn => {
-                            if let Some(suppressed) = self.gap_log.allow(now) {
+                            if let Some(suppressed) = self.gap_log.allow(self.now_ms) {
                                 tracing::warn!(
                                     thread_id = ?unit.thread_id,
                                     sequence = unit.sequence,
@@ -237,12 +238,12 @@ impl Pipeline {
         for (thread, missing, seq) in newly_halted {
             if self.halts.halt(thread.clone(), missing, seq).is_err() {
                 self.m.halts_refused.increment(1);
-                if let Some(suppressed) = self.halt_log.allow(now) {
+                if let Some(suppressed) = self.halt_log.allow(self.now_ms) {
                     tracing::error!(thread_id = ?thread, sequence = seq, missing, suppressed, "sequence gap NOT halted: HALT_MAX_THREADS threads are halted already; the thread is delivered as under GAP_POLICY=warn (at most one line per second; `suppressed` since the last)");
                 }
                 continue;
             }
-            if let Some(suppressed) = self.halt_log.allow(now) {
+            if let Some(suppressed) = self.halt_log.allow(self.now_ms) {
                 tracing::error!(thread_id = ?thread, sequence = seq, missing, suppressed, "HALTED thread due to sequence gap (GAP_POLICY=halt); resume with POST /admin/threads/{{thread}}/resume (at most one line per second; `suppressed` since the last)");
             }
             self.hub
@@ -381,29 +382,6 @@ pub(crate) fn trace_id_from_traceparent(v: &[u8]) -> Option<Box<str>> {
         return None;
     }
     Some(trace.to_ascii_lowercase().into_boxed_str())
-}
-
-/// At most one log line per second for a repeated condition; reports how
-/// many were suppressed in between.
-#[derive(Default)]
-struct LogThrottle {
-    last: Option<Instant>,
-    suppressed: u64,
-}
-
-impl LogThrottle {
-    fn allow(&mut self, now: Instant) -> Option<u64> {
-        match self.last {
-            Some(t) if now.duration_since(t).as_secs() < 1 => {
-                self.suppressed += 1;
-                None
-            }
-            _ => {
-                self.last = Some(now);
-                Some(std::mem::take(&mut self.suppressed))
-            }
-        }
-    }
 }
 
 #[cfg(test)]
