@@ -232,20 +232,7 @@ mod tests {
             }
             l.allow("vip", t0);
             l.allow("vip", t0);
-            let mut labels: Vec<(String, u64)> = snapshotter
-                .snapshot()
-                .into_vec()
-                .into_iter()
-                .filter(|(k, ..)| k.key().name() == telemetry::RATE_LIMIT_EXCEEDED)
-                .map(|(k, _, _, v)| {
-                    let label = k.key().labels().next().unwrap().value().to_string();
-                    match v {
-                        metrics_util::debugging::DebugValue::Counter(n) => (label, n),
-                        _ => panic!("counter expected"),
-                    }
-                })
-                .collect();
-            labels.sort();
+            let labels = telemetry::test_counters(&snapshotter, telemetry::RATE_LIMIT_EXCEEDED);
             assert_eq!(labels, vec![("other".into(), 300), ("vip".into(), 1)]);
         });
     }

@@ -155,15 +155,9 @@ mod tests {
             // Nothing waited on the stuck writer (it holds at most one line).
             assert!(started.elapsed() < Duration::from_secs(2));
         });
-        let dropped: u64 = snap
-            .snapshot()
-            .into_vec()
-            .into_iter()
-            .filter(|(k, ..)| k.key().name() == telemetry::LOG_LINES_DROPPED)
-            .map(|(.., v)| match v {
-                metrics_util::debugging::DebugValue::Counter(n) => n,
-                _ => 0,
-            })
+        let dropped: u64 = telemetry::test_counters(&snap, telemetry::LOG_LINES_DROPPED)
+            .iter()
+            .map(|(_, n)| n)
             .sum();
         assert!((1000 - 8 - 1..=1000 - 8).contains(&dropped), "{dropped}");
         // Released, the writer drains what was queued, in order.

@@ -7,6 +7,33 @@
 
 mod logs;
 
+#[cfg(test)]
+/// Counters a test's local recorder holds under `name`: (first label value, count).
+pub(crate) fn test_counters(
+    snap: &metrics_util::debugging::Snapshotter,
+    name: &str,
+) -> Vec<(String, u64)> {
+    let mut v: Vec<(String, u64)> = snap
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter(|(k, ..)| k.key().name() == name)
+        .filter_map(|(k, _, _, v)| match v {
+            metrics_util::debugging::DebugValue::Counter(n) => Some((
+                k.key()
+                    .labels()
+                    .next()
+                    .map(|l| l.value().to_string())
+                    .unwrap_or_default(),
+                n,
+            )),
+            _ => None,
+        })
+        .collect();
+    v.sort();
+    v
+}
+
 use std::time::Duration;
 
 use metrics::{describe_counter, describe_gauge, describe_histogram, Counter, Histogram, Unit};
