@@ -36,9 +36,10 @@ pub(crate) mod cursors;
 #[cfg(test)]
 mod model;
 pub(crate) mod socket;
+mod violation;
 
 use cursors::{Cursors, DeliveryMetrics};
-use socket::{Socket, CLOSE_GOING_AWAY, CLOSE_MESSAGE_TOO_BIG, CLOSE_SLOW_CLIENT};
+use socket::{Socket, CLOSE_GOING_AWAY, CLOSE_SLOW_CLIENT};
 
 /// Per-session limits.
 #[derive(Clone, Copy, Debug)]
@@ -140,11 +141,15 @@ where
                 Intent::Live
             }
         }
-        Some(Ok(Message::Close(_))) => {
-            tx.answer_close().await;
+        Some(Ok(Message::Close(c))) => {
+            answer_close(tx, c).await;
             Intent::Gone
         }
-        None | Some(Err(_)) => Intent::Gone,
+        None => Intent::Gone,
+        Some(Err(e)) => {
+            fail(tx, e).await;
+            Intent::Gone
+        }
         Some(Ok(Message::Binary(_))) => {
             metrics::counter!(telemetry::CLIENT_PROTOCOL_ERRORS, "reason" => "binary_from_client")
                 .increment(1);
@@ -315,12 +320,15 @@ where
     S: futures_util::Sink<Message> + Unpin + Send,
 {
     match inc {
-        Some(Ok(Message::Close(_))) => {
-            tx.answer_close().await;
+        Some(Ok(Message::Close(c))) => {
+            answer_close(tx, c).await;
             Some(None)
         }
         None => Some(None),
-        Some(Err(e)) => Some(close_for_read_error(e)),
+        Some(Err(e)) => {
+            fail(tx, e).await;
+            Some(None)
+        }
         Some(Ok(Message::Text(t))) => {
             let reply = handle_client_text(&t);
             tx.send_text(reply).await.err().map(|_| None)
@@ -335,19 +343,38 @@ where
     }
 }
 
-/// A message over WEBSOCKET_MAX_INCOMING_BYTES gets close code 1009; other
-/// read errors end the session without a close frame (the socket is gone).
-fn close_for_read_error(e: axum::Error) -> Option<(u16, &'static str)> {
-    use tokio_tungstenite::tungstenite::Error as WsError;
-    let inner = e.into_inner();
-    match inner.downcast_ref::<WsError>() {
-        Some(WsError::Capacity(_)) => {
-            metrics::counter!(telemetry::CLIENT_PROTOCOL_ERRORS, "reason" => "message_too_big")
-                .increment(1);
-            Some((CLOSE_MESSAGE_TOO_BIG, "message too big"))
-        }
-        _ => None,
+/// Answers a client's Close (the WebSocket layer queued the reply, with the
+/// client's code or 1002 for a code a client may not send).
+async fn answer_close<S>(tx: &mut Socket<S>, close: Option<axum::extract::ws::CloseFrame>)
+where
+    S: futures_util::Sink<Message> + Unpin + Send,
+{
+    if close.is_some_and(|c| {
+        c.code == violation::CLOSE_PROTOCOL_ERROR
+            && c.reason.as_str() == violation::INVALID_CLOSE_CODE_REPLY
+    }) {
+        metrics::counter!(telemetry::CLIENT_PROTOCOL_ERRORS, "reason" => "invalid_close_code")
+            .increment(1);
     }
+    tx.answer_close().await;
+}
+
+/// Reading from the client failed: a protocol violation gets its close code
+/// (1002, 1007 or 1009, RFC 6455 §7.1.7) and is counted; a socket that is
+/// gone gets nothing.
+async fn fail<S>(tx: &mut Socket<S>, e: axum::Error)
+where
+    S: futures_util::Sink<Message> + Unpin + Send,
+{
+    let inner = e.into_inner();
+    let Some(v) = inner
+        .downcast_ref::<tokio_tungstenite::tungstenite::Error>()
+        .and_then(violation::classify)
+    else {
+        return;
+    };
+    violation::count(v);
+    tx.close(v.code, v.text).await;
 }
 
 /// Replies to one client text message. Never panics on any input.

@@ -18,8 +18,6 @@ pub(crate) const CLOSE_GOING_AWAY: u16 = 1001;
 pub(crate) const CLOSE_SLOW_CLIENT: u16 = 1008;
 /// Close code for a new client refused while the circuit breaker is open.
 pub(crate) const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
-/// Close code for a client message over the size limit.
-pub(crate) const CLOSE_MESSAGE_TOO_BIG: u16 = 1009;
 
 /// How long a close frame may take to go out before the socket is dropped.
 const CLOSE_WRITE_LIMIT: Duration = Duration::from_millis(500);

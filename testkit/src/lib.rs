@@ -8,4 +8,5 @@ pub mod kafka;
 pub mod net;
 pub mod process;
 pub mod prom;
+pub mod rawws;
 pub mod ws;

@@ -17,5 +17,6 @@ mod lifecycle;
 mod observability;
 mod ops_kit;
 mod overload;
+mod protocol;
 mod resume;
 mod security;
