@@ -234,10 +234,15 @@ mod tests {
 
     #[test]
     fn malformed_property_names_the_setting() {
-        let e = parse(&["--kafka-property", "nonsense"])
+        let e = parse(&["--kafka-property", "sasl.password:hunter2"])
             .validate()
             .unwrap_err();
         assert!(e.to_string().contains("KAFKA_PROPERTIES"), "{e}");
+        assert!(e.to_string().contains("entry 1 of 1"), "{e}");
+        assert!(
+            !e.to_string().contains("hunter2"),
+            "a value is never echoed: {e}"
+        );
     }
 
     #[test]

@@ -46,7 +46,8 @@ pub(crate) struct KafkaArgs {
     #[arg(
         long = "kafka-property",
         env = "KAFKA_PROPERTIES",
-        value_delimiter = ','
+        value_delimiter = ',',
+        hide_env_values = true
     )]
     pub(crate) kafka_properties: Vec<String>,
     #[arg(
@@ -193,15 +194,20 @@ impl KafkaArgs {
                 props.push((key.into(), path.clone()));
             }
         }
-        for raw in &self.kafka_properties {
+        for (i, raw) in self.kafka_properties.iter().enumerate() {
             let raw = raw.trim();
             if raw.is_empty() {
                 continue;
             }
+            // Values may be passwords: an error names the entry, never its text.
             let (k, v) = raw.split_once('=').ok_or_else(|| {
                 ConfigError::new(
                     "KAFKA_PROPERTIES (--kafka-property)",
-                    format!("'{raw}' is not key=value"),
+                    format!(
+                        "entry {} of {} is not key=value (its text is not shown: it may hold a secret)",
+                        i + 1,
+                        self.kafka_properties.len()
+                    ),
                 )
             })?;
             let k = k.trim();

@@ -27,6 +27,56 @@ pub(crate) fn truncate_utf8(s: &str, max: usize) -> &str {
     &s[..cut]
 }
 
+/// A URL fit for a log line or an error message: the password of its
+/// user info and the value of every `token` query parameter are replaced by
+/// `***` (`redis://user:***@host`, `ws://host/ws?token=***`).
+pub(crate) fn redact_url(url: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let mut out = String::with_capacity(url.len());
+    match base.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = match rest.find('/') {
+                Some(i) => rest.split_at(i),
+                None => (rest, ""),
+            };
+            out.push_str(scheme);
+            out.push_str("://");
+            match authority.rsplit_once('@') {
+                Some((userinfo, host)) => {
+                    match userinfo.split_once(':') {
+                        Some((user, _)) => {
+                            out.push_str(user);
+                            out.push_str(":***");
+                        }
+                        // redis://secret@host: the user part is the password.
+                        None => out.push_str("***"),
+                    }
+                    out.push('@');
+                    out.push_str(host);
+                }
+                None => out.push_str(authority),
+            }
+            out.push_str(path);
+        }
+        None => out.push_str(base),
+    }
+    if let Some(q) = query {
+        out.push('?');
+        let parts: Vec<String> = q
+            .split('&')
+            .map(|kv| match kv.split_once('=') {
+                Some((k, _)) if k.eq_ignore_ascii_case("token") => format!("{k}=***"),
+                _ => kv.to_string(),
+            })
+            .collect();
+        out.push_str(&parts.join("&"));
+    }
+    out
+}
+
 /// At most one log line per second for a repeated condition, from any
 /// thread; tells the caller how many lines were left out since the last.
 #[derive(Default)]
@@ -72,6 +122,27 @@ pub(crate) fn unix_us() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urls_lose_their_secrets() {
+        for (url, want) in [
+            (
+                "redis://user:pa55@redis:6379/0",
+                "redis://user:***@redis:6379/0",
+            ),
+            ("rediss://:pa55@redis", "rediss://:***@redis"),
+            ("redis://pa55@redis", "redis://***@redis"),
+            ("redis://redis:6379", "redis://redis:6379"),
+            (
+                "ws://h:3002/ws?format=json&token=s3cr3t&threads=a",
+                "ws://h:3002/ws?format=json&token=***&threads=a",
+            ),
+            ("ws://h/ws?TOKEN=x", "ws://h/ws?TOKEN=***"),
+            ("not a url", "not a url"),
+        ] {
+            assert_eq!(redact_url(url), want);
+        }
+    }
 
     #[test]
     fn truncation_respects_char_boundaries() {

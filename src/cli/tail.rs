@@ -26,7 +26,9 @@ pub(crate) struct TailArgs {
 pub(crate) async fn run(args: TailArgs) -> anyhow::Result<()> {
     let (mut ws, _) = tokio_tungstenite::connect_async(args.url.as_str())
         .await
-        .map_err(|e| anyhow::anyhow!("connecting to {}: {e}", args.url))?;
+        .map_err(|e| {
+            anyhow::anyhow!("connecting to {}: {e}", crate::util::redact_url(&args.url))
+        })?;
     let limits = DecodeLimits {
         max_record_bytes: usize::MAX,
         max_decompressed_bytes: 64 * 1_048_576,

@@ -157,9 +157,12 @@ impl Filter {
         frame.summary.threads().any(|t| threads.contains(t))
     }
 
-    /// True if notices about `thread` concern this client.
-    pub(crate) fn wants_thread(&self, thread: &str) -> bool {
-        self.threads.as_ref().is_none_or(|t| t.contains(thread))
+    /// True if notices about `thread` of `tenant` concern this client: a
+    /// client filtered (or restricted by its token) to one tenant never
+    /// hears about another tenant's threads.
+    pub(crate) fn wants_thread(&self, thread: &str, tenant: &str) -> bool {
+        self.tenant.as_deref().is_none_or(|t| t == tenant)
+            && self.threads.as_ref().is_none_or(|t| t.contains(thread))
     }
 
     pub(crate) fn describe(&self) -> serde_json::Value {
@@ -257,7 +260,11 @@ pub(crate) struct DeliveryLimits {
 #[derive(Clone)]
 pub(crate) enum Notice {
     /// A control frame about one thread (`thread_halted`, `thread_resumed`).
-    Thread { thread: Box<str>, text: Utf8Bytes },
+    Thread {
+        thread: Box<str>,
+        tenant: Box<str>,
+        text: Utf8Bytes,
+    },
     /// A record released after a halt: sessions past its offset get it too.
     Late(Arc<Frame>),
     /// The partition's offsets restarted at `first` (epoch `epoch` of the log).
@@ -386,10 +393,11 @@ impl Hub {
         self.log.nudge();
     }
 
-    /// Sends a control notice to the sessions whose filter wants `thread`.
-    pub(crate) fn notify_thread(&self, thread: &str, text: &str) {
+    /// Sends a control notice to the sessions whose filter wants `thread` of `tenant`.
+    pub(crate) fn notify_thread(&self, thread: &str, tenant: &str, text: &str) {
         self.notice(Notice::Thread {
             thread: thread.into(),
+            tenant: tenant.into(),
             text: text.to_string().into(),
         });
     }
@@ -550,7 +558,7 @@ mod tests {
         hub.skip(0, 1);
         assert_eq!(hub.log.head(0), Some(1));
         let seen = hub.notice_seq();
-        hub.notify_thread("a", "halted");
+        hub.notify_thread("a", "t", "halted");
         let late = frame("a", "x", false, 1);
         late.mark_late();
         hub.publish_late(&late);
@@ -566,7 +574,7 @@ mod tests {
             _ => panic!(),
         }
         for _ in 0..MAX_NOTICES + 5 {
-            hub.notify_thread("b", "x");
+            hub.notify_thread("b", "t", "x");
         }
         let (n, missed) = hub.notices_since(seen);
         assert_eq!(n.len(), MAX_NOTICES);

@@ -84,6 +84,7 @@ impl Halts {
     pub(crate) fn halt(
         &mut self,
         thread: String,
+        tenant: &str,
         missing: u64,
         at_sequence: u64,
     ) -> Result<(), TooManyHalts> {
@@ -98,6 +99,7 @@ impl Halts {
             Halt {
                 info: HaltedThread {
                     thread_id: thread,
+                    tenant_id: tenant.to_string(),
                     held_messages: 0,
                     dropped_messages: 0,
                     missing,

@@ -193,7 +193,7 @@ impl Pipeline {
         }
 
         // Validate every (thread, sequence) the record carries.
-        let mut newly_halted: Vec<(String, u64, u64)> = Vec::new();
+        let mut newly_halted: Vec<(String, String, u64, u64)> = Vec::new();
         for unit in decoded.sequence_units() {
             let (verdict, ev) = self.validator.observe(unit.thread_id, unit.sequence, now);
             if ev.capacity > 0 {
@@ -223,6 +223,7 @@ impl Pipeline {
                             if !self.halts.is_halted(unit.thread_id) {
                                 newly_halted.push((
                                     unit.thread_id.to_string(),
+                                    unit.tenant_id.to_string(),
                                     missing,
                                     unit.sequence,
                                 ));
@@ -235,8 +236,12 @@ impl Pipeline {
                 Verdict::Baseline | Verdict::InOrder => {}
             }
         }
-        for (thread, missing, seq) in newly_halted {
-            if self.halts.halt(thread.clone(), missing, seq).is_err() {
+        for (thread, tenant, missing, seq) in newly_halted {
+            if self
+                .halts
+                .halt(thread.clone(), &tenant, missing, seq)
+                .is_err()
+            {
                 self.m.halts_refused.increment(1);
                 if let Some(suppressed) = self.halt_log.allow(self.now_ms) {
                     tracing::error!(thread_id = ?thread, sequence = seq, missing, suppressed, "sequence gap NOT halted: HALT_MAX_THREADS threads are halted already; the thread is delivered as under GAP_POLICY=warn (at most one line per second; `suppressed` since the last)");
@@ -246,8 +251,11 @@ impl Pipeline {
             if let Some(suppressed) = self.halt_log.allow(self.now_ms) {
                 tracing::error!(thread_id = ?thread, sequence = seq, missing, suppressed, "HALTED thread due to sequence gap (GAP_POLICY=halt); resume with POST /admin/threads/{{thread}}/resume (at most one line per second; `suppressed` since the last)");
             }
-            self.hub
-                .notify_thread(&thread, &control::thread_halted(&thread, missing, seq));
+            self.hub.notify_thread(
+                &thread,
+                &tenant,
+                &control::thread_halted(&thread, missing, seq),
+            );
             if let Some(info) = self.halts.info(&thread) {
                 self.status.put_halted(info);
             }
@@ -313,13 +321,18 @@ impl Pipeline {
     /// in order, and resumes live delivery for it. Returns how many records
     /// were delivered.
     pub(crate) fn release_thread(&mut self, thread: &str) -> Result<usize, ReleaseError> {
+        let tenant = self
+            .halts
+            .info(thread)
+            .map(|i| i.tenant_id.clone())
+            .unwrap_or_default();
         let release = self.halts.release(thread, &mut self.offsets)?;
         self.status.remove_halted(thread);
         let released = release.len();
         tracing::info!(thread_id = ?thread, released, "thread resumed by operator");
         // Tell clients first, so they know the frames that follow are late.
         self.hub
-            .notify_thread(thread, &control::thread_resumed(thread, released));
+            .notify_thread(thread, &tenant, &control::thread_resumed(thread, released));
         for frame in &release {
             frame.mark_late();
             self.deliver(frame);

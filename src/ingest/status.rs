@@ -39,6 +39,9 @@ impl KafkaState {
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub(crate) struct HaltedThread {
     pub(crate) thread_id: String,
+    /// The tenant of the record whose gap halted the thread: only its
+    /// clients (and clients without a tenant filter) hear about the halt.
+    pub(crate) tenant_id: String,
     pub(crate) held_messages: usize,
     pub(crate) dropped_messages: u64,
     pub(crate) missing: u64,

@@ -192,6 +192,8 @@ pub struct Decoded {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct SequenceUnit<'a> {
     pub(crate) thread_id: &'a str,
+    /// The tenant the unit's header names (notices about its thread go to it).
+    pub(crate) tenant_id: &'a str,
     pub(crate) sequence: u64,
 }
 
@@ -272,6 +274,7 @@ impl Decoded {
             .filter(|h| h.sequence != 0)
             .map(|h| SequenceUnit {
                 thread_id: h.thread_id.as_str(),
+                tenant_id: h.tenant_id.as_str(),
                 sequence: h.sequence,
             });
         let inner = self.batch_events().iter().filter_map(|e| {
@@ -280,6 +283,7 @@ impl Decoded {
                 .filter(|h| h.sequence != 0)
                 .map(|h| SequenceUnit {
                     thread_id: h.thread_id.as_str(),
+                    tenant_id: h.tenant_id.as_str(),
                     sequence: h.sequence,
                 })
         });
@@ -758,10 +762,12 @@ mod tests {
             vec![
                 SequenceUnit {
                     thread_id: "a",
+                    tenant_id: "acme",
                     sequence: 5
                 },
                 SequenceUnit {
                     thread_id: "b",
+                    tenant_id: "acme",
                     sequence: 9
                 }
             ]

@@ -11,7 +11,7 @@ use crate::settings::{positive, ConfigError};
 #[derive(Args, Clone, Debug)]
 pub(crate) struct ReplayArgs {
     /// Redis for the shared replay tier (unset: memory and Kafka tiers only).
-    #[arg(long, env = "REDIS_URL")]
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub(crate) redis_url: Option<String>,
     #[arg(long, env = "REPLAY_REDIS_TTL_SECS", default_value_t = 3600)]
     pub(crate) replay_redis_ttl_secs: u64,

@@ -239,8 +239,12 @@ impl<R> Cursors<R> {
         }
         for (_, n) in notices {
             match n {
-                Notice::Thread { thread, text } => {
-                    if filter.wants_thread(&thread) {
+                Notice::Thread {
+                    thread,
+                    tenant,
+                    text,
+                } => {
+                    if filter.wants_thread(&thread, &tenant) {
                         out.control(text.to_string()).await?;
                     }
                 }

@@ -17,6 +17,7 @@ fn event(thread: &str, seq: u64, schema: u32) -> DashStreamMessage {
                 thread_id: thread.into(),
                 sequence: seq,
                 schema_version: schema,
+                tenant_id: "acme".into(),
                 ..Default::default()
             }),
             node_id: "n".into(),
@@ -218,6 +219,9 @@ async fn halt_policy_holds_a_thread_and_the_admin_call_releases_it_with_nothing_
     create_topic(&topic, 1).await;
     let bridge = Bridge::start(&topic, &[("GAP_POLICY", "halt")]).await;
     let (mut ws, _) = connect(&bridge.ws_url("?format=json")).await;
+    // Notices about a thread go to its tenant's clients only.
+    let (mut mine, _) = connect(&bridge.ws_url("?format=json&tenant=acme")).await;
+    let (mut other, _) = connect(&bridge.ws_url("?format=json&tenant=globex")).await;
     let p = producer();
 
     // a: 1 2 [gap] 5 6 7 ; b flows throughout.
@@ -322,6 +326,22 @@ async fn halt_policy_holds_a_thread_and_the_admin_call_releases_it_with_nothing_
     assert!(
         matches!(&frames[..], [Frame::Data { json, .. }] if json["sequence"] == 8),
         "live delivery resumed"
+    );
+    let (frames, control) = collect(&mut mine, 9, Duration::from_secs(5)).await;
+    assert_eq!(frames.len(), 9, "the tenant's client gets every record");
+    for kind in ["thread_halted", "thread_resumed"] {
+        assert!(
+            control.iter().any(|c| c["type"] == kind),
+            "{kind}: {control:?}"
+        );
+    }
+    let (frames, control) = collect(&mut other, 1, Duration::from_millis(500)).await;
+    assert!(frames.is_empty(), "{frames:?}");
+    assert!(
+        !control
+            .iter()
+            .any(|c| c["type"].as_str().is_some_and(|t| t.starts_with("thread_"))),
+        "another tenant's client hears nothing of the halt: {control:?}"
     );
     assert_eq!(bridge.health().await["status"], "healthy");
 }

@@ -271,3 +271,53 @@ async fn kafka_tls_and_sasl_settings_are_used_on_the_wire() {
         );
     }
 }
+
+/// Settings that may hold passwords never reach the terminal: `serve --help`
+/// hides their values, a malformed `KAFKA_PROPERTIES` entry is named by its
+/// position, and `tail` prints its URL without the token.
+#[test]
+fn secrets_are_not_printed() {
+    let secret = "hunter2-s3cr3t";
+    let help = std::process::Command::new(bridge_bin())
+        .args(["serve", "--help"])
+        .env("REDIS_URL", format!("redis://user:{secret}@redis:6379"))
+        .env("KAFKA_PROPERTIES", format!("sasl.password={secret}"))
+        .env("ADMIN_TOKEN", secret)
+        .env("KAFKA_SASL_PASSWORD", secret)
+        .output()
+        .expect("run");
+    let text = String::from_utf8_lossy(&help.stdout);
+    assert!(text.contains("REDIS_URL"), "{text}");
+    assert!(
+        !text.contains(secret),
+        "serve --help shows a secret:\n{text}"
+    );
+
+    let bad = std::process::Command::new(bridge_bin())
+        .arg("serve")
+        .env_clear()
+        .env("KAFKA_PROPERTIES", format!("sasl.password:{secret}"))
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success());
+    assert!(err.contains("KAFKA_PROPERTIES"), "{err}");
+    assert!(
+        !err.contains(secret),
+        "a parse error echoes a secret: {err}"
+    );
+
+    let port = free_port();
+    let tail = std::process::Command::new(bridge_bin())
+        .args([
+            "tail",
+            "--url",
+            &format!("ws://127.0.0.1:{port}/ws?format=json&token={secret}"),
+        ])
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&tail.stderr);
+    assert!(!tail.status.success());
+    assert!(err.contains("token=***"), "{err}");
+    assert!(!err.contains(secret), "tail prints its token: {err}");
+}
