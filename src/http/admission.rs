@@ -78,6 +78,8 @@ impl IpNet {
 pub(crate) struct AdmissionConfig {
     pub(crate) max_connections: usize,
     pub(crate) max_per_ip: usize,
+    /// IPv6 addresses count per network of this prefix length.
+    pub(crate) ipv6_prefix: u8,
     pub(crate) trusted_proxies: Vec<IpNet>,
     pub(crate) weights: Weights,
     pub(crate) breaker: BreakerConfig,
@@ -102,10 +104,57 @@ impl Refusal {
     }
 }
 
+/// What per-IP slots are counted by: an IPv4 address, or the IPv6 network
+/// of `WEBSOCKET_IPV6_PREFIX` holding the address (IPv4-mapped IPv6
+/// addresses count as their IPv4 address).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct IpBucket {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl IpBucket {
+    pub(crate) fn of(ip: IpAddr, ipv6_prefix: u8) -> Self {
+        match ip {
+            IpAddr::V4(_) => Self {
+                addr: ip,
+                prefix: 32,
+            },
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => Self {
+                    addr: IpAddr::V4(v4),
+                    prefix: 32,
+                },
+                None => {
+                    let prefix = ipv6_prefix.min(128);
+                    let mask = if prefix == 0 {
+                        0
+                    } else {
+                        u128::MAX << (128 - u32::from(prefix))
+                    };
+                    Self {
+                        addr: IpAddr::V6((u128::from(v6) & mask).into()),
+                        prefix,
+                    }
+                }
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for IpBucket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.addr, self.prefix) {
+            (IpAddr::V4(_), _) | (IpAddr::V6(_), 128) => write!(f, "{}", self.addr),
+            (a, p) => write!(f, "{a}/{p}"),
+        }
+    }
+}
+
 pub(crate) struct Admission {
     cfg: AdmissionConfig,
     total: AtomicUsize,
-    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    per_ip: Mutex<HashMap<IpBucket, usize>>,
     breaker: Mutex<Breaker>,
     level_bits: AtomicU64,
 }
@@ -113,7 +162,7 @@ pub(crate) struct Admission {
 /// One admitted connection's slots; dropping it frees them.
 pub(crate) struct ConnectionPermit {
     adm: Arc<Admission>,
-    ip: IpAddr,
+    ip: IpBucket,
 }
 
 impl Drop for ConnectionPermit {
@@ -158,35 +207,49 @@ impl Admission {
         })
     }
 
+    /// The client's slot bucket: its address (see [`Admission::client_ip`])
+    /// in its IPv6 network.
+    pub(crate) fn client_bucket(&self, peer: SocketAddr, headers: &HeaderMap) -> IpBucket {
+        IpBucket::of(self.client_ip(peer, headers), self.cfg.ipv6_prefix)
+    }
+
     /// The client's address: the peer, or for a trusted proxy the nearest
-    /// untrusted address in `X-Forwarded-For`.
+    /// untrusted address in `X-Forwarded-For`, read from the right (the
+    /// entries the trusted proxies appended). An entry that is not an
+    /// address (garbage, `unknown`, an obfuscated name) is skipped, so a
+    /// client cannot move itself into its proxy's bucket with one; an
+    /// address with a port (`1.2.3.4:5`, `[::1]:5`) counts as the address.
+    /// Only the first 64 entries from the right are looked at.
     pub(crate) fn client_ip(&self, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
+        const MAX_HOPS: usize = 64;
         let peer_ip = peer.ip();
         let trusted = |ip: IpAddr| self.cfg.trusted_proxies.iter().any(|n| n.contains(ip));
         if !trusted(peer_ip) {
             return peer_ip;
         }
-        let mut chain: Vec<IpAddr> = Vec::new();
-        for v in headers.get_all("x-forwarded-for") {
-            let Ok(s) = v.to_str() else { return peer_ip };
-            for part in s.split(',') {
-                match part.trim().parse::<IpAddr>() {
-                    Ok(ip) => chain.push(ip),
-                    Err(_) => return peer_ip,
-                }
-            }
-        }
-        chain
+        let values: Vec<&str> = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        let mut farthest_trusted = None;
+        let entries = values
             .iter()
             .rev()
-            .copied()
-            .find(|ip| !trusted(*ip))
-            .or(chain.first().copied())
-            .unwrap_or(peer_ip)
+            .flat_map(|v| v.rsplit(','))
+            .take(MAX_HOPS)
+            .filter_map(forwarded_addr);
+        for ip in entries {
+            if !trusted(ip) {
+                return ip;
+            }
+            farthest_trusted = Some(ip);
+        }
+        farthest_trusted.unwrap_or(peer_ip)
     }
 
     /// Takes a slot for `ip`, or says why not.
-    pub(crate) fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<ConnectionPermit, Refusal> {
+    pub(crate) fn admit(self: &Arc<Self>, ip: IpBucket) -> Result<ConnectionPermit, Refusal> {
         if !self.breaker.lock().admit(Instant::now()) {
             return Err(self.refuse(Refusal::CircuitOpen));
         }
@@ -264,6 +327,18 @@ impl Admission {
     }
 }
 
+/// One `X-Forwarded-For` entry as an address, if it is one.
+fn forwarded_addr(entry: &str) -> Option<IpAddr> {
+    let e = entry.trim();
+    if let Ok(ip) = e.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    if let Ok(sa) = e.parse::<SocketAddr>() {
+        return Some(sa.ip());
+    }
+    None
+}
+
 fn record_transition(from: BreakerState, to: BreakerState, why: &str) {
     metrics::counter!(telemetry::BREAKER_TRANSITIONS, "from" => from.as_str(), "to" => to.as_str())
         .increment(1);
@@ -314,6 +389,7 @@ mod tests {
         Admission::new(AdmissionConfig {
             max_connections: max,
             max_per_ip: per_ip,
+            ipv6_prefix: 64,
             trusted_proxies: trusted.iter().map(|t| IpNet::parse(t).unwrap()).collect(),
             weights: Weights::default(),
             breaker: BreakerConfig {
@@ -329,8 +405,8 @@ mod tests {
     #[test]
     fn per_ip_and_global_limits_with_slots_released_on_drop() {
         let a = adm(3, 2, &[]);
-        let ip1: IpAddr = "10.0.0.1".parse().unwrap();
-        let ip2: IpAddr = "10.0.0.2".parse().unwrap();
+        let ip1 = IpBucket::of("10.0.0.1".parse().unwrap(), 64);
+        let ip2 = IpBucket::of("10.0.0.2".parse().unwrap(), 64);
         let p1 = a.admit(ip1).unwrap();
         let _p2 = a.admit(ip1).unwrap();
         assert_eq!(a.admit(ip1).err(), Some(Refusal::PerIpLimit));
@@ -358,6 +434,45 @@ mod tests {
         );
         h.insert("x-forwarded-for", "not-an-ip".parse().unwrap());
         assert_eq!(a.client_ip(proxy, &h), proxy.ip());
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        // Read from the right: a malformed entry the client wrote does not
+        // move it into its proxy's bucket.
+        for (header, want) in [
+            ("garbage, 203.0.113.9, 10.1.2.3", "203.0.113.9"),
+            ("203.0.113.9, garbage, 10.1.2.3", "203.0.113.9"),
+            ("198.51.100.1, 203.0.113.9, unknown", "203.0.113.9"),
+            ("203.0.113.9:5555, 10.1.2.3", "203.0.113.9"),
+            ("[2001:db8::7]:443", "2001:db8::7"),
+            ("10.1.9.9, 10.1.2.3", "10.1.9.9"),
+            ("", "10.1.0.5"),
+        ] {
+            h.insert("x-forwarded-for", header.parse().unwrap());
+            assert_eq!(a.client_ip(proxy, &h), ip(want), "{header}");
+        }
+        // Several header lines read as one list, the last line rightmost.
+        let mut h = HeaderMap::new();
+        h.append("x-forwarded-for", "203.0.113.1".parse().unwrap());
+        h.append("x-forwarded-for", "203.0.113.2, 10.1.2.3".parse().unwrap());
+        assert_eq!(a.client_ip(proxy, &h), ip("203.0.113.2"));
+    }
+
+    #[test]
+    fn ipv6_clients_count_per_network_and_v4_mapped_as_v4() {
+        let a = adm(100, 2, &[]);
+        let b = |s: &str, p| IpBucket::of(s.parse().unwrap(), p);
+        let _p1 = a.admit(b("2001:db8:1:2::1", 64)).unwrap();
+        let _p2 = a.admit(b("2001:db8:1:2:ffff::9", 64)).unwrap();
+        assert_eq!(
+            a.admit(b("2001:db8:1:2:abcd::1", 64)).err(),
+            Some(Refusal::PerIpLimit),
+            "one /64 is one host"
+        );
+        assert!(a.admit(b("2001:db8:1:3::1", 64)).is_ok(), "another /64");
+        assert_eq!(b("2001:db8:1:2::1", 64).to_string(), "2001:db8:1:2::/64");
+        assert_eq!(b("2001:db8::1", 128).to_string(), "2001:db8::1");
+        assert_eq!(b("::ffff:10.0.0.1", 64), b("10.0.0.1", 64));
+        assert_eq!(b("::ffff:10.0.0.1", 64).to_string(), "10.0.0.1");
+        assert_ne!(b("2001:db8::1", 128), b("2001:db8::2", 128));
     }
 
     #[test]
@@ -383,11 +498,9 @@ mod tests {
             memory: 1.0,
         });
         assert_eq!(a.breaker_state(), BreakerState::Open);
-        assert_eq!(
-            a.admit("10.0.0.1".parse().unwrap()).err(),
-            Some(Refusal::CircuitOpen)
-        );
+        let ip = IpBucket::of("10.0.0.1".parse().unwrap(), 64);
+        assert_eq!(a.admit(ip).err(), Some(Refusal::CircuitOpen));
         assert_eq!(a.reset_breaker(), BreakerState::Open);
-        assert!(a.admit("10.0.0.1".parse().unwrap()).is_ok());
+        assert!(a.admit(ip).is_ok());
     }
 }

@@ -37,6 +37,10 @@ pub(crate) struct HttpArgs {
         default_value_t = 1_000
     )]
     pub(crate) websocket_max_connections_per_ip: usize,
+    /// IPv6 clients share one per-IP slot count per network of this prefix length (one host
+    /// usually holds a whole /64).
+    #[arg(long, env = "WEBSOCKET_IPV6_PREFIX", default_value_t = 64)]
+    pub(crate) websocket_ipv6_prefix: u8,
     /// Proxies whose X-Forwarded-For is believed: comma-separated IPs or networks (10.0.0.0/8).
     #[arg(long, env = "WEBSOCKET_TRUSTED_PROXY_IPS", value_delimiter = ',')]
     pub(crate) websocket_trusted_proxy_ips: Vec<String>,
@@ -124,6 +128,12 @@ impl HttpArgs {
             "WEBSOCKET_MAX_CONNECTIONS_PER_IP",
             self.websocket_max_connections_per_ip as u64,
         )?;
+        if !(32..=128).contains(&self.websocket_ipv6_prefix) {
+            return Err(ConfigError::new(
+                "WEBSOCKET_IPV6_PREFIX",
+                "must be between 32 and 128",
+            ));
+        }
         positive("BREAKER_OPEN_SECS", self.breaker_open_secs)?;
         positive(
             "BREAKER_HALF_OPEN_PROBES",
@@ -180,6 +190,7 @@ impl HttpArgs {
             admission: AdmissionConfig {
                 max_connections: self.websocket_max_connections,
                 max_per_ip: self.websocket_max_connections_per_ip,
+                ipv6_prefix: self.websocket_ipv6_prefix,
                 trusted_proxies,
                 weights,
                 breaker: BreakerConfig {

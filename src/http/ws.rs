@@ -134,7 +134,7 @@ pub(crate) async fn ws(
             "server is shutting down",
         );
     }
-    let ip = app.admission.client_ip(peer, &headers);
+    let ip = app.admission.client_bucket(peer, &headers);
     let permit = match app.admission.admit(ip) {
         Ok(p) => p,
         Err(Refusal::CircuitOpen) => {
