@@ -212,7 +212,7 @@ cat <<EOF
   Watch it:                 $BIN tail --url '$WS_URL'
   Health:                   $BASE/health   (ready: $BASE/health/ready)
   Metrics:                  $BASE/metrics
-  Halted threads (admin):   $BASE/admin/threads/halted
+  Halted threads (admin):   curl -H 'X-Bridge-Admin: 1' $BASE/admin/threads/halted
   Logs:                     $BRIDGE_LOG
                             $PRODUCER_LOG
   Stop:                     Ctrl-C$([ "$DURATION" -gt 0 ] && printf ' (or wait %s s)' "$DURATION")

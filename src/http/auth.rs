@@ -13,10 +13,8 @@
 //!   to those threads. Requests outside the claims are refused (403).
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use axum::http::{header, HeaderMap, StatusCode};
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -75,7 +73,7 @@ impl AuthError {
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -178,61 +176,6 @@ pub(crate) fn enforce(claims: &Claims, filter: &mut Filter) -> Result<(), AuthEr
         }
     }
     Ok(())
-}
-
-/// How admin endpoints are protected.
-#[derive(Clone, Debug)]
-pub(crate) enum AdminAuth {
-    Token(String),
-    /// No token configured and bound to loopback: open to local callers.
-    LoopbackOnly,
-    /// No token configured on a non-loopback bind: admin is disabled.
-    Disabled,
-}
-
-impl AdminAuth {
-    pub(crate) fn new(token: Option<String>, listen: SocketAddr) -> Self {
-        match token {
-            Some(t) => AdminAuth::Token(t),
-            None if listen.ip().is_loopback() => AdminAuth::LoopbackOnly,
-            None => AdminAuth::Disabled,
-        }
-    }
-
-    pub(crate) fn check(&self, headers: &HeaderMap) -> Result<(), AdminRefusal> {
-        match self {
-            AdminAuth::LoopbackOnly => Ok(()),
-            AdminAuth::Disabled => Err(AdminRefusal {
-                status: StatusCode::FORBIDDEN,
-                code: "admin_disabled",
-                message:
-                    "admin endpoints are disabled on a non-loopback bind until ADMIN_TOKEN is set",
-            }),
-            AdminAuth::Token(expected) => {
-                let given = headers
-                    .get(header::AUTHORIZATION)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.strip_prefix("Bearer "))
-                    .unwrap_or("");
-                if constant_time_eq(given.as_bytes(), expected.as_bytes()) {
-                    Ok(())
-                } else {
-                    Err(AdminRefusal {
-                        status: StatusCode::UNAUTHORIZED,
-                        code: "unauthorized",
-                        message: "missing or wrong bearer token",
-                    })
-                }
-            }
-        }
-    }
-}
-
-/// Why an admin request is refused.
-pub(crate) struct AdminRefusal {
-    pub(crate) status: StatusCode,
-    pub(crate) code: &'static str,
-    pub(crate) message: &'static str,
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 //! bad input gets a 400 with a JSON body naming the problem.
 
 pub(crate) mod admin;
+pub(crate) mod admin_auth;
 pub(crate) mod admission;
 pub(crate) mod auth;
 pub(crate) mod backpressure;

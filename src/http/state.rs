@@ -10,8 +10,9 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 
+use crate::http::admin_auth::AdminAuth;
 use crate::http::admission::Admission;
-use crate::http::auth::{AdminAuth, AuthConfig};
+use crate::http::auth::AuthConfig;
 use crate::http::health::Health;
 use crate::ingest::consume::AdminCommand;
 use crate::session::SessionContext;

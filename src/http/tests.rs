@@ -15,8 +15,8 @@ use tokio_tungstenite::tungstenite::{self, protocol::frame::coding::CloseCode};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::admin_auth::AdminAuth;
 use super::admission::Admission;
-use super::auth::AdminAuth;
 use super::backpressure::Utilisation;
 use super::health::Health;
 use super::router;

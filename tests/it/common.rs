@@ -232,6 +232,12 @@ pub async fn http(port: u16, method: &str, path: &str) -> std::io::Result<(u16, 
     kwb_testkit::http::request(port, method, path, &[]).await
 }
 
+/// An admin call on a loopback bridge without `ADMIN_TOKEN`: it sends the
+/// `X-Bridge-Admin` header such calls need.
+pub async fn admin(port: u16, method: &str, path: &str) -> std::io::Result<(u16, String)> {
+    kwb_testkit::http::request(port, method, path, &[("x-bridge-admin", "1")]).await
+}
+
 pub async fn http_with(
     port: u16,
     method: &str,

@@ -282,7 +282,7 @@ async fn halt_policy_holds_a_thread_and_the_admin_call_releases_it_with_nothing_
     let m = bridge.metrics().await;
     assert_eq!(m["dashstream_halted_threads"], 1.0);
     assert_eq!(m["dashstream_halted_messages_held"], 3.0);
-    let (code, body) = http(bridge.port, "GET", "/admin/threads/halted")
+    let (code, body) = admin(bridge.port, "GET", "/admin/threads/halted")
         .await
         .expect("http");
     assert_eq!(code, 200, "{body}");
@@ -299,11 +299,11 @@ async fn halt_policy_holds_a_thread_and_the_admin_call_releases_it_with_nothing_
         "{m:?}"
     );
 
-    let (code, _) = http(bridge.port, "POST", "/admin/threads/zzz/resume")
+    let (code, _) = admin(bridge.port, "POST", "/admin/threads/zzz/resume")
         .await
         .expect("http");
     assert_eq!(code, 404, "resuming a thread that is not halted");
-    let (code, body) = http(bridge.port, "POST", "/admin/threads/a/resume")
+    let (code, body) = admin(bridge.port, "POST", "/admin/threads/a/resume")
         .await
         .expect("http");
     assert_eq!(code, 200, "{body}");

@@ -124,6 +124,100 @@ async fn trace_ids_from_traceparent_reach_json_frames_and_logs_can_be_json() {
     );
 }
 
+/// Without `ADMIN_TOKEN` on a loopback bind, a web page in the operator's
+/// browser cannot reach `/admin`: a simple cross-site request lacks the
+/// `X-Bridge-Admin` header, a DNS-rebound one names a foreign `Host`, and a
+/// cross-origin `fetch` carries its `Origin`. A local tool that sends the
+/// header gets through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn admin_calls_without_a_token_need_a_local_host_and_the_admin_header() {
+    let topic = unique("csrf");
+    create_topic(&topic, 1).await;
+    let bridge = Bridge::start(&topic, &[]).await;
+    let port = bridge.port;
+    let cases: &[(&str, &str, &[(&str, &str)], u16, &str)] = &[
+        // A cross-site form POST: no custom header.
+        (
+            "POST",
+            "/admin/circuit-breaker/reset",
+            &[
+                ("Origin", "http://evil.example"),
+                ("Content-Type", "application/x-www-form-urlencoded"),
+            ],
+            403,
+            "cross_origin",
+        ),
+        (
+            "POST",
+            "/admin/circuit-breaker/reset",
+            &[("Content-Type", "text/plain")],
+            403,
+            "admin_header_required",
+        ),
+        (
+            "POST",
+            "/admin/threads/a/resume",
+            &[],
+            403,
+            "admin_header_required",
+        ),
+        (
+            "GET",
+            "/admin/threads/halted",
+            &[],
+            403,
+            "admin_header_required",
+        ),
+        // DNS rebinding: the header is same-origin now, the Host is the attacker's.
+        (
+            "GET",
+            "/admin/threads/halted",
+            &[
+                ("Host", "rebind.evil.example:1234"),
+                ("x-bridge-admin", "1"),
+            ],
+            403,
+            "host_not_allowed",
+        ),
+        (
+            "GET",
+            "/admin/tenants/rate-limits",
+            &[("x-bridge-admin", "1"), ("Origin", "https://evil.example")],
+            403,
+            "cross_origin",
+        ),
+        (
+            "GET",
+            "/admin/threads/halted",
+            &[("x-bridge-admin", "1")],
+            200,
+            "halted_threads",
+        ),
+        (
+            "GET",
+            "/admin/threads/halted",
+            &[("Host", "localhost"), ("x-bridge-admin", "1")],
+            200,
+            "halted_threads",
+        ),
+        (
+            "POST",
+            "/admin/circuit-breaker/reset",
+            &[("x-bridge-admin", "1")],
+            200,
+            "CLOSED",
+        ),
+    ];
+    for (method, path, headers, status, text) in cases {
+        let (code, body) = http_with(port, method, path, headers).await.expect("http");
+        assert_eq!(code, *status, "{method} {path} {headers:?}: {body}");
+        assert!(body.contains(text), "{method} {path} {headers:?}: {body}");
+    }
+    // /health tells how many threads are halted, never which.
+    let h = bridge.health().await;
+    assert!(h["halted_threads"].is_number(), "{h}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn admin_endpoints_require_the_bearer_token_when_one_is_configured() {
     let topic = unique("admin");

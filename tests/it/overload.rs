@@ -159,7 +159,7 @@ async fn breaker_opens_past_critical_refuses_with_1013_and_closes_again_through_
         200
     );
     connect(&bridge.ws_url("")).await;
-    let (code, body) = http(bridge.port, "POST", "/admin/circuit-breaker/reset")
+    let (code, body) = admin(bridge.port, "POST", "/admin/circuit-breaker/reset")
         .await
         .expect("reset");
     assert_eq!(code, 200, "{body}");

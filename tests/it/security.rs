@@ -196,7 +196,7 @@ async fn http_put_json(port: u16, path: &str, body: &str) -> (u16, String) {
         .await
         .expect("tcp");
     let req = format!(
-        "PUT {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "PUT {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Bridge-Admin: 1\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
     s.write_all(req.as_bytes()).await.expect("write");
