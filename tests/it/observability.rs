@@ -135,7 +135,8 @@ async fn admin_calls_without_a_token_need_a_local_host_and_the_admin_header() {
     create_topic(&topic, 1).await;
     let bridge = Bridge::start(&topic, &[]).await;
     let port = bridge.port;
-    let cases: &[(&str, &str, &[(&str, &str)], u16, &str)] = &[
+    type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], u16, &'a str);
+    let cases: &[Case] = &[
         // A cross-site form POST: no custom header.
         (
             "POST",
