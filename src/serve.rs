@@ -177,7 +177,16 @@ pub(crate) async fn run(
         group_id: cfg.ingest.group_id.clone(),
     };
     let app = http::router(state);
-    let server = spawn_http_server(listener, app, cfg.http.send_buffer, shutdown.clone());
+    let server = tokio::spawn(http::server::serve(
+        listener,
+        app,
+        http::server::ServerLimits {
+            header_timeout: cfg.http.header_timeout,
+            max_pending: cfg.http.max_pending,
+            send_buffer: cfg.http.send_buffer,
+        },
+        shutdown.clone(),
+    ));
 
     let pipeline = Pipeline::new(
         PipelineConfig {
@@ -271,32 +280,6 @@ fn spawn_admission_monitor(
         },
         shutdown,
     );
-}
-
-/// Serves `app` on `listener` until `shutdown`; every accepted socket gets
-/// `TCP_NODELAY` and, if set, `WEBSOCKET_SEND_BUFFER_BYTES`.
-fn spawn_http_server(
-    listener: TcpListener,
-    app: axum::Router,
-    send_buffer: Option<usize>,
-    shutdown: CancellationToken,
-) -> tokio::task::JoinHandle<std::io::Result<()>> {
-    tokio::spawn(async move {
-        use axum::serve::ListenerExt;
-        let listener = listener.tap_io(move |tcp| {
-            // Loopback and LAN peers get small writes out at once.
-            let _ = tcp.set_nodelay(true);
-            if let Some(bytes) = send_buffer {
-                let _ = socket2::SockRef::from(&*tcp).set_send_buffer_size(bytes);
-            }
-        });
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
-    })
 }
 
 /// `{topic}.{cluster id}`, or `{topic}.b{hash of the sorted broker list}` when

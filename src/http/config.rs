@@ -66,6 +66,13 @@ pub(crate) struct HttpArgs {
     /// what a stalled client holds in the kernel; its backlog then shows in its queue.
     #[arg(long, env = "WEBSOCKET_SEND_BUFFER_BYTES")]
     pub(crate) websocket_send_buffer_bytes: Option<usize>,
+    /// Seconds a connection may take to send a request's headers; then it is closed.
+    #[arg(long, env = "HTTP_HEADER_TIMEOUT_SECS", default_value_t = 10)]
+    pub(crate) http_header_timeout_secs: u64,
+    /// HTTP connections open at most before they become WebSockets (or without one); beyond
+    /// it a new connection gets 503 and is closed.
+    #[arg(long, env = "HTTP_MAX_PENDING_CONNECTIONS", default_value_t = 1024)]
+    pub(crate) http_max_pending_connections: usize,
     /// Static tokens accepted for /ws (comma-separated); unset with no HMAC secret: no token needed.
     #[arg(
         long,
@@ -92,6 +99,8 @@ pub(crate) struct HttpConfig {
     pub(crate) admission: AdmissionConfig,
     pub(crate) auth: AuthConfig,
     pub(crate) send_buffer: Option<usize>,
+    pub(crate) header_timeout: Duration,
+    pub(crate) max_pending: usize,
 }
 
 impl HttpArgs {
@@ -134,6 +143,14 @@ impl HttpArgs {
                 "must be between 32 and 128",
             ));
         }
+        positive("HTTP_HEADER_TIMEOUT_SECS", self.http_header_timeout_secs)?;
+        if self.http_header_timeout_secs > 300 {
+            return Err(ConfigError::new("HTTP_HEADER_TIMEOUT_SECS", "at most 300"));
+        }
+        positive(
+            "HTTP_MAX_PENDING_CONNECTIONS",
+            self.http_max_pending_connections as u64,
+        )?;
         positive("BREAKER_OPEN_SECS", self.breaker_open_secs)?;
         positive(
             "BREAKER_HALF_OPEN_PROBES",
@@ -222,6 +239,8 @@ impl HttpArgs {
                     .collect(),
             },
             send_buffer: self.websocket_send_buffer_bytes,
+            header_timeout: Duration::from_secs(self.http_header_timeout_secs),
+            max_pending: self.http_max_pending_connections,
         })
     }
 }

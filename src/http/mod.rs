@@ -11,6 +11,7 @@ pub(crate) mod auth;
 pub(crate) mod backpressure;
 pub(crate) mod config;
 pub(crate) mod health;
+pub(crate) mod server;
 pub(crate) mod state;
 pub(crate) mod web;
 pub(crate) mod ws;

@@ -53,6 +53,12 @@ pub const FRAMES_SENT: &str = "websocket_frames_sent_total";
 pub const DROPPED_MESSAGES: &str = "websocket_dropped_messages_total";
 pub const CLIENT_LAG_MESSAGES: &str = "websocket_client_lag_messages_total";
 pub(crate) const CLIENT_PROTOCOL_ERRORS: &str = "websocket_client_protocol_errors_total";
+/// HTTP connections open that have not become WebSockets (gauge).
+pub(crate) const HTTP_PENDING_CONNECTIONS: &str = "websocket_http_pending_connections";
+/// `HTTP_MAX_PENDING_CONNECTIONS` (gauge).
+pub(crate) const HTTP_MAX_PENDING_CONNECTIONS: &str = "websocket_http_max_pending_connections";
+/// Connections closed because their request headers took longer than `HTTP_HEADER_TIMEOUT_SECS`.
+pub(crate) const HTTP_HEADER_TIMEOUTS: &str = "websocket_http_header_timeouts_total";
 pub(crate) const SEQ_GAPS: &str = "dashstream_sequence_gaps_total";
 pub(crate) const SEQ_DUPLICATES: &str = "dashstream_sequence_duplicates_total";
 pub(crate) const SEQ_REORDERS: &str = "dashstream_sequence_reorders_total";
@@ -238,6 +244,18 @@ fn describe_all() {
     describe_counter!(
         CLIENT_PROTOCOL_ERRORS,
         "Client frames rejected by the server, by reason."
+    );
+    describe_gauge!(
+        HTTP_PENDING_CONNECTIONS,
+        "HTTP connections open that have not become WebSockets (headers pending, being answered, idle keep-alive)."
+    );
+    describe_gauge!(
+        HTTP_MAX_PENDING_CONNECTIONS,
+        "HTTP_MAX_PENDING_CONNECTIONS: pending connections at most; beyond it a new connection gets 503."
+    );
+    describe_counter!(
+        HTTP_HEADER_TIMEOUTS,
+        "Connections closed because their request headers took longer than HTTP_HEADER_TIMEOUT_SECS."
     );
     describe_counter!(
         SEQ_GAPS,

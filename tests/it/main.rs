@@ -9,6 +9,7 @@
 mod common;
 
 mod browser;
+mod churn;
 mod delivery;
 mod dlq;
 mod faults;
