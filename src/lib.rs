@@ -41,3 +41,53 @@ pub mod proto {
     include!(concat!(env!("OUT_DIR"), "/dashstream.v1.rs"));
     include!(concat!(env!("OUT_DIR"), "/dashstream.v1.serde.rs"));
 }
+
+/// Entry points of the parsers that read client input, for the fuzz targets
+/// in `fuzz/` (not an API: each returns only what a target checks).
+#[doc(hidden)]
+pub mod fuzzing {
+    use std::net::SocketAddr;
+
+    /// A client's text message during live delivery: the JSON reply it gets.
+    pub fn client_text(text: &str) -> String {
+        crate::session::handle_client_text(text)
+    }
+
+    /// A `/ws` query string through the checks the upgrade runs (filter,
+    /// format, resume); `Err` carries the reason a client would read.
+    pub fn ws_query(query: &str) -> Result<(), String> {
+        crate::http::ws::check_query(query, 256, crate::replay::request::MAX_RESUME_PARTITIONS)
+    }
+
+    /// A first message: `Ok(true)` when it is a valid resume request.
+    pub fn resume_message(text: &str) -> Result<bool, String> {
+        let v: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        if v["type"] != "resume" {
+            return Ok(false);
+        }
+        crate::replay::ResumeFrom::from_message(&v, crate::replay::request::MAX_RESUME_PARTITIONS)
+            .map(|_| true)
+    }
+
+    /// A token checked against a bridge with one static token and an HMAC
+    /// secret, then its claims against a filter from `query`.
+    pub fn token(token: &str, query_tenant: Option<&str>) -> Result<(), String> {
+        let auth = crate::http::auth::AuthConfig {
+            static_tokens: vec!["static-token-0123456789".into()],
+            hmac_secret: Some(TOKEN_SECRET.to_vec()),
+            allowed_origins: vec![],
+        };
+        let claims = auth.verify(Some(token)).map_err(|e| e.to_string())?;
+        let mut filter =
+            crate::hub::Filter::parse(None, query_tenant, None, 256).map_err(|e| e.to_string())?;
+        crate::http::auth::enforce(&claims, &mut filter).map_err(|e| e.to_string())
+    }
+
+    /// An `X-Forwarded-For` value from a trusted proxy: the address counted.
+    pub fn forwarded_for(value: &[u8]) -> std::net::IpAddr {
+        crate::http::admission::fuzz_client_ip(value, SocketAddr::from(([10, 0, 0, 1], 4000)))
+    }
+
+    /// The HMAC secret `token` uses, to sign seeds.
+    pub const TOKEN_SECRET: &[u8] = b"fuzz-secret-0123456789abcdefghijklmn";
+}

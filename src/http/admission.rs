@@ -327,6 +327,29 @@ impl Admission {
     }
 }
 
+/// [`Admission::client_ip`] of a peer in 10.0.0.0/8 (trusted) sending `value`.
+pub(crate) fn fuzz_client_ip(value: &[u8], peer: SocketAddr) -> IpAddr {
+    let adm = Admission::new(AdmissionConfig {
+        max_connections: 1,
+        max_per_ip: 1,
+        ipv6_prefix: 64,
+        trusted_proxies: vec![IpNet::parse("10.0.0.0/8").expect("network")],
+        weights: backpressure::Weights::default(),
+        breaker: backpressure::BreakerConfig {
+            critical: 0.95,
+            recovery: 0.7,
+            open_for: Duration::from_secs(1),
+            half_open_probes: 1,
+        },
+        memory_limit: None,
+    });
+    let mut h = HeaderMap::new();
+    if let Ok(v) = axum::http::HeaderValue::from_bytes(value) {
+        h.insert("x-forwarded-for", v);
+    }
+    adm.client_ip(peer, &h)
+}
+
 /// One `X-Forwarded-For` entry as an address, if it is one.
 fn forwarded_addr(entry: &str) -> Option<IpAddr> {
     let e = entry.trim();

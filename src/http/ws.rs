@@ -46,6 +46,41 @@ pub(crate) struct WsParams {
     token: Option<String>,
 }
 
+/// The checks of the upgrade that read only the query string (format,
+/// filter, resume), in the same order; for the fuzz targets.
+pub(crate) fn check_query(
+    query: &str,
+    max_filter_values: usize,
+    max_resume_partitions: usize,
+) -> Result<(), String> {
+    let uri: axum::http::Uri = format!("/ws?{query}")
+        .parse()
+        .map_err(|_| "not a URI".to_string())?;
+    let Query(params) = Query::<WsParams>::try_from_uri(&uri).map_err(|e| e.body_text())?;
+    parse_format(params.format.as_deref()).ok_or("invalid_format")?;
+    Filter::parse(
+        params.threads.as_deref(),
+        params.tenant.as_deref(),
+        params.types.as_deref(),
+        max_filter_values,
+    )
+    .map_err(|e| e.to_string())?;
+    ResumeFrom::from_query(
+        params.resume.as_deref(),
+        params.last_offsets.as_deref(),
+        max_resume_partitions,
+    )?;
+    Ok(())
+}
+
+fn parse_format(f: Option<&str>) -> Option<Format> {
+    match f {
+        None | Some("binary") => Some(Format::Binary),
+        Some("json") => Some(Format::Json),
+        Some(_) => None,
+    }
+}
+
 pub(crate) async fn ws(
     State(app): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -60,10 +95,9 @@ pub(crate) async fn ws(
             "query string could not be parsed",
         );
     };
-    let format = match params.format.as_deref() {
-        None | Some("binary") => Format::Binary,
-        Some("json") => Format::Json,
-        Some(_) => {
+    let format = match parse_format(params.format.as_deref()) {
+        Some(f) => f,
+        None => {
             return error(
                 StatusCode::BAD_REQUEST,
                 "invalid_format",
