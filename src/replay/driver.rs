@@ -377,7 +377,10 @@ pub(crate) async fn replay<T: Tiers, O: ReplayOut>(
             .get(&p)
             .copied()
             .or_else(|| marks.get(&p).map(|h| h - 1));
-        if end.is_none() {
+        // Only partitions Redis holds are looked up there: a cursor may name
+        // up to 1,024 partitions the bridge has never seen, and those cost
+        // nothing (the client keeps its cursor for them).
+        if end.is_none() && redis_parts.contains(&p) {
             end = rc.tiers.redis_last(p).await;
         }
         let Some(end) = end else { continue };

@@ -127,6 +127,8 @@ struct FakeTiers {
     case: Case,
     /// Next offset per partition (grows as the publisher appends).
     appended: Arc<Mutex<HashMap<i32, i64>>>,
+    /// Redis lookups of one partition (`redis_last`, `redis_page`).
+    redis_calls: std::sync::atomic::AtomicUsize,
 }
 
 impl FakeTiers {
@@ -154,6 +156,8 @@ impl Tiers for FakeTiers {
     }
 
     async fn redis_last(&self, p: i32) -> Option<i64> {
+        self.redis_calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if !self.case.redis_up {
             return None;
         }
@@ -168,6 +172,8 @@ impl Tiers for FakeTiers {
         to: i64,
         limit: usize,
     ) -> Result<RedisRows, Unavailable> {
+        self.redis_calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if !self.case.redis_up {
             return Err(Unavailable);
         }
@@ -322,6 +328,7 @@ fn replay_case(case: Case) -> Result<(FakeTiers, Recorder), TestCaseError> {
             tiers: FakeTiers {
                 case: case.clone(),
                 appended: appended.clone(),
+                redis_calls: Default::default(),
             },
             watermarks,
             page: case.page,
@@ -477,6 +484,59 @@ fn each_tier_fills_its_part_and_gaps_say_why() {
     assert_eq!(out.reasons, vec!["redis_unavailable"]);
     let got: Vec<i64> = out.frames.iter().map(|(_, o)| *o).collect();
     assert_eq!(got, (20..30).collect::<Vec<_>>());
+}
+
+/// A cursor naming partitions the bridge does not know (not in the log,
+/// the watermarks or Redis) costs no Redis lookup for them, and the client
+/// keeps its cursor for them.
+#[test]
+fn unknown_cursor_partitions_cost_no_redis_lookup() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let case = resume_at_4(true, false, 0);
+        let hub = test_hub(case.ring);
+        for o in 0..30 {
+            hub.publish(&frame(0, o));
+        }
+        let rc = ReplayContext {
+            hub,
+            tiers: FakeTiers {
+                case: case.clone(),
+                appended: Default::default(),
+                redis_calls: Default::default(),
+            },
+            watermarks: Default::default(),
+            page: case.page,
+            limits: DecodeLimits::default(),
+            replays: ReplaySlots::new(1),
+        };
+        let mut cursor: std::collections::BTreeMap<i32, i64> = (1..1024).map(|p| (p, 7)).collect();
+        cursor.insert(0, 4);
+        let mut out = Recorder::default();
+        let resumed = replay(
+            &rc,
+            &mut out,
+            Filter::default(),
+            ResumeFrom::Cursor(cursor.into_iter().collect()),
+            &mut Sent::default(),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("the recorder never goes away"));
+        let calls = rc
+            .tiers
+            .redis_calls
+            .load(std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            calls <= 4,
+            "{calls} Redis lookups for one known partition and 1,023 unknown ones"
+        );
+        assert_eq!(resumed.next.get(&0), Some(&30));
+        assert_eq!(resumed.next.get(&1023), Some(&8), "the cursor is kept");
+        assert_eq!(out.frames.len(), 30 - 5 - 7, "{:?}", out.gaps);
+    });
 }
 
 proptest! {
