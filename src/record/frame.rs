@@ -408,6 +408,12 @@ pub(crate) mod control {
             .to_string()
     }
 
+    /// A replay waits for a Kafka reader (`REPLAY_KAFKA_MAX_CONCURRENT` read at once).
+    pub(crate) fn kafka_queued(max_concurrent: usize, waited_ms: u64, limit_ms: u64) -> String {
+        json!({"type": "replay_queued", "tier": "kafka", "max_concurrent": max_concurrent, "waited_ms": waited_ms, "limit_ms": limit_ms})
+            .to_string()
+    }
+
     pub(crate) fn replay_complete(
         replayed: u64,
         recovered: bool,

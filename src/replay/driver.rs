@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use metrics::Counter;
 
@@ -99,6 +99,14 @@ struct Run<'a, T: Tiers, O> {
 }
 
 type Step = Result<(), Gone>;
+
+/// Longest a replay waits for a Kafka reader before it reports the range as
+/// a `gap` (`kafka_busy`); while it waits it is told so every
+/// [`KAFKA_QUEUED_NOTICE_EVERY`].
+pub(crate) const KAFKA_WAIT_LIMIT: Duration = Duration::from_secs(30);
+const KAFKA_QUEUED_NOTICE_EVERY: Duration = Duration::from_secs(5);
+/// A Kafka reader free within this time needs no notice.
+const KAFKA_QUIET_WAIT: Duration = Duration::from_millis(100);
 
 impl<'a, T: Tiers, O: ReplayOut> Run<'a, T, O> {
     fn new(rc: &'a ReplayContext<T>, out: &'a mut O, filter: Filter, sent: &'a mut Sent) -> Self {
@@ -275,18 +283,20 @@ impl<'a, T: Tiers, O: ReplayOut> Run<'a, T, O> {
         if !self.rc.tiers.has_kafka() {
             return self.gap(p, from, to, fallback, initial, *leading).await;
         }
-        let Some(_permit) = self.rc.tiers.kafka_permit().await else {
-            return self
-                .gap(p, from, to, GapReason::KafkaUnavailable, initial, *leading)
-                .await;
-        };
         let mut n = from;
         while n <= to {
+            // A Kafka reader permit is held for one fetch, never across the
+            // writes to this client: a slow reader does not block the others.
+            let permit = match self.kafka_turn().await? {
+                Ok(permit) => permit,
+                Err(reason) => return self.gap(p, n, to, reason, initial, *leading).await,
+            };
             let read = self
                 .rc
                 .tiers
                 .kafka_read(&mut self.reader, p, n, to, self.rc.page)
                 .await;
+            drop(permit);
             let Ok(fetched) = read else {
                 return self
                     .gap(p, n, to, GapReason::KafkaUnavailable, initial, *leading)
@@ -320,6 +330,41 @@ impl<'a, T: Tiers, O: ReplayOut> Run<'a, T, O> {
             n = fetched.next;
         }
         Ok(())
+    }
+}
+
+impl<'a, T: Tiers, O: ReplayOut> Run<'a, T, O> {
+    /// Waits for a Kafka reader permit, at most [`KAFKA_WAIT_LIMIT`], telling
+    /// the client while it waits (`replay_queued` with `tier: kafka`).
+    async fn kafka_turn(&mut self) -> Result<Result<T::Permit, GapReason>, Gone> {
+        let started = tokio::time::Instant::now();
+        let wait = self.rc.tiers.kafka_permit();
+        tokio::pin!(wait);
+        let mut next_notice = KAFKA_QUIET_WAIT;
+        loop {
+            let left = KAFKA_WAIT_LIMIT.saturating_sub(started.elapsed());
+            let nap = next_notice.saturating_sub(started.elapsed()).min(left);
+            tokio::select! {
+                p = &mut wait => return Ok(p.ok_or(GapReason::KafkaUnavailable)),
+                _ = tokio::time::sleep(nap) => {}
+            }
+            if started.elapsed() >= KAFKA_WAIT_LIMIT {
+                metrics::counter!(telemetry::REPLAY_KAFKA_WAIT_TIMEOUTS).increment(1);
+                return Ok(Err(GapReason::KafkaBusy));
+            }
+            if started.elapsed() >= next_notice {
+                let waited = started.elapsed().as_millis() as u64;
+                self.out
+                    .control(control::kafka_queued(
+                        self.rc.tiers.kafka_readers(),
+                        waited,
+                        KAFKA_WAIT_LIMIT.as_millis() as u64,
+                    ))
+                    .await?;
+                self.out.flush().await?;
+                next_notice = started.elapsed() + KAFKA_QUEUED_NOTICE_EVERY;
+            }
+        }
     }
 }
 

@@ -51,6 +51,8 @@ pub(crate) enum GapReason {
     /// Older than the topic's retention.
     KafkaRetention,
     KafkaUnavailable,
+    /// Every Kafka reader was busy for longer than the replay may wait.
+    KafkaBusy,
 }
 
 impl GapReason {
@@ -60,6 +62,7 @@ impl GapReason {
             GapReason::RedisUnavailable => "redis_unavailable",
             GapReason::KafkaRetention => "kafka_retention",
             GapReason::KafkaUnavailable => "kafka_unavailable",
+            GapReason::KafkaBusy => "kafka_busy",
         }
     }
 }

@@ -129,6 +129,8 @@ struct FakeTiers {
     appended: Arc<Mutex<HashMap<i32, i64>>>,
     /// Redis lookups of one partition (`redis_last`, `redis_page`).
     redis_calls: std::sync::atomic::AtomicUsize,
+    /// Kafka reader permits, when a test limits them (else always free).
+    kafka_gate: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 impl FakeTiers {
@@ -140,7 +142,7 @@ impl FakeTiers {
 
 impl Tiers for FakeTiers {
     type Reader = ();
-    type Permit = ();
+    type Permit = Option<tokio::sync::OwnedSemaphorePermit>;
 
     fn has_redis(&self) -> bool {
         true
@@ -200,8 +202,11 @@ impl Tiers for FakeTiers {
         self.case.kafka_on
     }
 
-    async fn kafka_permit(&self) -> Option<()> {
-        Some(())
+    async fn kafka_permit(&self) -> Option<Self::Permit> {
+        match &self.kafka_gate {
+            None => Some(None),
+            Some(g) => g.clone().acquire_owned().await.ok().map(Some),
+        }
     }
 
     async fn kafka_read(
@@ -229,11 +234,19 @@ struct Recorder {
     frames: Vec<(i32, i64)>,
     gaps: Vec<(i32, i64, i64)>,
     reasons: Vec<String>,
+    /// `replay_queued` notices for a Kafka reader.
+    kafka_queued: usize,
+    /// Free Kafka permits seen at each frame write, when a test watches them.
+    gate: Option<Arc<tokio::sync::Semaphore>>,
+    free_at_write: Vec<usize>,
 }
 
 impl ReplayOut for Recorder {
     async fn frame(&mut self, f: &Frame) -> Result<(), Gone> {
         self.frames.push((f.cursor.partition, f.cursor.offset));
+        if let Some(g) = &self.gate {
+            self.free_at_write.push(g.available_permits());
+        }
         Ok(())
     }
 
@@ -244,6 +257,9 @@ impl ReplayOut for Recorder {
             self.gaps.push((n("partition") as i32, n("from"), n("to")));
             self.reasons
                 .push(v["reason"].as_str().unwrap_or("").to_string());
+        }
+        if v["type"] == "replay_queued" && v["tier"] == "kafka" {
+            self.kafka_queued += 1;
         }
         Ok(())
     }
@@ -329,6 +345,7 @@ fn replay_case(case: Case) -> Result<(FakeTiers, Recorder), TestCaseError> {
                 case: case.clone(),
                 appended: appended.clone(),
                 redis_calls: Default::default(),
+                kafka_gate: None,
             },
             watermarks,
             page: case.page,
@@ -486,6 +503,91 @@ fn each_tier_fills_its_part_and_gaps_say_why() {
     assert_eq!(got, (20..30).collect::<Vec<_>>());
 }
 
+/// Runs a resume at offset 4 (Kafka serves 5..=11) with `permits` Kafka
+/// reader permits, none of them free while `held` is.
+async fn resume_with_kafka_gate(permits: usize, held: usize) -> Recorder {
+    let case = resume_at_4(true, true, 0);
+    let hub = test_hub(case.ring);
+    for o in 0..30 {
+        hub.publish(&frame(0, o));
+    }
+    let gate = Arc::new(tokio::sync::Semaphore::new(permits));
+    let _held = gate.clone().acquire_many_owned(held as u32).await.unwrap();
+    let appended = Arc::new(Mutex::new(HashMap::from([(0, 30)])));
+    let rc = ReplayContext {
+        hub,
+        tiers: FakeTiers {
+            case: case.clone(),
+            appended,
+            redis_calls: Default::default(),
+            kafka_gate: Some(gate.clone()),
+        },
+        watermarks: Default::default(),
+        page: 2,
+        limits: DecodeLimits::default(),
+        replays: ReplaySlots::new(1),
+    };
+    let mut out = Recorder {
+        gate: Some(gate),
+        ..Default::default()
+    };
+    replay(
+        &rc,
+        &mut out,
+        Filter::default(),
+        ResumeFrom::Cursor(HashMap::from([(0, 4)])),
+        &mut Sent::default(),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("the recorder never goes away"));
+    out
+}
+
+/// A client's Kafka reader permit is held for a fetch, never while its
+/// frames are written: a slow reader does not hold up the others.
+#[test]
+fn a_kafka_permit_is_not_held_across_writes_to_the_client() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let out = rt.block_on(resume_with_kafka_gate(1, 0));
+    let from_kafka: Vec<i64> = out
+        .frames
+        .iter()
+        .map(|(_, o)| *o)
+        .filter(|o| *o < 12)
+        .collect();
+    assert_eq!(from_kafka, (5..12).collect::<Vec<_>>());
+    assert!(
+        out.free_at_write.iter().all(|free| *free == 1),
+        "{:?}",
+        out.free_at_write
+    );
+    assert_eq!(out.kafka_queued, 0, "a free reader needs no notice");
+}
+
+/// While every Kafka reader is busy, the client is told so every 5 s; after
+/// 30 s the range is a `kafka_busy` gap and the replay goes on.
+#[test]
+fn a_replay_waits_for_a_kafka_reader_at_most_30_s_and_is_told() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    let out = rt.block_on(resume_with_kafka_gate(1, 1));
+    assert_eq!(out.gaps, vec![(0, 5, 11)]);
+    assert_eq!(out.reasons, vec!["kafka_busy"]);
+    assert_eq!(out.kafka_queued, 6, "at 0.1 s, then every 5 s until 30 s");
+    let got: Vec<i64> = out.frames.iter().map(|(_, o)| *o).collect();
+    assert_eq!(
+        got,
+        (12..30).collect::<Vec<_>>(),
+        "Redis and memory still serve the rest"
+    );
+}
+
 /// A cursor naming partitions the bridge does not know (not in the log,
 /// the watermarks or Redis) costs no Redis lookup for them, and the client
 /// keeps its cursor for them.
@@ -507,6 +609,7 @@ fn unknown_cursor_partitions_cost_no_redis_lookup() {
                 case: case.clone(),
                 appended: Default::default(),
                 redis_calls: Default::default(),
+                kafka_gate: None,
             },
             watermarks: Default::default(),
             page: case.page,

@@ -48,6 +48,10 @@ pub(crate) trait Tiers: Sync {
     fn has_kafka(&self) -> bool;
     /// Waits for a Kafka reader permit (`None`: the tier is closed).
     fn kafka_permit(&self) -> impl Future<Output = Option<Self::Permit>> + Send;
+    /// Kafka reads that may run at once (`REPLAY_KAFKA_MAX_CONCURRENT`).
+    fn kafka_readers(&self) -> usize {
+        0
+    }
     /// Reads up to `limit` records of `[from, to]`, opening the reader on first use.
     fn kafka_read(
         &self,
@@ -64,6 +68,7 @@ pub(crate) struct KafkaTier {
     pub(crate) props: Vec<(String, String)>,
     pub(crate) topic: String,
     pub(crate) permits: Arc<Semaphore>,
+    pub(crate) max_concurrent: usize,
     /// Limit of one read.
     pub(crate) timeout: Duration,
 }
@@ -96,6 +101,7 @@ impl KafkaTier {
                 .collect(),
             topic: topic.to_string(),
             permits: Arc::new(Semaphore::new(max_concurrent)),
+            max_concurrent,
             timeout: KAFKA_READ_TIMEOUT,
         }
     }
@@ -144,6 +150,10 @@ impl Tiers for LiveTiers {
 
     fn has_kafka(&self) -> bool {
         self.kafka.is_some()
+    }
+
+    fn kafka_readers(&self) -> usize {
+        self.kafka.as_ref().map_or(0, |k| k.max_concurrent)
     }
 
     async fn kafka_permit(&self) -> Option<OwnedSemaphorePermit> {

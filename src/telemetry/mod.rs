@@ -53,6 +53,8 @@ pub const FRAMES_SENT: &str = "websocket_frames_sent_total";
 pub const DROPPED_MESSAGES: &str = "websocket_dropped_messages_total";
 pub const CLIENT_LAG_MESSAGES: &str = "websocket_client_lag_messages_total";
 pub(crate) const CLIENT_PROTOCOL_ERRORS: &str = "websocket_client_protocol_errors_total";
+/// Replays that gave up waiting for a Kafka reader (the range became a `kafka_busy` gap).
+pub(crate) const REPLAY_KAFKA_WAIT_TIMEOUTS: &str = "replay_buffer_kafka_wait_timeouts_total";
 /// HTTP connections open that have not become WebSockets (gauge).
 pub(crate) const HTTP_PENDING_CONNECTIONS: &str = "websocket_http_pending_connections";
 /// `HTTP_MAX_PENDING_CONNECTIONS` (gauge).
@@ -244,6 +246,10 @@ fn describe_all() {
     describe_counter!(
         CLIENT_PROTOCOL_ERRORS,
         "Client frames rejected by the server, by reason."
+    );
+    describe_counter!(
+        REPLAY_KAFKA_WAIT_TIMEOUTS,
+        "Replays that waited longer than 30 s for a Kafka reader; the range was sent as a kafka_busy gap."
     );
     describe_gauge!(
         HTTP_PENDING_CONNECTIONS,
