@@ -127,11 +127,7 @@ impl IpBucket {
                 },
                 None => {
                     let prefix = ipv6_prefix.min(128);
-                    let mask = if prefix == 0 {
-                        0
-                    } else {
-                        u128::MAX << (128 - u32::from(prefix))
-                    };
+                    let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
                     Self {
                         addr: IpAddr::V6((u128::from(v6) & mask).into()),
                         prefix,
@@ -213,39 +209,9 @@ impl Admission {
         IpBucket::of(self.client_ip(peer, headers), self.cfg.ipv6_prefix)
     }
 
-    /// The client's address: the peer, or for a trusted proxy the nearest
-    /// untrusted address in `X-Forwarded-For`, read from the right (the
-    /// entries the trusted proxies appended). An entry that is not an
-    /// address (garbage, `unknown`, an obfuscated name) is skipped, so a
-    /// client cannot move itself into its proxy's bucket with one; an
-    /// address with a port (`1.2.3.4:5`, `[::1]:5`) counts as the address.
-    /// Only the first 64 entries from the right are looked at.
+    /// The client's address (see [`client_ip`]).
     pub(crate) fn client_ip(&self, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
-        const MAX_HOPS: usize = 64;
-        let peer_ip = peer.ip();
-        let trusted = |ip: IpAddr| self.cfg.trusted_proxies.iter().any(|n| n.contains(ip));
-        if !trusted(peer_ip) {
-            return peer_ip;
-        }
-        let values: Vec<&str> = headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect();
-        let mut farthest_trusted = None;
-        let entries = values
-            .iter()
-            .rev()
-            .flat_map(|v| v.rsplit(','))
-            .take(MAX_HOPS)
-            .filter_map(forwarded_addr);
-        for ip in entries {
-            if !trusted(ip) {
-                return ip;
-            }
-            farthest_trusted = Some(ip);
-        }
-        farthest_trusted.unwrap_or(peer_ip)
+        client_ip(&self.cfg.trusted_proxies, peer, headers)
     }
 
     /// Takes a slot for `ip`, or says why not.
@@ -327,27 +293,53 @@ impl Admission {
     }
 }
 
-/// [`Admission::client_ip`] of a peer in 10.0.0.0/8 (trusted) sending `value`.
+/// [`client_ip`] of a peer in 10.0.0.0/8 (trusted) sending `value`, for the fuzz targets.
 pub(crate) fn fuzz_client_ip(value: &[u8], peer: SocketAddr) -> IpAddr {
-    let adm = Admission::new(AdmissionConfig {
-        max_connections: 1,
-        max_per_ip: 1,
-        ipv6_prefix: 64,
-        trusted_proxies: vec![IpNet::parse("10.0.0.0/8").expect("network")],
-        weights: backpressure::Weights::default(),
-        breaker: backpressure::BreakerConfig {
-            critical: 0.95,
-            recovery: 0.7,
-            open_for: Duration::from_secs(1),
-            half_open_probes: 1,
-        },
-        memory_limit: None,
-    });
+    let trusted = [IpNet::parse("10.0.0.0/8").expect("a valid network")];
     let mut h = HeaderMap::new();
     if let Ok(v) = axum::http::HeaderValue::from_bytes(value) {
         h.insert("x-forwarded-for", v);
     }
-    adm.client_ip(peer, &h)
+    client_ip(&trusted, peer, &h)
+}
+
+/// The client's address: the peer, or for a trusted proxy the nearest
+/// untrusted address in `X-Forwarded-For`, read from the right (the
+/// entries the trusted proxies appended). An entry that is not an
+/// address (garbage, `unknown`, an obfuscated name) is skipped, so a
+/// client cannot move itself into its proxy's bucket with one; an
+/// address with a port (`1.2.3.4:5`, `[::1]:5`) counts as the address.
+/// Only the first 64 entries from the right are looked at.
+pub(crate) fn client_ip(
+    trusted_proxies: &[IpNet],
+    peer: SocketAddr,
+    headers: &HeaderMap,
+) -> IpAddr {
+    const MAX_HOPS: usize = 64;
+    let peer_ip = peer.ip();
+    let trusted = |ip: IpAddr| trusted_proxies.iter().any(|n| n.contains(ip));
+    if !trusted(peer_ip) {
+        return peer_ip;
+    }
+    let values: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let mut farthest_trusted = None;
+    let entries = values
+        .iter()
+        .rev()
+        .flat_map(|v| v.rsplit(','))
+        .take(MAX_HOPS)
+        .filter_map(forwarded_addr);
+    for ip in entries {
+        if !trusted(ip) {
+            return ip;
+        }
+        farthest_trusted = Some(ip);
+    }
+    farthest_trusted.unwrap_or(peer_ip)
 }
 
 /// One `X-Forwarded-For` entry as an address, if it is one.

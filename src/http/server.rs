@@ -38,12 +38,15 @@ const MAX_HEAD_BYTES: usize = 64 * 1024;
 const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 5\r\nContent-Type: application/json\r\nContent-Length: 92\r\nConnection: close\r\n\r\n{\"error\":\"too_many_pending_connections\",\"message\":\"HTTP_MAX_PENDING_CONNECTIONS is reached\"}";
 
 /// Counts one connection that has not upgraded, for as long as it is so.
-struct Pending(Arc<AtomicUsize>);
+struct Pending {
+    count: Arc<AtomicUsize>,
+    gauge: metrics::Gauge,
+}
 
 impl Drop for Pending {
     fn drop(&mut self) {
-        let n = self.0.fetch_sub(1, Ordering::AcqRel) - 1;
-        metrics::gauge!(telemetry::HTTP_PENDING_CONNECTIONS).set(n as f64);
+        let n = self.count.fetch_sub(1, Ordering::AcqRel) - 1;
+        self.gauge.set(n as f64);
     }
 }
 
@@ -55,7 +58,8 @@ pub(crate) async fn serve(
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let pending = Arc::new(AtomicUsize::new(0));
-    metrics::gauge!(telemetry::HTTP_PENDING_CONNECTIONS).set(0.0);
+    let pending_gauge = metrics::gauge!(telemetry::HTTP_PENDING_CONNECTIONS);
+    pending_gauge.set(0.0);
     metrics::gauge!(telemetry::HTTP_MAX_PENDING_CONNECTIONS).set(limits.max_pending as f64);
     let refused = metrics::counter!(telemetry::CONNECTIONS_REJECTED, "reason" => "pending_limit");
     let header_timeouts = metrics::counter!(telemetry::HTTP_HEADER_TIMEOUTS);
@@ -75,15 +79,18 @@ pub(crate) async fn serve(
                 continue;
             }
         };
-        if pending.fetch_add(1, Ordering::AcqRel) >= limits.max_pending {
+        let open = pending.fetch_add(1, Ordering::AcqRel);
+        if open >= limits.max_pending {
             pending.fetch_sub(1, Ordering::AcqRel);
             refused.increment(1);
             let _ = tcp.try_write(BUSY);
             continue;
         }
-        let guard = Pending(pending.clone());
-        metrics::gauge!(telemetry::HTTP_PENDING_CONNECTIONS)
-            .set(pending.load(Ordering::Relaxed) as f64);
+        pending_gauge.set((open + 1) as f64);
+        let guard = Pending {
+            count: pending.clone(),
+            gauge: pending_gauge.clone(),
+        };
         // Loopback and LAN peers get small writes out at once.
         let _ = tcp.set_nodelay(true);
         if let Some(bytes) = limits.send_buffer {
