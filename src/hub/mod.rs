@@ -26,6 +26,7 @@ use crate::hub::log::{Log, RingLimits, Slot};
 use crate::hub::readers::Readers;
 use crate::record::decode::MessageKind;
 use crate::record::frame::Frame;
+use crate::record::scan::Peek;
 use crate::telemetry;
 
 /// Wire format chosen per connection.
@@ -149,6 +150,29 @@ impl Filter {
             return self.matches_thread_set(threads, frame);
         }
         true
+    }
+
+    /// What a replay asks of a record read back from Redis or Kafka before
+    /// decoding it: false only when its wire headers say for certain that
+    /// [`Filter::matches`] would refuse it (kind, tenant, threads read as
+    /// the decoder reads them).
+    pub(crate) fn may_match(&self, p: &Peek<'_>) -> bool {
+        if self.kinds.is_some_and(|bits| bits & p.kind.bit() == 0) {
+            return false;
+        }
+        if let Some(t) = &self.tenant {
+            if p.tenant().is_some_and(|tenant| tenant != &**t) {
+                return false;
+            }
+        }
+        match &self.threads {
+            None => true,
+            Some(threads) => {
+                threads.contains(p.header.thread)
+                    || p.events()
+                        .any(|e| e.is_none_or(|ids| threads.contains(ids.thread)))
+            }
+        }
     }
 
     /// A frame's threads were listed once at ingest, so this costs at most

@@ -411,6 +411,22 @@ impl Parsed {
 }
 
 fn decode_body(value: Option<&[u8]>, limits: &DecodeLimits) -> Result<Parsed, DecodeError> {
+    unframe(value, limits)?.parse(limits)
+}
+
+/// A record value out of its framing (decompressed within the limits), not
+/// decoded yet: its body can be looked at on the wire first (`record::scan`).
+pub(crate) struct Unframed<'a> {
+    framing: Framing,
+    body: std::borrow::Cow<'a, [u8]>,
+}
+
+/// Checks the size and framing of a record value and decompresses it.
+pub(crate) fn unframe<'a>(
+    value: Option<&'a [u8]>,
+    limits: &DecodeLimits,
+) -> Result<Unframed<'a>, DecodeError> {
+    use std::borrow::Cow;
     let value = value.filter(|v| !v.is_empty()).ok_or(DecodeError::Empty)?;
     if value.len() > limits.max_record_bytes {
         return Err(DecodeError::TooLarge {
@@ -418,42 +434,53 @@ fn decode_body(value: Option<&[u8]>, limits: &DecodeLimits) -> Result<Parsed, De
             limit: limits.max_record_bytes,
         });
     }
-    let (framing, decompressed);
-    let body: &[u8] = match value[0] {
-        FRAME_PROTOBUF => {
-            framing = Framing::Protobuf;
-            &value[1..]
-        }
-        FRAME_ZSTD => {
-            framing = Framing::Zstd;
-            decompressed = decompress(&value[1..], limits.max_decompressed_bytes)?;
-            &decompressed
-        }
-        _ if value.starts_with(&ZSTD_MAGIC) => {
-            framing = Framing::LegacyZstd;
-            decompressed = decompress(value, limits.max_decompressed_bytes)?;
-            &decompressed
-        }
-        _ => {
-            framing = Framing::LegacyBare;
-            value
-        }
+    let (framing, body) = match value[0] {
+        FRAME_PROTOBUF => (Framing::Protobuf, Cow::Borrowed(&value[1..])),
+        FRAME_ZSTD => (
+            Framing::Zstd,
+            Cow::Owned(decompress(&value[1..], limits.max_decompressed_bytes)?),
+        ),
+        _ if value.starts_with(&ZSTD_MAGIC) => (
+            Framing::LegacyZstd,
+            Cow::Owned(decompress(value, limits.max_decompressed_bytes)?),
+        ),
+        _ => (Framing::LegacyBare, Cow::Borrowed(value)),
     };
-    // Counted on the wire first: decoding a batch costs ~250 B per event,
-    // however small the event is on the wire.
-    let events = crate::record::scan::batch_events(body);
-    if events > limits.max_batch_events {
-        return Err(DecodeError::TooManyEvents {
-            count: events,
-            limit: limits.max_batch_events,
-        });
+    Ok(Unframed { framing, body })
+}
+
+impl Unframed<'_> {
+    /// The protobuf body.
+    pub(crate) fn body(&self) -> &[u8] {
+        &self.body
     }
-    let message =
-        DashStreamMessage::decode(body).map_err(|e| DecodeError::InvalidProtobuf(e.to_string()))?;
-    let Some(body) = message.message else {
-        return Err(DecodeError::MissingBody);
-    };
-    Ok(Parsed { body, framing })
+
+    /// Decodes and checks the body, as [`decode`] does.
+    pub(crate) fn decode(&self, limits: &DecodeLimits) -> Result<Decoded, DecodeError> {
+        self.parse(limits)?.check().map_err(|(e, _)| e)
+    }
+
+    fn parse(&self, limits: &DecodeLimits) -> Result<Parsed, DecodeError> {
+        let body = self.body();
+        // Counted on the wire first: decoding a batch costs ~250 B per event,
+        // however small the event is on the wire.
+        let events = crate::record::scan::batch_events(body);
+        if events > limits.max_batch_events {
+            return Err(DecodeError::TooManyEvents {
+                count: events,
+                limit: limits.max_batch_events,
+            });
+        }
+        let message = DashStreamMessage::decode(body)
+            .map_err(|e| DecodeError::InvalidProtobuf(e.to_string()))?;
+        let Some(body) = message.message else {
+            return Err(DecodeError::MissingBody);
+        };
+        Ok(Parsed {
+            body,
+            framing: self.framing,
+        })
+    }
 }
 
 /// Schema version and id lengths of one header.

@@ -4,7 +4,7 @@
 
 pub(crate) mod decode;
 pub(crate) mod frame;
-mod scan;
+pub(crate) mod scan;
 pub(crate) mod summary;
 #[cfg(test)]
 pub(crate) mod testing;
