@@ -27,6 +27,7 @@ use crate::ingest::consume;
 use crate::ingest::pipeline::{Pipeline, PipelineConfig};
 use crate::ingest::ratelimit::TenantRateLimiter;
 use crate::ingest::status::IngestStatus;
+use crate::replay::config::PageLimit;
 use crate::replay::driver::ReplayContext;
 use crate::replay::redis::{self, RedisTier, RedisTierConfig};
 use crate::replay::request::MAX_RESUME_PARTITIONS;
@@ -136,9 +137,13 @@ pub(crate) async fn run(
             kafka: kafka_tier,
         },
         watermarks,
-        page: cfg.replay.page,
+        page: PageLimit {
+            records: cfg.replay.page,
+            bytes: cfg.replay.page_bytes,
+        },
         limits: cfg.ingest.limits,
         replays: ReplaySlots::new(cfg.replay.max_concurrent),
+        budget: cfg.replay.budget,
     };
     let tracker = TaskTracker::new();
     let sessions = Arc::new(SessionContext::new(

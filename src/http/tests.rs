@@ -27,6 +27,7 @@ use crate::hub::Hub;
 use crate::ingest::consume::AdminCommand;
 use crate::ingest::halt::ReleaseError;
 use crate::ingest::status::{IngestStatus, KafkaState};
+use crate::replay::config::PageLimit;
 use crate::replay::driver::ReplayContext;
 use crate::replay::slots::ReplaySlots;
 use crate::replay::tiers::LiveTiers;
@@ -74,9 +75,13 @@ async fn start(flags: &[&str]) -> Harness {
             kafka: None,
         },
         watermarks: Default::default(),
-        page: cfg.replay.page,
+        page: PageLimit {
+            records: cfg.replay.page,
+            bytes: cfg.replay.page_bytes,
+        },
         limits: cfg.ingest.limits,
         replays: ReplaySlots::new(cfg.replay.max_concurrent),
+        budget: cfg.replay.budget,
     };
     let sessions = Arc::new(SessionContext::new(
         hub,

@@ -208,19 +208,6 @@ impl Frame {
         self.late.load(Ordering::Relaxed)
     }
 
-    /// Rebuilds a frame from a stored binary envelope (replay tiers).
-    pub(crate) fn from_envelope(b: &[u8], limits: &DecodeLimits) -> Result<Frame, EnvelopeError> {
-        let env = parse_envelope(b)?;
-        let decoded = crate::record::decode::decode(Some(env.value), limits)?;
-        Ok(Frame::new(
-            env.cursor,
-            env.kafka_timestamp_ms,
-            env.value,
-            Summary::of(&decoded),
-            None,
-        ))
-    }
-
     /// True exactly once per frame: the caller records end-to-end latency.
     pub(crate) fn claim_latency_sample(&self) -> bool {
         !self.latency_recorded.swap(true, Ordering::Relaxed)

@@ -47,6 +47,15 @@ pub(crate) struct ReplayArgs {
     /// Records per replay page (memory, Redis or Kafka).
     #[arg(long, env = "REPLAY_PAGE_SIZE", default_value_t = 500)]
     pub(crate) replay_page_size: usize,
+    /// Record bytes per replay page read from Redis or Kafka, at most (a page holds at least one record).
+    #[arg(long, env = "REPLAY_PAGE_BYTES", default_value_t = 1_048_576)]
+    pub(crate) replay_page_bytes: usize,
+    /// Records one resume may read from the tiers (matching its filter or not) before the rest is a `replay_budget` gap.
+    #[arg(long, env = "REPLAY_MAX_RECORDS", default_value_t = 1_000_000)]
+    pub(crate) replay_max_records: u64,
+    /// Seconds one resume may run (from its first read) before the rest is a `replay_budget` gap.
+    #[arg(long, env = "REPLAY_MAX_SECS", default_value_t = 300)]
+    pub(crate) replay_max_secs: u64,
     /// How long a client without ?resume= may take to send its first message before live delivery starts.
     #[arg(long, env = "RESUME_GRACE_MS", default_value_t = 250)]
     pub(crate) resume_grace_ms: u64,
@@ -65,7 +74,47 @@ pub(crate) struct ReplayConfig {
     pub(crate) kafka_max_concurrent: usize,
     pub(crate) max_concurrent: usize,
     pub(crate) page: usize,
+    pub(crate) page_bytes: usize,
+    pub(crate) budget: ReplayBudget,
     pub(crate) resume_grace: Duration,
+}
+
+/// How much one page read from Redis or Kafka may hold: at most `records`
+/// records and `bytes` record bytes, and always at least one record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct PageLimit {
+    pub(crate) records: usize,
+    pub(crate) bytes: usize,
+}
+
+impl PageLimit {
+    /// `records` per page and the default 1 MiB.
+    #[cfg(test)]
+    pub(crate) fn records(records: usize) -> Self {
+        Self {
+            records,
+            bytes: 1_048_576,
+        }
+    }
+}
+
+/// What one resume may read from the tiers before the rest of what it asked
+/// for is reported as a `replay_budget` gap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ReplayBudget {
+    /// Records read, whether they matched the client's filter or not.
+    pub(crate) records: u64,
+    /// Time from the replay's first read.
+    pub(crate) time: Duration,
+}
+
+impl Default for ReplayBudget {
+    fn default() -> Self {
+        Self {
+            records: 1_000_000,
+            time: Duration::from_secs(300),
+        }
+    }
 }
 
 impl ReplayArgs {
@@ -111,6 +160,14 @@ impl ReplayArgs {
                 "must be between 1 and 10000",
             ));
         }
+        if !(1024..=64 * 1_048_576).contains(&self.replay_page_bytes) {
+            return Err(ConfigError::new(
+                "REPLAY_PAGE_BYTES",
+                "must be between 1024 and 67108864",
+            ));
+        }
+        positive("REPLAY_MAX_RECORDS", self.replay_max_records)?;
+        positive("REPLAY_MAX_SECS", self.replay_max_secs)?;
         if self.resume_grace_ms > 10_000 {
             return Err(ConfigError::new("RESUME_GRACE_MS", "at most 10000"));
         }
@@ -129,6 +186,11 @@ impl ReplayArgs {
             kafka_max_concurrent: self.replay_kafka_max_concurrent,
             max_concurrent: self.replay_max_concurrent,
             page: self.replay_page_size,
+            page_bytes: self.replay_page_bytes,
+            budget: ReplayBudget {
+                records: self.replay_max_records,
+                time: Duration::from_secs(self.replay_max_secs),
+            },
             resume_grace: Duration::from_millis(self.resume_grace_ms),
         })
     }

@@ -7,20 +7,27 @@
 //! Per partition the driver reads memory pages while the ring reaches back
 //! far enough, else Redis pages, else Kafka by offset; an offset no tier can
 //! serve is reported as a `gap` frame with its exact range, never skipped
-//! silently. Pages are bounded and sent at the client's pace, so a long
-//! replay holds a bounded amount of memory.
+//! silently. Pages are bounded by records and bytes and sent at the
+//! client's pace: a Redis page is read and decoded in a replay slot, a Kafka
+//! page with a Kafka reader, and both are given back before the page is
+//! written to the client. A record read back is decoded only when its wire
+//! header says the client's filter may want it. A resume has a budget of
+//! records read and of time (`REPLAY_MAX_RECORDS`, `REPLAY_MAX_SECS`); what
+//! is left when it runs out is sent as `replay_budget` gaps.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use metrics::Counter;
 
 use crate::hub::log::{Page, Slot};
 use crate::hub::{Filter, Hub};
 use crate::record::decode::{self, DecodeLimits};
-use crate::record::frame::{control, Cursor, Frame};
+use crate::record::frame::{control, parse_envelope, Cursor, Frame};
+use crate::record::scan;
 use crate::record::summary::Summary;
+use crate::replay::config::{PageLimit, ReplayBudget};
 use crate::replay::out::{Gone, ReplayOut};
 use crate::replay::slots::ReplaySlots;
 use crate::replay::tiers::{LiveTiers, Tiers};
@@ -33,11 +40,13 @@ pub(crate) struct ReplayContext<T = LiveTiers> {
     /// Redis and Kafka.
     pub(crate) tiers: T,
     pub(crate) watermarks: Watermarks,
-    pub(crate) page: usize,
+    pub(crate) page: PageLimit,
     pub(crate) limits: DecodeLimits,
-    /// Replays running at once, at most (`REPLAY_MAX_CONCURRENT`); the rest
+    /// Redis page reads at once, at most (`REPLAY_MAX_CONCURRENT`); the rest
     /// wait their turn so a storm of resumes cannot starve live delivery.
     pub(crate) replays: ReplaySlots,
+    /// What one resume may read.
+    pub(crate) budget: ReplayBudget,
 }
 
 /// The last data offset a session sent per partition: nothing at or below
@@ -74,6 +83,11 @@ pub(crate) struct Resumed {
     pub(crate) gaps: u64,
     /// Some partition's cursor was older than every tier.
     pub(crate) stale: bool,
+    /// The budget ended the replay (the rest went out as `replay_budget` gaps).
+    pub(crate) budget_exhausted: bool,
+    /// Records read from the tiers, and how many of them were decoded.
+    pub(crate) read: u64,
+    pub(crate) decoded: u64,
 }
 
 #[derive(Clone, Copy)]
@@ -81,6 +95,40 @@ enum Source {
     Memory,
     Redis,
     Kafka,
+}
+
+/// Why a replay stopped reading before the end of what it was asked for.
+enum Stop {
+    /// The client went away.
+    Gone,
+    /// The resume's budget ran out; `next` is the first offset of the
+    /// current partition not served.
+    Budget { next: i64 },
+}
+
+impl From<Gone> for Stop {
+    fn from(_: Gone) -> Self {
+        Stop::Gone
+    }
+}
+
+type Step = Result<(), Stop>;
+
+/// A row of a Redis page, decoded while the replay slot is held. (Rows live
+/// in one page's `Vec`: boxing the frame would cost an allocation per record.)
+#[allow(clippy::large_enum_variant)]
+enum Row {
+    Frame(Frame),
+    /// A tombstone, or a record the client's filter refuses.
+    Skip,
+    /// Expired or unreadable: Kafka may still have it.
+    Missing,
+}
+
+/// Where a resume's budget ends.
+struct Limit {
+    records: u64,
+    until: tokio::time::Instant,
 }
 
 struct Run<'a, T: Tiers, O> {
@@ -93,20 +141,24 @@ struct Run<'a, T: Tiers, O> {
     /// Offsets inside the gaps.
     missed: u64,
     stale: bool,
-    reader: Option<T::Reader>,
+    /// Records read from any tier, and those of them decoded.
+    read: u64,
+    decoded: u64,
+    /// A resume's budget (a catch-up has none: it is paced by live delivery).
+    limit: Option<Limit>,
     hits: [Counter; 3],
     misses: Counter,
+    filtered: Counter,
+    decodes: Counter,
 }
-
-type Step = Result<(), Gone>;
 
 /// Longest a replay waits for a Kafka reader before it reports the range as
 /// a `gap` (`kafka_busy`); while it waits it is told so every
 /// [`KAFKA_QUEUED_NOTICE_EVERY`].
-pub(crate) const KAFKA_WAIT_LIMIT: Duration = Duration::from_secs(30);
-const KAFKA_QUEUED_NOTICE_EVERY: Duration = Duration::from_secs(5);
+pub(crate) const KAFKA_WAIT_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
+const KAFKA_QUEUED_NOTICE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 /// A Kafka reader free within this time needs no notice.
-const KAFKA_QUIET_WAIT: Duration = Duration::from_millis(100);
+const KAFKA_QUIET_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
 
 impl<'a, T: Tiers, O: ReplayOut> Run<'a, T, O> {
     fn new(rc: &'a ReplayContext<T>, out: &'a mut O, filter: Filter, sent: &'a mut Sent) -> Self {
@@ -119,13 +171,17 @@ impl<'a, T: Tiers, O: ReplayOut> Run<'a, T, O> {
             gaps: 0,
             missed: 0,
             stale: false,
-            reader: None,
+            read: 0,
+            decoded: 0,
+            limit: None,
             hits: [
                 metrics::counter!(telemetry::REPLAY_MEMORY_HITS),
                 metrics::counter!(telemetry::REPLAY_REDIS_HITS),
                 metrics::counter!(telemetry::REPLAY_KAFKA_HITS),
             ],
             misses: metrics::counter!(telemetry::REPLAY_MISSES),
+            filtered: metrics::counter!(telemetry::REPLAY_RECORDS_READ, "outcome" => "filtered"),
+            decodes: metrics::counter!(telemetry::REPLAY_RECORDS_READ, "outcome" => "decoded"),
         }
     }
 
@@ -144,6 +200,43 @@ impl<'a, T: Tiers, O: ReplayOut> Run<'a, T, O> {
         self.out.flush().await?;
         tokio::task::yield_now().await;
         Ok(())
+    }
+
+    /// Stops a resume whose budget ran out; `next` is where it stands.
+    fn within_budget(&self, next: i64) -> Step {
+        match &self.limit {
+            Some(l) if self.read >= l.records || tokio::time::Instant::now() >= l.until => {
+                Err(Stop::Budget { next })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// A record read back from Redis or Kafka, as a frame if the client's
+    /// filter may want it (decided on its wire header, before decoding).
+    /// `Err`: it does not decode.
+    fn rebuild(
+        &mut self,
+        cursor: Cursor,
+        kafka_timestamp_ms: Option<i64>,
+        value: &[u8],
+    ) -> Result<Option<Frame>, decode::DecodeError> {
+        self.read += 1;
+        let unframed = decode::unframe(Some(value), &self.rc.limits)?;
+        if scan::peek(unframed.body()).is_some_and(|p| !self.filter.may_match(&p)) {
+            self.filtered.increment(1);
+            return Ok(None);
+        }
+        self.decoded += 1;
+        self.decodes.increment(1);
+        let d = unframed.decode(&self.rc.limits)?;
+        Ok(Some(Frame::new(
+            cursor,
+            kafka_timestamp_ms,
+            value,
+            Summary::of(&d),
+            None,
+        )))
     }
 
     /// Reports `[from, to]` as missing, unless it lies before the first record
@@ -168,7 +261,8 @@ impl<'a, T: Tiers, O: ReplayOut> Run<'a, T, O> {
         }
         self.out
             .control(control::gap(p, from, to, reason.as_str()))
-            .await
+            .await?;
+        Ok(())
     }
 
     async fn partition(
@@ -178,14 +272,15 @@ impl<'a, T: Tiers, O: ReplayOut> Run<'a, T, O> {
         end: i64,
         initial: Option<i64>,
         mut leading: bool,
-    ) -> Result<i64, Gone> {
+    ) -> Result<i64, Stop> {
         let log = &self.rc.hub.log;
         loop {
-            match log.page(p, n, self.rc.page) {
+            match log.page(p, n, self.rc.page.records) {
                 Page::Entries(page) => {
                     if page.is_empty() {
                         break;
                     }
+                    self.read += page.len() as u64;
                     for e in page {
                         if e.offset > n {
                             self.lower(p, n, e.offset - 1, initial, &mut leading)
@@ -201,6 +296,7 @@ impl<'a, T: Tiers, O: ReplayOut> Run<'a, T, O> {
                     if n > end {
                         break;
                     }
+                    self.within_budget(n)?;
                 }
                 Page::Evicted { first, .. } => {
                     n = self.lower(p, n, first - 1, initial, &mut leading).await?;
@@ -226,42 +322,35 @@ impl<'a, T: Tiers, O: ReplayOut> Run<'a, T, O> {
         upper: i64,
         initial: Option<i64>,
         leading: &mut bool,
-    ) -> Result<i64, Gone> {
+    ) -> Result<i64, Stop> {
         let mut fallback = GapReason::NotInReplayBuffer;
         if self.rc.tiers.has_redis() {
             while n <= upper {
-                match self.rc.tiers.redis_page(p, n, upper, self.rc.page).await {
-                    Ok(rows) if rows.is_empty() => break,
-                    Ok(rows) => {
-                        for (o, v) in rows {
-                            if o > n {
-                                self.kafka_or_gap(p, n, o - 1, fallback, initial, leading)
-                                    .await?;
-                            }
-                            match v {
-                                Some(v) if v.is_empty() => {}
-                                Some(v) => match Frame::from_envelope(&v, &self.rc.limits) {
-                                    Ok(f) => self.emit(&f, Source::Redis).await?,
-                                    Err(_) => {
-                                        self.kafka_or_gap(p, o, o, fallback, initial, leading)
-                                            .await?
-                                    }
-                                },
-                                None => {
-                                    self.kafka_or_gap(p, o, o, fallback, initial, leading)
-                                        .await?
-                                }
-                            }
-                            n = o + 1;
-                            *leading = false;
-                        }
-                        self.page_done().await?;
-                    }
-                    Err(_) => {
-                        fallback = GapReason::RedisUnavailable;
-                        break;
-                    }
+                let Some(rows) = self.redis_rows(p, n, upper).await? else {
+                    fallback = GapReason::RedisUnavailable;
+                    break;
+                };
+                if rows.is_empty() {
+                    break;
                 }
+                for (o, row) in rows {
+                    if o > n {
+                        self.kafka_or_gap(p, n, o - 1, fallback, initial, leading)
+                            .await?;
+                    }
+                    match row {
+                        Row::Frame(f) => self.emit(&f, Source::Redis).await?,
+                        Row::Skip => {}
+                        Row::Missing => {
+                            self.kafka_or_gap(p, o, o, fallback, initial, leading)
+                                .await?
+                        }
+                    }
+                    n = o + 1;
+                    *leading = false;
+                }
+                self.page_done().await?;
+                self.within_budget(n)?;
             }
         }
         if n <= upper {
@@ -269,6 +358,45 @@ impl<'a, T: Tiers, O: ReplayOut> Run<'a, T, O> {
                 .await?;
         }
         Ok(upper + 1)
+    }
+
+    /// Reads and decodes one Redis page of `[n, upper]` in a replay slot,
+    /// given back before the page is written. `None`: Redis did not answer.
+    async fn redis_rows(
+        &mut self,
+        p: i32,
+        n: i64,
+        upper: i64,
+    ) -> Result<Option<Vec<(i64, Row)>>, Stop> {
+        let rc = self.rc;
+        let _slot = rc.replays.acquire(&mut *self.out).await?;
+        let Ok(rows) = rc.tiers.redis_page(p, n, upper, rc.page).await else {
+            return Ok(None);
+        };
+        let rows = rows
+            .into_iter()
+            .map(|(o, v)| {
+                let row = match v {
+                    Some(v) if v.is_empty() => Row::Skip,
+                    Some(v) => match parse_envelope(&v) {
+                        Ok(env) => {
+                            match self.rebuild(env.cursor, env.kafka_timestamp_ms, env.value) {
+                                Ok(Some(f)) => Row::Frame(f),
+                                Ok(None) => {
+                                    self.hits[Source::Redis as usize].increment(1);
+                                    Row::Skip
+                                }
+                                Err(_) => Row::Missing,
+                            }
+                        }
+                        Err(_) => Row::Missing,
+                    },
+                    None => Row::Missing,
+                };
+                (o, row)
+            })
+            .collect();
+        Ok(Some(rows))
     }
 
     async fn kafka_or_gap(
@@ -285,49 +413,54 @@ impl<'a, T: Tiers, O: ReplayOut> Run<'a, T, O> {
         }
         let mut n = from;
         while n <= to {
-            // A Kafka reader permit is held for one fetch, never across the
-            // writes to this client: a slow reader does not block the others.
-            let permit = match self.kafka_turn().await? {
+            // A Kafka reader is held for one fetch and its decoding, never
+            // across the writes to this client: a slow reader does not
+            // block the others.
+            let mut permit = match self.kafka_turn().await? {
                 Ok(permit) => permit,
                 Err(reason) => return self.gap(p, n, to, reason, initial, *leading).await,
             };
             let read = self
                 .rc
                 .tiers
-                .kafka_read(&mut self.reader, p, n, to, self.rc.page)
+                .kafka_read(&mut permit, p, n, to, self.rc.page)
                 .await;
-            drop(permit);
             let Ok(fetched) = read else {
+                drop(permit);
                 return self
                     .gap(p, n, to, GapReason::KafkaUnavailable, initial, *leading)
                     .await;
             };
+            let mut frames = Vec::with_capacity(fetched.records.len());
+            for rec in &fetched.records {
+                let cursor = Cursor {
+                    partition: p,
+                    offset: rec.offset,
+                };
+                // Undecodable records went to the DLQ when first consumed.
+                match self.rebuild(cursor, rec.timestamp_ms, &rec.value) {
+                    Ok(Some(f)) => frames.push(f),
+                    Ok(None) => self.hits[Source::Kafka as usize].increment(1),
+                    Err(_) => {}
+                }
+            }
+            drop(permit);
             if let Some((a, b)) = fetched.retention_gap {
                 self.gap(p, a, b, GapReason::KafkaRetention, initial, *leading)
                     .await?;
             }
-            for rec in fetched.records {
-                // Undecodable records went to the DLQ when first consumed.
-                if let Ok(d) = decode::decode(Some(&rec.value), &self.rc.limits) {
-                    let f = Frame::new(
-                        Cursor {
-                            partition: p,
-                            offset: rec.offset,
-                        },
-                        rec.timestamp_ms,
-                        &rec.value,
-                        Summary::of(&d),
-                        None,
-                    );
-                    self.emit(&f, Source::Kafka).await?;
-                }
+            if !fetched.records.is_empty() {
                 *leading = false;
+            }
+            for f in &frames {
+                self.emit(f, Source::Kafka).await?;
             }
             self.page_done().await?;
             if fetched.next <= n {
                 break;
             }
             n = fetched.next;
+            self.within_budget(n)?;
         }
         Ok(())
     }
@@ -369,7 +502,8 @@ impl<'a, T: Tiers, O: ReplayOut> Run<'a, T, O> {
 }
 
 /// Replays what `from` asks for, up to what the tiers held when it started,
-/// and returns the cursors reached. `Err` means the client went away.
+/// within the resume's budget, and returns the cursors reached. `Err` means
+/// the client went away.
 pub(crate) async fn replay<T: Tiers, O: ReplayOut>(
     rc: &ReplayContext<T>,
     out: &mut O,
@@ -392,17 +526,24 @@ pub(crate) async fn replay<T: Tiers, O: ReplayOut>(
                 replayed: 0,
                 gaps: 0,
                 stale: false,
+                budget_exhausted: false,
+                read: 0,
+                decoded: 0,
             });
         }
         ResumeFrom::Earliest => HashMap::new(),
         ResumeFrom::Cursor(c) => c.iter().map(|(p, o)| (*p, o.saturating_add(1))).collect(),
     };
-    let _slot = rc.replays.acquire(out).await?;
+    let _replaying = rc.replays.enter();
     next.extend(initial.iter().map(|(p, o)| (*p, *o)));
     for (p, o) in &initial {
         sent.advance(*p, o - 1);
     }
     let mut run = Run::new(rc, out, filter, sent);
+    run.limit = Some(Limit {
+        records: rc.budget.records,
+        until: tokio::time::Instant::now() + rc.budget.time,
+    });
     let redis_parts: BTreeSet<i32> = rc.tiers.redis_partitions().await;
     let heads = rc.hub.log.heads();
     let marks = rc.watermarks.lock().clone();
@@ -413,6 +554,7 @@ pub(crate) async fn replay<T: Tiers, O: ReplayOut>(
         .chain(redis_parts.iter())
         .copied()
         .collect();
+    let mut exhausted = false;
     for p in parts {
         let (start, leading) = match next.get(&p) {
             Some(n) => (*n, false),
@@ -429,11 +571,40 @@ pub(crate) async fn replay<T: Tiers, O: ReplayOut>(
             end = rc.tiers.redis_last(p).await;
         }
         let Some(end) = end else { continue };
-        let n = run
-            .partition(p, start, end, initial.get(&p).copied(), leading)
-            .await?;
+        let n = if exhausted {
+            start
+        } else {
+            match run
+                .partition(p, start, end, initial.get(&p).copied(), leading)
+                .await
+            {
+                Ok(n) => n,
+                Err(Stop::Gone) => return Err(Gone),
+                Err(Stop::Budget { next }) => {
+                    exhausted = true;
+                    next
+                }
+            }
+        };
+        let n = if exhausted && n <= end {
+            run.out
+                .control(control::gap(p, n, end, "replay_budget"))
+                .await?;
+            run.gaps += 1;
+            end + 1
+        } else {
+            n
+        };
         run.sent.advance(p, n - 1);
         next.insert(p, n);
+    }
+    if exhausted {
+        let which = if run.read >= rc.budget.records {
+            "records"
+        } else {
+            "time"
+        };
+        metrics::counter!(telemetry::REPLAY_BUDGET_EXHAUSTED, "budget" => which).increment(1);
     }
     metrics::histogram!(telemetry::REPLAY_DURATION).record(started.elapsed().as_secs_f64());
     Ok(Resumed {
@@ -441,6 +612,9 @@ pub(crate) async fn replay<T: Tiers, O: ReplayOut>(
         replayed: run.replayed,
         gaps: run.gaps,
         stale: run.stale,
+        budget_exhausted: exhausted,
+        read: run.read,
+        decoded: run.decoded,
     })
 }
 
@@ -460,14 +634,13 @@ pub(crate) struct CaughtUp {
 }
 
 /// Serves `[from, to]` of `p` from Redis, then Kafka, to a session that fell
-/// behind the log (or found a hole in it), in a replay slot: the same reading
-/// as a resume. Offsets no tier holds become `gap` frames with exact ranges.
-#[allow(clippy::too_many_arguments)]
+/// behind the log (or found a hole in it): the same reading as a resume,
+/// without its budget (live delivery paces it). Offsets no tier holds
+/// become `gap` frames with exact ranges.
 pub(crate) async fn catch_up<T: Tiers, O: ReplayOut>(
     rc: &ReplayContext<T>,
     out: &mut O,
     filter: &Filter,
-    reader: &mut Option<T::Reader>,
     p: i32,
     from: i64,
     to: i64,
@@ -476,20 +649,20 @@ pub(crate) async fn catch_up<T: Tiers, O: ReplayOut>(
         return Ok(CaughtUp::default());
     }
     let _catching_up = rc.hub.enter_catch_up();
-    let _slot = rc.replays.acquire(out).await?;
+    let _replaying = rc.replays.enter();
     let mut sent = Sent::default();
     sent.advance(p, from - 1);
     let mut run = Run::new(rc, out, filter.clone(), &mut sent);
-    run.reader = reader.take();
     let r = run.lower(p, from, to, None, &mut false).await;
-    *reader = run.reader.take();
     metrics::counter!(telemetry::CLIENT_LAG_MESSAGES).increment((to - from + 1) as u64);
     if run.missed > 0 {
         metrics::counter!(telemetry::DROPPED_MESSAGES, "reason" => telemetry::DROP_LAGGED_RECEIVER)
             .increment(run.missed);
     }
-    r?;
-    Ok(CaughtUp {
-        frames: run.replayed,
-    })
+    match r {
+        Ok(_) | Err(Stop::Budget { .. }) => Ok(CaughtUp {
+            frames: run.replayed,
+        }),
+        Err(Stop::Gone) => Err(Gone),
+    }
 }

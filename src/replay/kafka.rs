@@ -1,8 +1,7 @@
 //! Kafka tier of the replay buffer: records older than memory and Redis hold
 //! are read back from the topic by offset, while retention still keeps them.
-//! One reader per replaying client (a consumer with no group membership and
-//! no commits), used from a blocking task; concurrent readers are bounded by
-//! the caller.
+//! A reader is a consumer with no group membership and no commits, used from
+//! a blocking task; readers are pooled, one per permit (`replay::tiers`).
 
 use std::time::{Duration, Instant};
 
@@ -11,6 +10,8 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
+
+use crate::replay::config::PageLimit;
 
 /// One record read back.
 pub(crate) struct KafkaRecord {
@@ -56,7 +57,7 @@ impl KafkaReader {
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "true")
         .set("auto.offset.reset", "earliest")
-        // One reader per replaying client: keep its prefetch small.
+        // One reader per permit: keep its prefetch small.
         .set("queued.max.messages.kbytes", "8192");
         Ok(Self {
             consumer: cfg.create()?,
@@ -64,6 +65,12 @@ impl KafkaReader {
             position: None,
             pending: None,
         })
+    }
+
+    /// True if a read of `partition` from `from` continues where this reader
+    /// stands (polls forward instead of seeking).
+    pub(crate) fn continues_at(&self, partition: i32, from: i64) -> bool {
+        matches!(self.position, Some((p, pos)) if p == partition && pos <= from && from - pos <= MAX_SKIP)
     }
 
     /// Assigns `partition` at `from` (or at the earliest retained offset).
@@ -94,20 +101,20 @@ impl KafkaReader {
         Ok((start, retention_gap))
     }
 
-    /// Reads offsets `[from, to]` of `partition`, at most `limit` records.
+    /// Reads offsets `[from, to]` of `partition`, a page within `limit`
+    /// (records and their value bytes; at least one record).
     /// Blocking: call from a blocking task.
     pub(crate) fn read(
         &mut self,
         partition: i32,
         from: i64,
         to: i64,
-        limit: usize,
+        limit: PageLimit,
         timeout: Duration,
     ) -> Result<Fetched, KafkaError> {
         let mut retention_gap = None;
         let mut start = from;
-        let continues = matches!(self.position, Some((p, pos)) if p == partition && pos <= from && from - pos <= MAX_SKIP);
-        if !continues {
+        if !self.continues_at(partition, from) {
             (start, retention_gap) = self.seek(partition, from, to, timeout)?;
             if start > to {
                 return Ok(Fetched {
@@ -119,8 +126,9 @@ impl KafkaReader {
         }
         let deadline = Instant::now() + timeout;
         let mut records = Vec::new();
+        let mut bytes = 0usize;
         let mut next = start;
-        while next <= to && records.len() < limit {
+        while next <= to && records.len() < limit.records {
             let rec = match self.pending.take() {
                 Some(r) => r,
                 None => {
@@ -157,10 +165,18 @@ impl KafkaReader {
                 self.pending = Some(rec);
                 break;
             }
-            self.position = Some((partition, rec.offset + 1));
             if rec.offset < from {
+                self.position = Some((partition, rec.offset + 1));
                 continue; // polled forward past what Redis already served
             }
+            if !records.is_empty() && bytes + rec.value.len() > limit.bytes {
+                // The page is full by bytes: this record starts the next one.
+                self.position = Some((partition, rec.offset));
+                self.pending = Some(rec);
+                break;
+            }
+            self.position = Some((partition, rec.offset + 1));
+            bytes += rec.value.len();
             next = rec.offset + 1;
             records.push(rec);
         }
@@ -180,7 +196,7 @@ pub(crate) fn fake_kafka_read(
     p: i32,
     from: i64,
     to: i64,
-    limit: usize,
+    limit: PageLimit,
     low: i64,
     end: i64,
     deliverable: impl Fn(i64) -> bool,
@@ -188,15 +204,21 @@ pub(crate) fn fake_kafka_read(
     let retention_gap = (from < low).then_some((from, to.min(low - 1)));
     let mut records = Vec::new();
     let mut o = from.max(low);
-    while o <= to && o < end && records.len() < limit {
+    let mut bytes = 0;
+    while o <= to && o < end && records.len() < limit.records {
+        let value = if deliverable(o) {
+            crate::record::testing::event_value(p, o)
+        } else {
+            b"\xff not a record".to_vec()
+        };
+        if !records.is_empty() && bytes + value.len() > limit.bytes {
+            break;
+        }
+        bytes += value.len();
         records.push(KafkaRecord {
             offset: o,
             timestamp_ms: None,
-            value: if deliverable(o) {
-                crate::record::testing::event_value(p, o)
-            } else {
-                b"\xff not a record".to_vec()
-            },
+            value,
         });
         o += 1;
     }
@@ -206,5 +228,59 @@ pub(crate) fn fake_kafka_read(
         records,
         retention_gap,
         next,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+
+    use super::*;
+
+    /// Against the suite's broker (`scripts/test.sh`): a page of large
+    /// records is cut by bytes, and the next read goes on from there
+    /// without a hole.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_page_is_bounded_by_bytes_as_well_as_records() {
+        let brokers = std::env::var("KWB_TEST_BROKERS")
+            .expect("KWB_TEST_BROKERS is not set: run with scripts/test.sh");
+        let topic = kwb_testkit::net::unique("replaypagebytes");
+        kwb_testkit::kafka::create_topics(&brokers, &[(&topic, 1)])
+            .await
+            .unwrap();
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("message.max.bytes", "2000000")
+            .create()
+            .unwrap();
+        const BIG: usize = 300_000;
+        for _ in 0..8 {
+            producer
+                .send(
+                    FutureRecord::<(), _>::to(&topic).payload(&vec![7u8; BIG]),
+                    Duration::from_secs(10),
+                )
+                .await
+                .unwrap();
+        }
+        let props = vec![("bootstrap.servers".to_string(), brokers)];
+        let pages = tokio::task::spawn_blocking(move || {
+            let mut r = KafkaReader::new(&props, &topic).unwrap();
+            let limit = PageLimit {
+                records: 500,
+                bytes: 1 << 20,
+            };
+            let mut pages = vec![];
+            let mut n = 0;
+            while n <= 7 {
+                let f = r.read(0, n, 7, limit, Duration::from_secs(10)).unwrap();
+                pages.push(f.records.iter().map(|r| r.offset).collect::<Vec<_>>());
+                n = f.next;
+            }
+            pages
+        })
+        .await
+        .unwrap();
+        assert_eq!(pages, [vec![0, 1, 2], vec![3, 4, 5], vec![6, 7]]);
     }
 }

@@ -12,7 +12,7 @@
 //! Writes go through a bounded queue to one background task that sends them
 //! in pipelines; a full queue drops (and counts) instead of waiting, and a
 //! failed pipeline is counted, so Redis latency or an outage never reaches
-//! the consumer. Reads are bounded pages (ZRANGEBYSCORE … LIMIT + MGET); no
+//! the consumer. Reads are bounded pages, by count and by bytes (ZRANGEBYSCORE … LIMIT, STRLEN, MGET); no
 //! SCAN anywhere.
 
 use std::collections::BTreeSet;
@@ -26,6 +26,7 @@ use metrics::Counter;
 use tokio::sync::mpsc;
 
 use crate::record::frame::Frame;
+use crate::replay::config::PageLimit;
 use crate::telemetry;
 
 /// Entries per write pipeline.
@@ -199,14 +200,16 @@ impl RedisTier {
             .map_err(|_| anyhow::anyhow!("redis read timed out"))?
     }
 
-    /// Offsets in `[from, to]`, at most `limit`, with their values (`None`:
-    /// the value expired; empty: a tombstone).
+    /// Offsets in `[from, to]`, within `limit`, with their values (`None`:
+    /// the value expired; empty: a tombstone). The values' sizes are asked
+    /// first (`STRLEN`), so a page of large records is cut by bytes before
+    /// anything is copied.
     pub(crate) async fn page(
         &self,
         p: i32,
         from: i64,
         to: i64,
-        limit: usize,
+        limit: PageLimit,
     ) -> anyhow::Result<Vec<(i64, Option<Vec<u8>>)>> {
         self.bounded(async {
             let mut c = self.conn().await?;
@@ -216,16 +219,30 @@ impl RedisTier {
                 .arg(to)
                 .arg("LIMIT")
                 .arg(0)
-                .arg(limit)
+                .arg(limit.records)
                 .query_async(&mut c)
                 .await?;
             if offsets.is_empty() {
                 return Ok(vec![]);
             }
             let keys: Vec<String> = offsets.iter().map(|o| self.value_key(p, *o)).collect();
-            let values: Vec<Option<Vec<u8>>> =
-                redis::cmd("MGET").arg(&keys).query_async(&mut c).await?;
-            Ok(offsets.into_iter().zip(values).collect())
+            let mut sizes = redis::pipe();
+            for k in &keys {
+                sizes.cmd("STRLEN").arg(k);
+            }
+            let sizes: Vec<usize> = sizes.query_async(&mut c).await?;
+            let take = within(sizes, limit.bytes);
+            let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
+                .arg(&keys[..take])
+                .query_async(&mut c)
+                .await?;
+            // A value may have grown since its size was asked (a tombstone
+            // replaced by a released record): cut again by what arrived.
+            let take = within(
+                values.iter().map(|v| v.as_ref().map_or(0, Vec::len)),
+                limit.bytes,
+            );
+            Ok(offsets.into_iter().zip(values).take(take).collect())
         })
         .await
     }
@@ -257,6 +274,20 @@ impl RedisTier {
         })
         .await
     }
+}
+
+/// How many of `sizes` fit in `bytes`, at least one.
+fn within(sizes: impl IntoIterator<Item = usize>, bytes: usize) -> usize {
+    let mut sum = 0usize;
+    let mut n = 0;
+    for s in sizes {
+        sum = sum.saturating_add(s);
+        if n > 0 && sum > bytes {
+            break;
+        }
+        n += 1;
+    }
+    n
 }
 
 /// Pipelines in flight at once (the pool has room for them and for reads).
@@ -456,5 +487,69 @@ mod tests {
         assert!(tier.queue_bytes() > LIMIT / 2, "{}", tier.queue_bytes());
         assert!(tier.queue_len() < 20, "{} entries", tier.queue_len());
         held.abort();
+    }
+
+    /// Against the suite's Redis (`scripts/test.sh`): a page of large
+    /// records is cut by bytes, however many records it may hold, and the
+    /// next page goes on from there.
+    #[tokio::test]
+    async fn a_page_is_bounded_by_bytes_as_well_as_records() {
+        let url = std::env::var("KWB_TEST_REDIS_URL")
+            .expect("KWB_TEST_REDIS_URL is not set: run with scripts/test.sh");
+        let tier = RedisTier::start(RedisTierConfig {
+            url,
+            namespace: kwb_testkit::net::unique("pagebytes"),
+            ttl_secs: 60,
+            max_per_partition: 1000,
+            queue: 100,
+            queue_bytes: 64 << 20,
+            batch: 100,
+            op_timeout: Duration::from_secs(5),
+        })
+        .unwrap();
+        const BIG: usize = 300_000;
+        let mut c = tier.conn().await.unwrap();
+        for o in 0..20i64 {
+            let size = if o == 10 { 10 } else { BIG };
+            let _: () = redis::pipe()
+                .cmd("SET")
+                .arg(tier.value_key(0, o))
+                .arg(vec![7u8; size])
+                .ignore()
+                .cmd("ZADD")
+                .arg(tier.offsets_key(0))
+                .arg(o)
+                .arg(o)
+                .ignore()
+                .query_async(&mut c)
+                .await
+                .unwrap();
+        }
+        let limit = PageLimit {
+            records: 500,
+            bytes: 1 << 20,
+        };
+        let page = tier.page(0, 0, 19, limit).await.unwrap();
+        let offsets: Vec<i64> = page.iter().map(|(o, _)| *o).collect();
+        assert_eq!(
+            offsets,
+            [0, 1, 2],
+            "3 × 300 KB fit in 1 MiB, a fourth does not"
+        );
+        assert!(page
+            .iter()
+            .all(|(_, v)| v.as_ref().is_some_and(|v| v.len() == BIG)));
+        let page = tier.page(0, 3, 19, limit).await.unwrap();
+        assert_eq!(page.first().map(|(o, _)| *o), Some(3));
+        // One record over the bound still makes a page.
+        let tiny = PageLimit {
+            records: 500,
+            bytes: 1000,
+        };
+        let page = tier.page(0, 4, 19, tiny).await.unwrap();
+        assert_eq!(page.iter().map(|(o, _)| *o).collect::<Vec<_>>(), [4]);
+        // Small records fill the page by count.
+        let page = tier.page(0, 10, 10, limit).await.unwrap();
+        assert_eq!(page.len(), 1);
     }
 }

@@ -1,6 +1,9 @@
-//! Replay slots: at most `REPLAY_MAX_CONCURRENT` replays run at once; the
-//! rest wait their turn in arrival order and are told so (`replay_queued`),
-//! so a storm of resumes cannot starve live delivery.
+//! Replay slots: at most `REPLAY_MAX_CONCURRENT` replays read a page from
+//! Redis at once (a Kafka page takes a Kafka reader instead, `replay::tiers`).
+//! A slot is held for the read and the decoding of one page, never while
+//! the page is written to the client: a client that reads slowly holds no
+//! slot while it reads. The rest wait their turn in arrival order and are
+//! told so (`replay_queued`) when the wait is not short.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -11,11 +14,13 @@ use crate::record::frame::control;
 use crate::replay::out::{Gone, ReplayOut};
 use crate::telemetry;
 
-/// While a resume waits for a slot it is told so, now and then again at this
+/// A slot free within this time needs no notice.
+const QUIET_WAIT: Duration = Duration::from_millis(100);
+/// While a replay waits for a slot it is told so, and then again at this
 /// interval, so a client that watches for silence does not give up its turn.
 const QUEUED_NOTICE_EVERY: Duration = Duration::from_secs(5);
 
-/// The replay slots, and how many resumes hold or wait for one.
+/// The replay slots, how many replays run and how many wait for a slot.
 pub(crate) struct ReplaySlots {
     permits: Semaphore,
     max: usize,
@@ -23,9 +28,14 @@ pub(crate) struct ReplaySlots {
     waiting: AtomicUsize,
 }
 
-/// A replay slot, counted in `replay_sessions_active` until dropped.
+/// A slot for one page read.
 pub(crate) struct ReplaySlot<'a> {
     _permit: tokio::sync::SemaphorePermit<'a>,
+}
+
+/// A replay (resume or catch-up) running, counted in `replay_sessions_active`
+/// until dropped.
+pub(crate) struct Replaying<'a> {
     _active: Counted<'a>,
 }
 
@@ -39,32 +49,41 @@ impl ReplaySlots {
         }
     }
 
-    /// Takes a slot; while none is free, sends `replay_queued` notices.
-    /// `Err`: the client went away.
-    pub(crate) async fn acquire<O: ReplayOut>(&self, out: &mut O) -> Result<ReplaySlot<'_>, Gone> {
-        let permit = match self.permits.try_acquire() {
-            Ok(p) => p,
-            Err(_) => {
-                // Counted as waiting until this returns or is dropped (shutdown).
-                let _waiting = Counted::enter(&self.waiting, telemetry::REPLAY_WAITING);
-                let acquire = self.permits.acquire();
-                tokio::pin!(acquire);
-                loop {
-                    let waiting = self.waiting.load(Ordering::Relaxed);
-                    out.control(control::replay_queued(waiting, self.max))
-                        .await?;
-                    out.flush().await?;
-                    tokio::select! {
-                        p = &mut acquire => break p.map_err(|_| Gone)?,
-                        _ = tokio::time::sleep(QUEUED_NOTICE_EVERY) => {}
-                    }
-                }
-            }
-        };
-        Ok(ReplaySlot {
-            _permit: permit,
+    /// A replay starts (it takes a slot per page it reads from Redis).
+    pub(crate) fn enter(&self) -> Replaying<'_> {
+        Replaying {
             _active: Counted::enter(&self.active, telemetry::REPLAY_ACTIVE),
-        })
+        }
+    }
+
+    #[cfg(test)]
+    /// Slots free now.
+    pub(crate) fn free(&self) -> usize {
+        self.permits.available_permits()
+    }
+
+    /// Takes a slot for one page; while none is free (after a short quiet
+    /// wait), sends `replay_queued` notices. `Err`: the client went away.
+    pub(crate) async fn acquire<O: ReplayOut>(&self, out: &mut O) -> Result<ReplaySlot<'_>, Gone> {
+        if let Ok(p) = self.permits.try_acquire() {
+            return Ok(ReplaySlot { _permit: p });
+        }
+        // Counted as waiting until this returns or is dropped (shutdown).
+        let _waiting = Counted::enter(&self.waiting, telemetry::REPLAY_WAITING);
+        let acquire = self.permits.acquire();
+        tokio::pin!(acquire);
+        let mut nap = QUIET_WAIT;
+        loop {
+            tokio::select! {
+                p = &mut acquire => return Ok(ReplaySlot { _permit: p.map_err(|_| Gone)? }),
+                _ = tokio::time::sleep(nap) => {}
+            }
+            let waiting = self.waiting.load(Ordering::Relaxed);
+            out.control(control::replay_queued(waiting, self.max))
+                .await?;
+            out.flush().await?;
+            nap = QUEUED_NOTICE_EVERY;
+        }
     }
 }
 

@@ -19,6 +19,7 @@ use crate::hub::log::RingLimits;
 use crate::hub::{DeliveryLimits, Filter, Hub, PriorityTable};
 use crate::record::decode::DecodeLimits;
 use crate::record::frame::Frame;
+use crate::replay::config::PageLimit;
 use crate::replay::driver::{replay, ReplayContext, Sent};
 use crate::replay::kafka::{fake_kafka_read, Fetched};
 use crate::replay::out::{Gone, ReplayOut};
@@ -63,6 +64,8 @@ struct Case {
     kafka_on: bool,
     kafka_up: bool,
     earliest: bool,
+    /// `REPLAY_MAX_RECORDS` (`None`: the default, never reached here).
+    budget: Option<u64>,
 }
 
 fn partition_case() -> impl Strategy<Value = PartitionCase> {
@@ -107,9 +110,10 @@ fn case() -> impl Strategy<Value = Case> {
         proptest::bool::weighted(0.8),
         proptest::bool::weighted(0.9),
         proptest::bool::weighted(0.15),
+        proptest::option::weighted(0.2, 1u64..80),
     )
         .prop_map(
-            |(parts, ring, page, redis_up, kafka_on, kafka_up, earliest)| Case {
+            |(parts, ring, page, redis_up, kafka_on, kafka_up, earliest, budget)| Case {
                 parts,
                 ring,
                 page,
@@ -117,6 +121,7 @@ fn case() -> impl Strategy<Value = Case> {
                 kafka_on,
                 kafka_up,
                 earliest,
+                budget,
             },
         )
 }
@@ -141,7 +146,6 @@ impl FakeTiers {
 }
 
 impl Tiers for FakeTiers {
-    type Reader = ();
     type Permit = Option<tokio::sync::OwnedSemaphorePermit>;
 
     fn has_redis(&self) -> bool {
@@ -172,7 +176,7 @@ impl Tiers for FakeTiers {
         p: i32,
         from: i64,
         to: i64,
-        limit: usize,
+        limit: PageLimit,
     ) -> Result<RedisRows, Unavailable> {
         self.redis_calls
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -184,7 +188,7 @@ impl Tiers for FakeTiers {
             .iter()
             .map(|(o, e)| (*o as i64, *e))
             .filter(|(o, _)| *o >= from && *o <= to)
-            .take(limit)
+            .take(limit.records)
             .map(|(o, e)| {
                 let v = match e {
                     RedisEntry::Present if self.deliverable(p, o) => {
@@ -211,11 +215,11 @@ impl Tiers for FakeTiers {
 
     async fn kafka_read(
         &self,
-        _reader: &mut Option<()>,
+        _permit: &mut Self::Permit,
         p: i32,
         from: i64,
         to: i64,
-        limit: usize,
+        limit: PageLimit,
     ) -> Result<Fetched, Unavailable> {
         if !self.case.kafka_up {
             return Err(Unavailable);
@@ -348,9 +352,13 @@ fn replay_case(case: Case) -> Result<(FakeTiers, Recorder), TestCaseError> {
                 kafka_gate: None,
             },
             watermarks,
-            page: case.page,
+            page: PageLimit::records(case.page),
             limits: DecodeLimits::default(),
             replays: ReplaySlots::new(1),
+            budget: crate::replay::config::ReplayBudget {
+                records: case.budget.unwrap_or(1_000_000),
+                ..Default::default()
+            },
         };
         let mut out = Recorder::default();
         let mut sent = Sent::default();
@@ -358,7 +366,7 @@ fn replay_case(case: Case) -> Result<(FakeTiers, Recorder), TestCaseError> {
             .await
             .map_err(|_| TestCaseError::fail("the recorder never goes away"))?;
         // Live delivery goes on from the replay's cursors while the publisher appends.
-        let mut cursors: Cursors<()> = Cursors::new(&hub, resumed.next);
+        let mut cursors: Cursors = Cursors::new(&hub, resumed.next);
         let m = DeliveryMetrics::new();
         let filter = Filter::default();
         loop {
@@ -393,6 +401,13 @@ fn check(case: &Case, tiers: &FakeTiers, out: &Recorder) -> Result<(), TestCaseE
             .map(|(_, a, b)| (*a, *b))
             .collect();
         let in_gap = |o: i64| gaps.iter().any(|(a, b)| *a <= o && o <= *b);
+        // Ranges the resume's budget left out (what a tier held may be there).
+        let in_budget_gap = |o: i64| {
+            out.gaps
+                .iter()
+                .zip(&out.reasons)
+                .any(|((q, a, b), r)| *q == p && r == "replay_budget" && *a <= o && o <= *b)
+        };
         prop_assert!(
             got.windows(2).all(|w| w[0] < w[1]),
             "partition {p}: out of order or twice: {got:?}"
@@ -450,7 +465,7 @@ fn check(case: &Case, tiers: &FakeTiers, out: &Recorder) -> Result<(), TestCaseE
             let in_redis =
                 case.redis_up && matches!(c.redis.get(&(o as usize)), Some(RedisEntry::Present));
             let in_kafka = case.kafka_on && case.kafka_up && o >= c.retained_from as i64;
-            if in_redis || in_kafka {
+            if (in_redis || in_kafka) && !in_budget_gap(o) {
                 prop_assert!(
                     got.binary_search(&o).is_ok(),
                     "partition {p}: {o} held by {} but not sent; got {got:?}, gaps {gaps:?}",
@@ -480,6 +495,7 @@ fn resume_at_4(redis_up: bool, kafka_on: bool, retained_from: usize) -> Case {
         kafka_on,
         kafka_up: true,
         earliest: false,
+        budget: None,
     }
 }
 
@@ -523,9 +539,10 @@ async fn resume_with_kafka_gate(permits: usize, held: usize) -> Recorder {
             kafka_gate: Some(gate.clone()),
         },
         watermarks: Default::default(),
-        page: 2,
+        page: PageLimit::records(2),
         limits: DecodeLimits::default(),
         replays: ReplaySlots::new(1),
+        budget: Default::default(),
     };
     let mut out = Recorder {
         gate: Some(gate),
@@ -612,9 +629,10 @@ fn unknown_cursor_partitions_cost_no_redis_lookup() {
                 kafka_gate: None,
             },
             watermarks: Default::default(),
-            page: case.page,
+            page: PageLimit::records(case.page),
             limits: DecodeLimits::default(),
             replays: ReplaySlots::new(1),
+            budget: Default::default(),
         };
         let mut cursor: std::collections::BTreeMap<i32, i64> = (1..1024).map(|p| (p, 7)).collect();
         cursor.insert(0, 4);
@@ -649,4 +667,223 @@ proptest! {
     fn every_offset_arrives_once_in_order_or_inside_an_exact_gap(case in case()) {
         run_case(case)?;
     }
+}
+
+/// The hub of [`resume_at_4`] (30 records, the log holding the last 10) and
+/// a context over it with `page` records per page and `budget`.
+fn context_at_4(
+    case: &Case,
+    page: usize,
+    budget: crate::replay::config::ReplayBudget,
+) -> ReplayContext<FakeTiers> {
+    let hub = test_hub(case.ring);
+    for o in 0..30 {
+        hub.publish(&frame(0, o));
+    }
+    ReplayContext {
+        hub,
+        tiers: FakeTiers {
+            case: case.clone(),
+            appended: Arc::new(Mutex::new(HashMap::from([(0, 30)]))),
+            redis_calls: Default::default(),
+            kafka_gate: None,
+        },
+        watermarks: Default::default(),
+        page: PageLimit::records(page),
+        limits: DecodeLimits::default(),
+        replays: ReplaySlots::new(1),
+        budget,
+    }
+}
+
+fn at_4() -> ResumeFrom {
+    ResumeFrom::Cursor(HashMap::from([(0, 4)]))
+}
+
+fn current_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap()
+}
+
+/// A client that takes nothing: its first data frame never goes out.
+struct Stalled;
+
+impl ReplayOut for Stalled {
+    async fn frame(&mut self, _: &Frame) -> Result<(), Gone> {
+        std::future::pending().await
+    }
+
+    async fn control(&mut self, _: String) -> Result<(), Gone> {
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), Gone> {
+        Ok(())
+    }
+}
+
+/// Free replay slots seen at each frame write.
+struct SlotWatch<'a> {
+    slots: &'a ReplaySlots,
+    free_at_write: Vec<usize>,
+}
+
+impl ReplayOut for SlotWatch<'_> {
+    async fn frame(&mut self, _: &Frame) -> Result<(), Gone> {
+        self.free_at_write.push(self.slots.free());
+        Ok(())
+    }
+
+    async fn control(&mut self, _: String) -> Result<(), Gone> {
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), Gone> {
+        Ok(())
+    }
+}
+
+/// A replay slot is held to read and decode a Redis page, never while the
+/// page is written to the client.
+#[test]
+fn a_replay_slot_is_not_held_across_writes_to_the_client() {
+    current_thread().block_on(async {
+        let case = resume_at_4(true, true, 0);
+        let rc = context_at_4(&case, 2, Default::default());
+        let mut out = SlotWatch {
+            slots: &rc.replays,
+            free_at_write: vec![],
+        };
+        let r = replay(
+            &rc,
+            &mut out,
+            Filter::default(),
+            at_4(),
+            &mut Sent::default(),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("the client never goes away"));
+        assert_eq!(r.replayed, 25);
+        assert_eq!(out.free_at_write, vec![1; 25]);
+    });
+}
+
+/// With one replay slot, a client that stopped reading mid-replay does not
+/// hold up another client's replay.
+#[test]
+fn a_stalled_replayer_does_not_hold_up_another() {
+    current_thread().block_on(async {
+        let case = resume_at_4(true, true, 0);
+        let rc = context_at_4(&case, 2, Default::default());
+        let mut stalled = Stalled;
+        let mut out = Recorder::default();
+        let (mut sent_a, mut sent_b) = (Sent::default(), Sent::default());
+        let done = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            tokio::select! {
+                biased;
+                _ = replay(&rc, &mut stalled, Filter::default(), at_4(), &mut sent_a) => {
+                    panic!("the stalled client's replay cannot end")
+                }
+                r = replay(&rc, &mut out, Filter::default(), at_4(), &mut sent_b) => r,
+            }
+        })
+        .await
+        .expect("the second replay ends while the first one is stalled");
+        assert!(done.is_ok());
+        let got: Vec<i64> = out.frames.iter().map(|(_, o)| *o).collect();
+        assert_eq!(got, (5..30).collect::<Vec<_>>());
+    });
+}
+
+/// A resume reads at most `REPLAY_MAX_RECORDS` records; the rest of what it
+/// asked for is one exact `replay_budget` gap, and the session goes on live
+/// after it.
+#[test]
+fn a_resume_stops_at_its_record_budget_with_an_exact_gap() {
+    current_thread().block_on(async {
+        let case = resume_at_4(true, true, 0);
+        let budget = crate::replay::config::ReplayBudget {
+            records: 6,
+            time: std::time::Duration::from_secs(300),
+        };
+        let rc = context_at_4(&case, 2, budget);
+        let mut out = Recorder::default();
+        let r = replay(
+            &rc,
+            &mut out,
+            Filter::default(),
+            at_4(),
+            &mut Sent::default(),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("the client never goes away"));
+        assert!(r.budget_exhausted);
+        assert!(r.read >= 6 && r.read < 10, "read {}", r.read);
+        let got: Vec<i64> = out.frames.iter().map(|(_, o)| *o).collect();
+        let last = *got.last().expect("some records before the budget ran out");
+        assert_eq!(got, (5..=last).collect::<Vec<_>>());
+        assert_eq!(out.gaps, vec![(0, last + 1, 29)]);
+        assert_eq!(out.reasons, vec!["replay_budget"]);
+        assert_eq!(
+            r.next.get(&0),
+            Some(&30),
+            "live delivery goes on after the gap"
+        );
+    });
+}
+
+/// A resume runs at most `REPLAY_MAX_SECS`: here none, so one page goes out
+/// and the rest is a `replay_budget` gap.
+#[test]
+fn a_resume_stops_at_its_time_budget() {
+    current_thread().block_on(async {
+        let case = resume_at_4(true, true, 0);
+        let budget = crate::replay::config::ReplayBudget {
+            records: 1_000_000,
+            time: std::time::Duration::ZERO,
+        };
+        let rc = context_at_4(&case, 2, budget);
+        let mut out = Recorder::default();
+        let r = replay(
+            &rc,
+            &mut out,
+            Filter::default(),
+            at_4(),
+            &mut Sent::default(),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("the client never goes away"));
+        assert!(r.budget_exhausted);
+        let got: Vec<i64> = out.frames.iter().map(|(_, o)| *o).collect();
+        assert_eq!(got, vec![5, 6], "one Kafka page of 2");
+        assert_eq!(out.gaps, vec![(0, 7, 29)]);
+        assert_eq!(out.reasons, vec!["replay_budget"]);
+    });
+}
+
+/// Records read back from Redis and Kafka that the client's filter refuses
+/// by their wire header are not decoded; those it may want are.
+#[test]
+fn records_the_filter_refuses_are_not_decoded() {
+    current_thread().block_on(async {
+        let case = resume_at_4(true, true, 0);
+        let rc = context_at_4(&case, 4, Default::default());
+        for (threads, decoded, replayed) in
+            [(Some("nobody"), 0, 0), (Some("t0"), 15, 25), (None, 15, 25)]
+        {
+            let filter = Filter::parse(threads, None, None, 10).unwrap();
+            let mut out = Recorder::default();
+            let r = replay(&rc, &mut out, filter, at_4(), &mut Sent::default())
+                .await
+                .unwrap_or_else(|_| panic!("the client never goes away"));
+            // 5..=11 from Kafka, 12..=19 from Redis, 20..=29 from memory.
+            assert_eq!(
+                (r.read, r.decoded, r.replayed),
+                (25, decoded, replayed),
+                "{threads:?}"
+            );
+        }
+    });
 }

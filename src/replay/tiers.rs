@@ -3,16 +3,21 @@
 //! The driver reads the rings through the hub itself (they are in memory);
 //! Redis and Kafka are reached through [`Tiers`], so the driver's ordering,
 //! gap and hand-over rules run unchanged over an in-memory fake in tests.
-//! [`LiveTiers`] is the real one: the Redis tier and a Kafka reader per
-//! replay, used from blocking tasks, with a bound on concurrent readers.
+//! [`LiveTiers`] is the real one: the Redis tier and a pool of Kafka
+//! readers, one per permit (`REPLAY_KAFKA_MAX_CONCURRENT`), used from
+//! blocking tasks. A replay holds a reader for one fetch, never while it
+//! writes to its client, so readers (and their prefetch buffers) are
+//! bounded by the permits, not by the replaying clients.
 
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::replay::config::PageLimit;
 use crate::replay::kafka::{Fetched, KafkaReader};
 use crate::replay::redis::RedisTier;
 
@@ -26,9 +31,7 @@ pub(crate) type RedisRows = Vec<(i64, Option<Vec<u8>>)>;
 
 /// Redis and Kafka as the replay driver sees them.
 pub(crate) trait Tiers: Sync {
-    /// What a replay keeps between Kafka reads (its reader and position).
-    type Reader: Send;
-    /// Held while a replay reads Kafka (`REPLAY_KAFKA_MAX_CONCURRENT`).
+    /// Held while a replay reads one page from Kafka (`REPLAY_KAFKA_MAX_CONCURRENT`).
     type Permit: Send;
 
     fn has_redis(&self) -> bool;
@@ -36,13 +39,13 @@ pub(crate) trait Tiers: Sync {
     fn redis_partitions(&self) -> impl Future<Output = BTreeSet<i32>> + Send;
     /// Highest offset Redis holds for `p`.
     fn redis_last(&self, p: i32) -> impl Future<Output = Option<i64>> + Send;
-    /// Offsets in `[from, to]`, at most `limit`.
+    /// Offsets in `[from, to]`, within `limit`.
     fn redis_page(
         &self,
         p: i32,
         from: i64,
         to: i64,
-        limit: usize,
+        limit: PageLimit,
     ) -> impl Future<Output = Result<RedisRows, Unavailable>> + Send;
 
     fn has_kafka(&self) -> bool;
@@ -52,14 +55,14 @@ pub(crate) trait Tiers: Sync {
     fn kafka_readers(&self) -> usize {
         0
     }
-    /// Reads up to `limit` records of `[from, to]`, opening the reader on first use.
+    /// Reads a page of `[from, to]` within `limit`, with the reader the permit holds.
     fn kafka_read(
         &self,
-        reader: &mut Option<Self::Reader>,
+        permit: &mut Self::Permit,
         p: i32,
         from: i64,
         to: i64,
-        limit: usize,
+        limit: PageLimit,
     ) -> impl Future<Output = Result<Fetched, Unavailable>> + Send;
 }
 
@@ -69,6 +72,8 @@ pub(crate) struct KafkaTier {
     pub(crate) topic: String,
     pub(crate) permits: Arc<Semaphore>,
     pub(crate) max_concurrent: usize,
+    /// Idle readers, at most one per permit.
+    pool: Arc<Mutex<Vec<KafkaReader>>>,
     /// Limit of one read.
     pub(crate) timeout: Duration,
 }
@@ -102,6 +107,7 @@ impl KafkaTier {
             topic: topic.to_string(),
             permits: Arc::new(Semaphore::new(max_concurrent)),
             max_concurrent,
+            pool: Default::default(),
             timeout: KAFKA_READ_TIMEOUT,
         }
     }
@@ -113,9 +119,36 @@ pub(crate) struct LiveTiers {
     pub(crate) kafka: Option<KafkaTier>,
 }
 
+/// A Kafka permit and the reader it lends: back to the pool when dropped.
+pub(crate) struct KafkaTurn {
+    _permit: OwnedSemaphorePermit,
+    reader: Option<KafkaReader>,
+    pool: Arc<Mutex<Vec<KafkaReader>>>,
+}
+
+impl Drop for KafkaTurn {
+    fn drop(&mut self) {
+        if let Some(r) = self.reader.take() {
+            self.pool.lock().push(r);
+        }
+    }
+}
+
+impl KafkaTier {
+    /// An idle reader, preferring one that continues at `(p, from)` (no
+    /// seek), or a new one.
+    fn reader(&self, p: i32, from: i64) -> Option<KafkaReader> {
+        let mut pool = self.pool.lock();
+        let i = pool
+            .iter()
+            .position(|r| r.continues_at(p, from))
+            .or_else(|| pool.len().checked_sub(1))?;
+        Some(pool.swap_remove(i))
+    }
+}
+
 impl Tiers for LiveTiers {
-    type Reader = KafkaReader;
-    type Permit = OwnedSemaphorePermit;
+    type Permit = KafkaTurn;
 
     fn has_redis(&self) -> bool {
         self.redis.is_some()
@@ -137,7 +170,7 @@ impl Tiers for LiveTiers {
         p: i32,
         from: i64,
         to: i64,
-        limit: usize,
+        limit: PageLimit,
     ) -> Result<RedisRows, Unavailable> {
         let Some(r) = &self.redis else {
             return Ok(Vec::new());
@@ -156,26 +189,26 @@ impl Tiers for LiveTiers {
         self.kafka.as_ref().map_or(0, |k| k.max_concurrent)
     }
 
-    async fn kafka_permit(&self) -> Option<OwnedSemaphorePermit> {
-        self.kafka
-            .as_ref()?
-            .permits
-            .clone()
-            .acquire_owned()
-            .await
-            .ok()
+    async fn kafka_permit(&self) -> Option<KafkaTurn> {
+        let k = self.kafka.as_ref()?;
+        let permit = k.permits.clone().acquire_owned().await.ok()?;
+        Some(KafkaTurn {
+            _permit: permit,
+            reader: None,
+            pool: k.pool.clone(),
+        })
     }
 
     async fn kafka_read(
         &self,
-        reader: &mut Option<KafkaReader>,
+        turn: &mut KafkaTurn,
         p: i32,
         from: i64,
         to: i64,
-        limit: usize,
+        limit: PageLimit,
     ) -> Result<Fetched, Unavailable> {
         let k = self.kafka.as_ref().ok_or(Unavailable)?;
-        let r = match reader.take() {
+        let r = match turn.reader.take().or_else(|| k.reader(p, from)) {
             Some(r) => r,
             None => {
                 let (props, topic) = (k.props.clone(), k.topic.clone());
@@ -194,7 +227,7 @@ impl Tiers for LiveTiers {
         .await;
         match res {
             Ok((r, fetched)) => {
-                *reader = Some(r);
+                turn.reader = Some(r);
                 fetched.map_err(|e| {
                     tracing::debug!(error = %e, partition = p, "kafka replay read failed");
                     Unavailable

@@ -58,7 +58,7 @@ pub(crate) struct Pass {
 }
 
 /// One session's cursors and registration.
-pub(crate) struct Cursors<R> {
+pub(crate) struct Cursors {
     next: HashMap<i32, i64>,
     /// Log version at the start of the last pass.
     seen: u64,
@@ -67,8 +67,6 @@ pub(crate) struct Cursors<R> {
     parts: Vec<i32>,
     /// The log epoch each partition's cursor belongs to (see `Log::reset`).
     epochs: HashMap<i32, u64>,
-    /// The Kafka reader of the last catch-up, kept for the next one.
-    reader: Option<R>,
     handle: ReaderHandle,
     /// Frames written since the last delay sample.
     sampled: u32,
@@ -77,7 +75,7 @@ pub(crate) struct Cursors<R> {
 /// One slot in this many is sampled for the delivery-delay histogram.
 const DELAY_SAMPLE_EVERY: u32 = 16;
 
-impl<R> Cursors<R> {
+impl Cursors {
     /// Starts reading at `next`; partitions it does not list appeared after
     /// the session started and are read from the first offset this process
     /// consumed for them (through catch-up if the log no longer holds it).
@@ -91,7 +89,6 @@ impl<R> Cursors<R> {
             generation: u64::MAX,
             parts: Vec::new(),
             epochs: HashMap::new(),
-            reader: None,
             handle,
             sampled: 0,
         }
@@ -124,7 +121,7 @@ impl<R> Cursors<R> {
         m: &DeliveryMetrics,
     ) -> Result<Pass, Gone>
     where
-        T: Tiers<Reader = R>,
+        T: Tiers,
         O: ReplayOut,
     {
         let hub = &*rc.hub;
@@ -147,19 +144,21 @@ impl<R> Cursors<R> {
                 continue;
             };
             let epoch = *self.epochs.entry(p).or_insert_with(|| hub.log.epoch(p));
-            match hub.log.page_in(p, Some(epoch), n, remaining.min(rc.page)) {
+            match hub
+                .log
+                .page_in(p, Some(epoch), n, remaining.min(rc.page.records))
+            {
                 Page::Missing => {}
                 Page::Evicted { first, .. } => {
                     // Boxed: a catch-up's state is on the heap only while it runs.
-                    let c = Box::pin(catch_up(rc, out, filter, &mut self.reader, p, n, first - 1))
-                        .await?;
+                    let c = Box::pin(catch_up(rc, out, filter, p, n, first - 1)).await?;
                     pass.frames += c.frames;
                     n = first;
                     pass.more = true;
                 }
                 Page::Entries(page) => {
                     // A full page: the session is behind (more is readable now).
-                    let behind = page.len() >= remaining.min(rc.page);
+                    let behind = page.len() >= remaining.min(rc.page.records);
                     if behind {
                         pass.more = true;
                     }
@@ -168,16 +167,7 @@ impl<R> Cursors<R> {
                     for e in &page {
                         if e.offset > n {
                             // A hole in the log: the lower tiers say what was there.
-                            let c = Box::pin(catch_up(
-                                rc,
-                                out,
-                                filter,
-                                &mut self.reader,
-                                p,
-                                n,
-                                e.offset - 1,
-                            ))
-                            .await?;
+                            let c = Box::pin(catch_up(rc, out, filter, p, n, e.offset - 1)).await?;
                             pass.frames += c.frames;
                         }
                         n = e.offset + 1;

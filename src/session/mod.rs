@@ -220,7 +220,17 @@ pub(crate) async fn run(
                 return;
             }
             let Ok(r) = replayed else { return };
-            let reason = if r.stale {
+            tracing::debug!(
+                replayed = r.replayed,
+                read = r.read,
+                decoded = r.decoded,
+                gaps = r.gaps,
+                budget_exhausted = r.budget_exhausted,
+                "replay done"
+            );
+            let reason = if r.budget_exhausted {
+                Some("replay_budget")
+            } else if r.stale {
                 Some("cursor_stale")
             } else if r.gaps > 0 {
                 Some("gaps")
@@ -251,7 +261,7 @@ pub(crate) async fn run(
 /// close code and reason, if one is to be sent.
 async fn deliver<R, S>(
     ctx: &SessionContext,
-    cursors: &mut Cursors<crate::replay::kafka::KafkaReader>,
+    cursors: &mut Cursors,
     filter: &Filter,
     tx: &mut Socket<S>,
     rx: &mut R,

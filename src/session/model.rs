@@ -20,6 +20,7 @@ use crate::hub::log::RingLimits;
 use crate::hub::{DeliveryLimits, Filter, Hub, PriorityTable};
 use crate::record::decode::{encode_record, DecodeLimits};
 use crate::record::frame::Frame;
+use crate::replay::config::PageLimit;
 use crate::replay::driver::{replay, ReplayContext, Sent};
 use crate::replay::kafka::{fake_kafka_read, Fetched};
 use crate::replay::out::{Gone, ReplayOut};
@@ -47,7 +48,6 @@ struct ModelTiers {
 }
 
 impl Tiers for ModelTiers {
-    type Reader = ();
     type Permit = ();
 
     fn has_redis(&self) -> bool {
@@ -69,7 +69,7 @@ impl Tiers for ModelTiers {
         p: i32,
         from: i64,
         to: i64,
-        limit: usize,
+        limit: PageLimit,
     ) -> Result<RedisRows, Unavailable> {
         let w = self.world.lock();
         let Some(r) = w.records.get(&p) else {
@@ -77,7 +77,7 @@ impl Tiers for ModelTiers {
         };
         Ok((from.max(0)..=to.min(r.len() as i64 - 1))
             .filter(|o| r[*o as usize].1)
-            .take(limit)
+            .take(limit.records)
             .map(|o| {
                 let v = if r[o as usize].0 {
                     frame(p, o).binary().to_vec()
@@ -99,11 +99,11 @@ impl Tiers for ModelTiers {
 
     async fn kafka_read(
         &self,
-        _reader: &mut Option<()>,
+        _permit: &mut Self::Permit,
         p: i32,
         from: i64,
         to: i64,
-        limit: usize,
+        limit: PageLimit,
     ) -> Result<Fetched, Unavailable> {
         let w = self.world.lock();
         let end = w.records.get(&p).map_or(0, |r| r.len() as i64);
@@ -237,9 +237,10 @@ fn context(m: &Model, world: &Arc<Mutex<World>>) -> ReplayContext<ModelTiers> {
             kafka_on: m.kafka_on,
         },
         watermarks: Default::default(),
-        page: m.page,
+        page: PageLimit::records(m.page),
         limits: DecodeLimits::default(),
         replays: ReplaySlots::new(1),
+        budget: Default::default(),
     }
 }
 
@@ -255,7 +256,7 @@ fn run_model(m: &Model) -> Result<(), TestCaseError> {
         let mut rc = context(m, &world);
         let mut clients: Vec<Client> = (0..3).map(|_| Client::default()).collect();
         let from_zero: HashMap<i32, i64> = (0..PARTITIONS).map(|p| (p, 0)).collect();
-        let mut cursors: Vec<Cursors<()>> = (0..3)
+        let mut cursors: Vec<Cursors> = (0..3)
             .map(|_| Cursors::new(&rc.hub, from_zero.clone()))
             .collect();
         let fail = |_| TestCaseError::fail("a client never goes away");
@@ -436,7 +437,7 @@ fn offsets_that_restart_reach_a_reader_as_a_reset_then_the_new_history() {
         let rc = context(&m, &world);
         let (filter, metrics) = (Filter::default(), DeliveryMetrics::new());
         let mut client = Client::default();
-        let mut cursors: Cursors<()> = Cursors::new(&rc.hub, HashMap::from([(0, 0)]));
+        let mut cursors: Cursors = Cursors::new(&rc.hub, HashMap::from([(0, 0)]));
         world.lock().records.insert(0, vec![(true, false); 20]);
         for o in 0..20 {
             rc.hub.publish(&frame(0, o));
@@ -468,7 +469,7 @@ fn offsets_that_restart_reach_a_reader_as_a_reset_then_the_new_history() {
         assert!(client.gaps.is_empty(), "{:?}", client.gaps);
         // A reader that starts after the reset reads the new history only.
         let mut late = Client::default();
-        let mut c2: Cursors<()> = Cursors::new(&rc.hub, HashMap::from([(0, 0)]));
+        let mut c2: Cursors = Cursors::new(&rc.hub, HashMap::from([(0, 0)]));
         for _ in 0..10 {
             c2.pass(&rc, &mut late, &filter, 100, &metrics)
                 .await
@@ -514,7 +515,7 @@ fn at_critical_backpressure_a_reader_that_is_behind_skips_low_priority_frames_wi
         let metrics = DeliveryMetrics::new();
         let filter = Filter::default();
         let mut client = Client::default();
-        let mut cursors: Cursors<()> = Cursors::new(&rc.hub, [(0, 0)].into());
+        let mut cursors: Cursors = Cursors::new(&rc.hub, [(0, 0)].into());
         // 0..=5 token chunks (low), 6 an event (normal), 7 a token chunk.
         for o in 0..8 {
             if o == 6 {

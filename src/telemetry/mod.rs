@@ -80,6 +80,8 @@ pub(crate) const REPLAY_MEMORY_HITS: &str = "replay_buffer_memory_hits_total";
 pub(crate) const REPLAY_REDIS_HITS: &str = "replay_buffer_redis_hits_total";
 pub const REPLAY_KAFKA_HITS: &str = "replay_buffer_kafka_hits_total";
 pub(crate) const REPLAY_MISSES: &str = "replay_buffer_misses_total";
+pub(crate) const REPLAY_RECORDS_READ: &str = "replay_buffer_records_read_total";
+pub(crate) const REPLAY_BUDGET_EXHAUSTED: &str = "replay_buffer_budget_exhausted_total";
 pub(crate) const REPLAY_REDIS_WRITES: &str = "replay_buffer_redis_writes_total";
 pub(crate) const REPLAY_REDIS_WRITE_FAILURES: &str = "replay_buffer_redis_write_failures_total";
 pub(crate) const REPLAY_REDIS_WRITE_DROPPED: &str = "replay_buffer_redis_write_dropped_total";
@@ -366,6 +368,14 @@ fn describe_all() {
         REPLAY_MISSES,
         "Offsets no tier could replay (reported to clients as gap frames)."
     );
+    describe_counter!(
+        REPLAY_RECORDS_READ,
+        "Records replays read back from Redis or Kafka, by outcome: decoded (the client's filter may want it), filtered (its wire header says the filter refuses it: not decoded)."
+    );
+    describe_counter!(
+        REPLAY_BUDGET_EXHAUSTED,
+        "Resumes ended by their budget (budget: records = REPLAY_MAX_RECORDS, time = REPLAY_MAX_SECS); the rest was sent as replay_budget gaps."
+    );
     describe_counter!(REPLAY_REDIS_WRITES, "Replay entries written to Redis.");
     describe_counter!(
         REPLAY_REDIS_WRITE_FAILURES,
@@ -406,9 +416,12 @@ fn describe_all() {
     );
     describe_gauge!(
         REPLAY_ACTIVE,
-        "Resumes replaying now (at most REPLAY_MAX_CONCURRENT)."
+        "Replays running now: resumes, and live sessions catching up from Redis or Kafka (at most REPLAY_MAX_CONCURRENT of them read a Redis page at once)."
     );
-    describe_gauge!(REPLAY_WAITING, "Resumes waiting for a replay slot.");
+    describe_gauge!(
+        REPLAY_WAITING,
+        "Replays waiting for a replay slot to read their next Redis page."
+    );
     describe_counter!(
         DLQ_SENDS,
         "Records written to the DLQ topic, by error_type."
@@ -493,6 +506,12 @@ impl PipelineMetrics {
         metrics::gauge!(REPLAY_REDIS_QUEUE_BYTES).set(0.0);
         metrics::gauge!(REPLAY_ACTIVE).set(0.0);
         metrics::gauge!(REPLAY_WAITING).set(0.0);
+        for outcome in ["decoded", "filtered"] {
+            metrics::counter!(REPLAY_RECORDS_READ, "outcome" => outcome).increment(0);
+        }
+        for budget in ["records", "time"] {
+            metrics::counter!(REPLAY_BUDGET_EXHAUSTED, "budget" => budget).increment(0);
+        }
         metrics::counter!(DROPPED_MESSAGES, "reason" => DROP_LAGGED_RECEIVER).increment(0);
         metrics::counter!(DROPPED_MESSAGES, "reason" => DROP_BACKPRESSURE_SHED).increment(0);
         metrics::counter!(CLIENT_LAG_MESSAGES).increment(0);

@@ -497,48 +497,38 @@ async fn wait_gauge(bridge: &Bridge, name: &str, want: f64) {
     wait_metric(bridge, |m| m.get(name) == Some(&want), name).await;
 }
 
+/// With one replay slot, a client that stopped reading in the middle of its
+/// replay (from Redis and Kafka: the memory log holds only the last 500)
+/// holds no slot while it does not read: another client's replay runs to
+/// the end meanwhile, and the stalled one is still replaying.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn replays_beyond_the_concurrency_bound_wait_their_turn_and_a_vanished_replayer_frees_its_slot(
-) {
+async fn a_replayer_that_stopped_reading_does_not_hold_up_the_others() {
     let topic = unique("replaybound");
     create_topic(&topic, 1).await;
+    let redis = OwnRedis::start().await;
     let bridge = Bridge::start(
         &topic,
         &[
             ("REPLAY_MAX_CONCURRENT", "1"),
+            ("REPLAY_MEMORY_MAX_PER_PARTITION", "500"),
             ("WEBSOCKET_SEND_BUFFER_BYTES", "65536"),
+            ("REDIS_URL", &redis.url()),
         ],
     )
     .await;
     produce(&producer(), &topic, &records(5_000, 4)).await;
     bridge.wait_processed(5_000, Duration::from_secs(10)).await;
-    // A replays but never reads: its replay holds the only slot, blocked on its full socket.
-    let (stalled, _) = connect(&bridge.ws_url("?resume=earliest")).await;
-    wait_gauge(&bridge, "replay_sessions_active", 1.0).await;
-    // B asks to resume meanwhile: it waits its turn, and is told so (and nothing else).
-    let (mut ws, _) = connect(&bridge.ws_url("?format=json&resume=earliest")).await;
-    wait_gauge(&bridge, "replay_sessions_waiting", 1.0).await;
-    match next_frame(&mut ws, Duration::from_secs(5)).await {
-        Some(Frame::Control(c)) => assert_eq!(
-            (
-                c["type"].as_str(),
-                c["waiting"].as_u64(),
-                c["max_concurrent"].as_u64()
-            ),
-            (Some("replay_queued"), Some(1), Some(1)),
-            "{c}"
-        ),
-        other => panic!("replay_queued expected, got {other:?}"),
-    }
-    assert!(
-        next_frame(&mut ws, Duration::from_millis(500))
+    // A replays but never reads, with a small receive buffer: its replay
+    // stops at its full socket.
+    let _stalled =
+        kwb_testkit::ws::connect_with_recv_buffer(&bridge.ws_url("?resume=earliest"), 4096)
             .await
-            .is_none(),
-        "a waiting resume gets no data before its replay"
-    );
-    // A goes away mid-replay: its slot is released, and B's replay runs to the end.
-    drop(stalled);
-    let (frames, control) = collect(&mut ws, 5_000, Duration::from_secs(10)).await;
+            .expect("connect");
+    wait_gauge(&bridge, "replay_sessions_active", 1.0).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // B's replay runs to the end while A is stalled in its own.
+    let (mut ws, _) = connect(&bridge.ws_url("?format=json&resume=earliest")).await;
+    let (frames, control) = collect(&mut ws, 5_000, Duration::from_secs(8)).await;
     let offsets: Vec<i64> = frames
         .iter()
         .map(|f| match f {
@@ -558,6 +548,74 @@ async fn replays_beyond_the_concurrency_bound_wait_their_turn_and_a_vanished_rep
         ),
         other => panic!("replay_complete expected, got {other:?}"),
     }
-    wait_gauge(&bridge, "replay_sessions_active", 0.0).await;
-    wait_gauge(&bridge, "replay_sessions_waiting", 0.0).await;
+    let m = bridge.metrics().await;
+    assert_eq!(
+        m.get("replay_sessions_active"),
+        Some(&1.0),
+        "A is still replaying"
+    );
+    assert_eq!(m.get("replay_sessions_waiting"), Some(&0.0));
+}
+
+/// A resume that filters out everything (`tenant=nobody`) reads no record
+/// it does not need to decode, and stops at `REPLAY_MAX_RECORDS`: the rest
+/// is an exact `replay_budget` gap, the replay is complete with that
+/// reason, and live delivery goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_resume_that_sends_nothing_stops_at_its_budget_with_a_gap() {
+    let topic = unique("replaybudget");
+    create_topic(&topic, 1).await;
+    let bridge = Bridge::start(
+        &topic,
+        &[
+            ("REPLAY_MAX_RECORDS", "1000"),
+            ("REPLAY_MEMORY_MAX_PER_PARTITION", "200"),
+        ],
+    )
+    .await;
+    produce(&producer(), &topic, &records(3_000, 4)).await;
+    bridge.wait_processed(3_000, Duration::from_secs(10)).await;
+    let (mut ws, _) = connect(&bridge.ws_url("?format=json&resume=earliest&tenant=nobody")).await;
+    let mut gaps = vec![];
+    let done = loop {
+        match next_frame(&mut ws, Duration::from_secs(10)).await {
+            Some(Frame::Control(c)) if c["type"] == "gap" => gaps.push(c),
+            Some(Frame::Control(c)) if c["type"] == "replay_complete" => break c,
+            other => panic!("gap or replay_complete expected, got {other:?}"),
+        }
+    };
+    assert_eq!(gaps.len(), 1, "{gaps:?}");
+    assert_eq!(gaps[0]["reason"], "replay_budget");
+    let from = gaps[0]["from"].as_i64().unwrap();
+    assert!(
+        (900..=1_100).contains(&from),
+        "stopped near 1,000 records read: {from}"
+    );
+    assert_eq!(gaps[0]["to"], 2_999);
+    assert_eq!(
+        (
+            done["recovered"].as_bool(),
+            done["reason"].as_str(),
+            done["replayed"].as_u64()
+        ),
+        (Some(false), Some("replay_budget"), Some(0)),
+        "{done}"
+    );
+    let body = kwb_testkit::http::get(bridge.port, "/metrics")
+        .await
+        .unwrap()
+        .1;
+    let count = |name: &str, label: &str| kwb_testkit::prom::sum(&body, name, label).unwrap_or(0.0);
+    assert_eq!(
+        count("replay_buffer_budget_exhausted_total", "records"),
+        1.0
+    );
+    assert_eq!(count("replay_buffer_records_read_total", "decoded"), 0.0);
+    assert!(count("replay_buffer_records_read_total", "filtered") >= 800.0);
+    // Live: a ping is answered (the session left its replay).
+    send_text(&mut ws, r#"{"type":"ping"}"#).await;
+    match next_frame(&mut ws, Duration::from_secs(5)).await {
+        Some(Frame::Control(c)) => assert_eq!(c["type"], "pong"),
+        other => panic!("pong expected, got {other:?}"),
+    }
 }
