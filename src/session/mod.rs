@@ -200,60 +200,115 @@ pub(crate) async fn run(
         Some(from) => Intent::Resume(from),
         None => first_message(&ctx, &mut rx, &mut tx).await,
     };
-    let mut cursors = match (intent, early) {
+    let (mut cursors, held) = match (intent, early) {
         (Intent::Gone, _) => return,
-        (Intent::Live, Some(early)) => early,
-        (Intent::Live, None) => Cursors::new(&ctx.hub, live_start(&ctx.hub)),
+        (Intent::Live, Some(early)) => (early, None),
+        (Intent::Live, None) => (Cursors::new(&ctx.hub, live_start(&ctx.hub)), None),
         (Intent::Resume(from), early) => {
             drop(early);
-            let started = std::time::Instant::now();
-            let seq = ctx.hub.notice_seq();
-            let mut sent = Sent::default();
-            let replayed = tokio::select! {
-                // Boxed: the replay's state lives on the heap only while it runs,
-                // not in every session's future.
-                r = Box::pin(driver::replay(&ctx.replay, &mut tx, filter.clone(), from, &mut sent)) => r,
-                _ = ctx.shutdown.cancelled() => Err(Gone),
-            };
-            if ctx.shutdown.is_cancelled() {
-                tx.close(CLOSE_GOING_AWAY, "server shutting down").await;
-                return;
+            match replay_history(&ctx, &mut tx, &mut rx, &filter, from).await {
+                Some(c) => c,
+                None => return,
             }
-            let Ok(r) = replayed else { return };
-            tracing::debug!(
-                replayed = r.replayed,
-                read = r.read,
-                decoded = r.decoded,
-                gaps = r.gaps,
-                budget_exhausted = r.budget_exhausted,
-                "replay done"
-            );
-            let reason = if r.budget_exhausted {
-                Some("replay_budget")
-            } else if r.stale {
-                Some("cursor_stale")
-            } else if r.gaps > 0 {
-                Some("gaps")
-            } else {
-                None
-            };
-            let done = control::replay_complete(
-                r.replayed,
-                r.gaps == 0,
-                reason,
-                r.gaps,
-                started.elapsed().as_millis() as u64,
-            );
-            if tx.send_text(done).await.is_err() {
-                return;
-            }
-            Cursors::new(&ctx.hub, r.next).with_notices_after(seq)
         }
     };
+    // A message the client sent during its replay is answered first.
+    if let Some(inc) = held {
+        if let Some(close) = incoming(&mut tx, Some(inc)).await {
+            if let Some((code, reason)) = close {
+                tx.close(code, reason).await;
+            }
+            return;
+        }
+    }
     let close = deliver(&ctx, &mut cursors, &filter, &mut tx, &mut rx).await;
     if let Some((code, reason)) = close {
         tx.close(code, reason).await;
     }
+}
+
+/// Replays what the client asked for, then sends `replay_complete`; the
+/// cursors live delivery reads on from. The client's messages are read
+/// meanwhile: a Close or a protocol violation ends the replay and is
+/// answered at once; pings are answered by the WebSocket layer; the first
+/// other message waits for the replay's end (further ones stay unread until
+/// then). `None`: the session is over.
+async fn replay_history<R, S>(
+    ctx: &SessionContext,
+    tx: &mut Socket<S>,
+    rx: &mut R,
+    filter: &Filter,
+    from: ResumeFrom,
+) -> Option<(Cursors, Option<Result<Message, axum::Error>>)>
+where
+    R: futures_util::Stream<Item = Result<Message, axum::Error>> + Unpin,
+    S: futures_util::Sink<Message> + Unpin + Send,
+{
+    let started = std::time::Instant::now();
+    let seq = ctx.hub.notice_seq();
+    let mut sent = Sent::default();
+    let mut held = None;
+    let ended = {
+        // Boxed: the replay's state lives on the heap only while it runs,
+        // not in every session's future.
+        let mut replay = Box::pin(driver::replay(
+            &ctx.replay,
+            &mut *tx,
+            filter.clone(),
+            from,
+            &mut sent,
+        ));
+        loop {
+            tokio::select! {
+                r = &mut replay => break Ok(r),
+                _ = ctx.shutdown.cancelled() => break Ok(Err(Gone)),
+                inc = rx.next(), if held.is_none() => match inc {
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                    Some(Ok(Message::Text(_) | Message::Binary(_))) => held = inc,
+                    ending => break Err(ending),
+                },
+            }
+        }
+    };
+    if ctx.shutdown.is_cancelled() {
+        tx.close(CLOSE_GOING_AWAY, "server shutting down").await;
+        return None;
+    }
+    let r = match ended {
+        Ok(Ok(r)) => r,
+        Ok(Err(Gone)) => return None,
+        Err(ending) => {
+            // A Close, a violation or the end of the stream: the replay stops here.
+            incoming(tx, ending).await;
+            return None;
+        }
+    };
+    tracing::debug!(
+        replayed = r.replayed,
+        read = r.read,
+        decoded = r.decoded,
+        gaps = r.gaps,
+        budget_exhausted = r.budget_exhausted,
+        "replay done"
+    );
+    let reason = if r.budget_exhausted {
+        Some("replay_budget")
+    } else if r.stale {
+        Some("cursor_stale")
+    } else if r.gaps > 0 {
+        Some("gaps")
+    } else {
+        None
+    };
+    let done = control::replay_complete(
+        r.replayed,
+        r.gaps == 0,
+        reason,
+        r.gaps,
+        started.elapsed().as_millis() as u64,
+    );
+    tx.send_text(done).await.ok()?;
+    Some((Cursors::new(&ctx.hub, r.next).with_notices_after(seq), held))
 }
 
 /// Live delivery: passes over the log while there is something to read,

@@ -205,3 +205,59 @@ async fn a_close_from_the_client_is_answered_with_its_code() {
         );
     }
 }
+
+/// A Close sent in the middle of a long replay ends the replay and is
+/// answered at once, not after the replay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_close_during_a_replay_is_answered_without_waiting_for_its_end() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let topic = unique("closereplay");
+    create_topic(&topic, 1).await;
+    // A small socket buffer: the replay goes at the client's pace.
+    let bridge = Bridge::start(&topic, &[("WEBSOCKET_SEND_BUFFER_BYTES", "65536")]).await;
+    let recs: Vec<_> = kafka_ws_bridge::Generator::new(kafka_ws_bridge::SynthConfig {
+        threads: 4,
+        ..Default::default()
+    })
+    .take(20_000)
+    .map(|r| (Some(r.key), r.value))
+    .collect();
+    produce(&producer(), &topic, &recs).await;
+    bridge.wait_processed(20_000, Duration::from_secs(20)).await;
+    // A client that reads slowly: its replay stays at the first pages.
+    let mut ws =
+        kwb_testkit::ws::connect_with_recv_buffer(&bridge.ws_url("?resume=earliest"), 8 * 1024)
+            .await
+            .expect("connect");
+    for _ in 0..100 {
+        ws.next().await.expect("frame").expect("frame");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    ws.send(Message::Close(Some(CloseFrame {
+        code: CloseCode::from(4002),
+        reason: "bye".into(),
+    })))
+    .await
+    .expect("send close");
+    let (mut data, mut complete) = (100, false);
+    let code = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(f))) => break f.map(|f| u16::from(f.code)),
+                Some(Ok(Message::Binary(_))) => data += 1,
+                Some(Ok(Message::Text(t))) => complete |= t.contains("replay_complete"),
+                Some(Ok(_)) => {}
+                other => panic!("ended without a Close: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("an answer within 10 s");
+    assert_eq!(code, Some(4002));
+    assert!(!complete, "the replay was stopped, not finished");
+    assert!(data < 15_000, "{data} frames arrived before the answer");
+}
