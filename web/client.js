@@ -14,7 +14,12 @@
 //   * decodes JSON and binary data frames (binary: the 21-byte envelope gives the cursor; the DashStream
 //     record value is handed to the app as raw bytes, not decoded);
 //   * ignores data frames at or below the cursor (defensive dedupe), except the records an operator
-//     released after a halt (announced by `thread_resumed`);
+//     released after a halt: the `released` data frames that follow `thread_resumed` are applied
+//     without moving the cursor (late), and remembered until the cursor passes them, so a later
+//     replay of the same offsets in order is not applied twice;
+//   * keeps the notice cursor (`notices` of hello / replay_complete / thread notices; for
+//     thread_resumed once its released records arrived), persists it with the offsets and sends it
+//     when it resumes, so releases it missed while away come after the replay;
 //   * reconnects with exponential backoff and jitter (capped), and at once with resume on `lagged`
 //     (frames were dropped for this connection: nothing after the notice is applied, the resume
 //     fetches them again).
@@ -36,6 +41,9 @@
 // Callbacks (all optional): onMessage(frame), onGap(gap), onReplayComplete(info), onStatus(status),
 // onNotice(frame) for lagged / thread_halted / thread_resumed / error / overload / replay_incomplete /
 // cursor_reset / app_error, onError(error, context).
+
+// Late records remembered (applied above the cursor) at most.
+const MAX_LATE_KEPT = 10000;
 
 const DEFAULTS = {
   url: null, // ws base, e.g. ws://host:3002/ws (default: /ws on the page's host)
@@ -147,13 +155,19 @@ class DashStreamClient {
     this._persistTimer = null;
     this._dirty = false;
     this._stopped = true;
-    this._late = new Map(); // thread → released records still to admit below the cursor
-    this._lateAny = 0; // same, for binary frames (thread unknown without decoding protobuf)
+    this.notices = null; // the notice cursor (docs/PROTOCOL.md, Late records)
+    this._lateNext = 0; // data frames still to come of the last thread_resumed (late)
+    this._lateNotices = null; // its notice cursor, kept once they all arrived
+    this._lateApplied = new Set(); // "p:o" applied late above the cursor, until the cursor passes
     this.restored = this._load();
     if (this.restored) {
       this.namespace = this.restored.namespace || null;
       for (const [p, off] of Object.entries(this.restored.offsets || {})) {
         if (Number.isInteger(off)) this.cursors.set(Number(p), off);
+      }
+      if (typeof this.restored.notices === 'string') this.notices = this.restored.notices;
+      for (const k of Array.isArray(this.restored.late) ? this.restored.late : []) {
+        if (typeof k === 'string') this._lateApplied.add(k);
       }
     }
     this._onPageHide = () => this.flush();
@@ -214,6 +228,7 @@ class DashStreamClient {
     } else {
       q.set('resume', this.opts.startFrom);
     }
+    if (this.notices) q.set('notices', this.notices);
     return `${this.url}${this.url.includes('?') ? '&' : '?'}${q.toString()}`;
   }
 
@@ -222,7 +237,14 @@ class DashStreamClient {
     clearTimeout(this._persistTimer);
     this._persistTimer = null;
     if (!this.storage) return;
-    const record = { v: 1, namespace: this.namespace, offsets: this.cursorObject(), saved_at: Date.now() };
+    const record = {
+      v: 1,
+      namespace: this.namespace,
+      offsets: this.cursorObject(),
+      notices: this.notices,
+      late: [...this._lateApplied].slice(-MAX_LATE_KEPT),
+      saved_at: Date.now(),
+    };
     try {
       if (this.opts.getAppState) record.app = this.opts.getAppState();
       this.storage.setItem(this.storageKey, JSON.stringify(record));
@@ -325,13 +347,12 @@ class DashStreamClient {
     if (!conn.helloSeen) return; // hello is always first; anything else is not from this protocol
     const p = f.partition;
     const last = this.cursors.get(p);
-    let late = false;
-    if (last !== undefined && f.offset <= last) {
-      late = this._takeLate(f);
-      if (!late) {
-        this.stats.deduped += 1;
-        return;
-      }
+    const key = `${p}:${f.offset}`;
+    // The data frames right after thread_resumed are its released records: late.
+    const late = this._lateNext > 0;
+    if (!late && ((last !== undefined && f.offset <= last) || this._lateApplied.has(key))) {
+      this.stats.deduped += 1;
+      return;
     }
     try {
       if (this.opts.onMessage) this.opts.onMessage(f);
@@ -349,25 +370,29 @@ class DashStreamClient {
       this._abandon(conn, 'app_error');
       return;
     }
-    if (!late) {
+    if (late) {
+      if (last === undefined || f.offset > last) this._lateApplied.add(key);
+      this._lateNext -= 1;
+      if (this._lateNext === 0) this._keepNotices(this._lateNotices);
+    } else {
       this.cursors.set(p, f.offset);
+      if (this._lateApplied.size > 0) {
+        for (const k of this._lateApplied) {
+          const [kp, ko] = k.split(':').map(Number);
+          if (kp === p && ko <= f.offset) this._lateApplied.delete(k);
+        }
+      }
       this._dirty = true;
       this._schedulePersist();
     }
     this.stats.applied += 1;
   }
 
-  _takeLate(f) {
-    if (typeof f.thread_id === 'string') {
-      const n = this._late.get(f.thread_id) || 0;
-      if (n <= 0) return false;
-      if (n === 1) this._late.delete(f.thread_id);
-      else this._late.set(f.thread_id, n - 1);
-      return true;
-    }
-    if (this._lateAny <= 0) return false;
-    this._lateAny -= 1;
-    return true;
+  _keepNotices(cursor) {
+    if (typeof cursor !== 'string' || cursor === this.notices) return;
+    this.notices = cursor;
+    this._dirty = true;
+    this._schedulePersist();
   }
 
   _onControl(conn, f) {
@@ -375,6 +400,9 @@ class DashStreamClient {
       case 'hello': {
         conn.helloSeen = true;
         this.hello = f;
+        // A release cut off by the last connection comes again (its notice was not kept).
+        this._lateNext = 0;
+        this._lateNotices = null;
         const ns = f.resume_namespace || '';
         if (this.cursors.size > 0 && this.namespace !== null && this.namespace !== ns) {
           // The stored cursor is of another topic/cluster: it means nothing here. Start fresh.
@@ -402,6 +430,7 @@ class DashStreamClient {
         break;
       case 'replay_complete':
         conn.live = true;
+        this._keepNotices(f.notices);
         this._attempt = 0;
         this.flush();
         this._call('onReplayComplete', f);
@@ -418,10 +447,16 @@ class DashStreamClient {
         this._abandon(conn, 'lagged');
         break;
       case 'thread_resumed':
-        if (typeof f.thread_id === 'string' && f.released > 0) {
-          if (this.opts.format === 'binary') this._lateAny += f.released;
-          else this._late.set(f.thread_id, (this._late.get(f.thread_id) || 0) + f.released);
+        if (Number.isInteger(f.released) && f.released > 0) {
+          this._lateNext = f.released;
+          this._lateNotices = f.notices;
+        } else {
+          this._keepNotices(f.notices);
         }
+        this._notice(f);
+        break;
+      case 'thread_halted':
+        this._keepNotices(f.notices);
         this._notice(f);
         break;
       case 'offsets_reset':
@@ -435,7 +470,7 @@ class DashStreamClient {
         break;
       case 'pong':
         break;
-      default: // thread_halted, error, and anything newer
+      default: // error, and anything newer
         this._notice(f);
     }
   }

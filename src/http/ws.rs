@@ -42,6 +42,8 @@ pub(crate) struct WsParams {
     resume: Option<String>,
     /// With `resume=cursor`: `0:12,1:40` (partition:last applied offset).
     last_offsets: Option<String>,
+    /// With `resume`: the notice cursor the client keeps (`BOOT:SEQ`).
+    notices: Option<String>,
     /// Access token for browsers (others may use `Authorization: Bearer`).
     token: Option<String>,
 }
@@ -70,7 +72,16 @@ pub(crate) fn check_query(
         params.last_offsets.as_deref(),
         max_resume_partitions,
     )?;
+    check_notices(params.notices.as_deref())?;
     Ok(())
+}
+
+/// A notice cursor, when given, is `BOOT:SEQ`.
+fn check_notices(notices: Option<&str>) -> Result<(), String> {
+    match notices.map(crate::hub::notices::parse_cursor) {
+        Some(Err(_)) => Err("notices: expected the cursor the bridge sent (BOOT:SEQ)".into()),
+        _ => Ok(()),
+    }
 }
 
 fn parse_format(f: Option<&str>) -> Option<Format> {
@@ -151,6 +162,10 @@ pub(crate) async fn ws(
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_resume", &e),
     };
+    if let Err(e) = check_notices(params.notices.as_deref()) {
+        return error(StatusCode::BAD_REQUEST, "invalid_resume", &e);
+    }
+    let notices = params.notices.filter(|_| resume.is_some());
     let upgrade = match upgrade {
         Ok(u) => u,
         Err(e) => {
@@ -218,7 +233,7 @@ pub(crate) async fn ws(
         .on_upgrade(move |socket| {
             tracker.track_future(async move {
                 let _permit = permit;
-                session::run(socket, sessions, format, filter, resume).await
+                session::run(socket, sessions, format, filter, resume, notices).await
             })
         })
 }

@@ -8,21 +8,22 @@
 //!
 //! Besides the log, the hub carries the thread notices (halted, resumed)
 //! and the records released after a halt, which reach sessions already past
-//! their offsets, in one small ordered side list ([`Hub::notices_since`]).
+//! their offsets, in one small ordered side list ([`notices`]), and the
+//! halted threads every reading path withholds ([`held`]).
 
 pub(crate) mod config;
+pub(crate) mod held;
 pub(crate) mod log;
+pub(crate) mod notices;
 pub(crate) mod readers;
 
-use std::collections::{HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::Utf8Bytes;
-use parking_lot::Mutex;
-
 use crate::hub::log::{Log, RingLimits, Slot};
+use crate::hub::notices::{Notice, Notices};
 use crate::hub::readers::Readers;
 use crate::record::decode::MessageKind;
 use crate::record::frame::Frame;
@@ -280,34 +281,13 @@ pub(crate) struct DeliveryLimits {
     pub(crate) reader_hold: Duration,
 }
 
-/// What reaches sessions outside the log's offset order.
-#[derive(Clone)]
-pub(crate) enum Notice {
-    /// A control frame about one thread (`thread_halted`, `thread_resumed`).
-    Thread {
-        thread: Box<str>,
-        tenant: Box<str>,
-        text: Utf8Bytes,
-    },
-    /// A record released after a halt: sessions past its offset get it too.
-    Late(Arc<Frame>),
-    /// The partition's offsets restarted at `first` (epoch `epoch` of the log).
-    OffsetsReset {
-        partition: i32,
-        first: i64,
-        epoch: u64,
-    },
-}
-
-/// Notices kept for sessions that have not read them yet.
-const MAX_NOTICES: usize = 1024;
-
 /// The log, the readers, and what every session shares.
 pub(crate) struct Hub {
     pub(crate) log: Log,
     pub(crate) readers: Arc<Readers>,
-    notices: Mutex<VecDeque<(u64, Notice)>>,
-    notice_seq: AtomicU64,
+    /// Halted threads: what no reading path may deliver yet.
+    pub(crate) held: held::HeldThreads,
+    pub(crate) notices: Notices,
     connected: AtomicUsize,
     /// Sessions reading from Redis or Kafka because they fell behind the log.
     catching_up: AtomicUsize,
@@ -343,8 +323,8 @@ impl Hub {
         Arc::new(Self {
             log: Log::new(rings),
             readers: Readers::new(delivery.reader_stall, delivery.reader_hold),
-            notices: Mutex::new(VecDeque::new()),
-            notice_seq: AtomicU64::new(0),
+            held: Default::default(),
+            notices: Notices::new(),
             connected: AtomicUsize::new(0),
             catching_up: AtomicUsize::new(0),
             priorities: delivery.priorities,
@@ -381,11 +361,20 @@ impl Hub {
         );
     }
 
-    /// A record released after a halt: it replaces its tombstone in the log
-    /// (for replays) and reaches every session as a late notice.
-    pub(crate) fn publish_late(&self, frame: &Arc<Frame>) {
-        self.publish(frame);
-        self.notice(Notice::Late(frame.clone()));
+    /// An operator released a halted thread: its held records reach every
+    /// session as one notice (`thread_resumed`, then the records), and then
+    /// replace their tombstones in the log, for replays. In that order: a
+    /// session that finds one in the log knows of its notice already.
+    pub(crate) fn release(&self, thread: &str, tenant: &str, frames: &[Arc<Frame>]) {
+        self.notice(Notice::Released {
+            thread: thread.into(),
+            tenant: tenant.into(),
+            frames: frames.into(),
+        });
+        for f in frames {
+            self.publish(f);
+        }
+        self.wake();
     }
 
     /// Records an offset that is not delivered (now, or not yet: a record
@@ -427,30 +416,14 @@ impl Hub {
     }
 
     fn notice(&self, n: Notice) {
-        let mut q = self.notices.lock();
-        let seq = self.notice_seq.load(Ordering::SeqCst) + 1;
-        q.push_back((seq, n));
-        while q.len() > MAX_NOTICES {
-            q.pop_front();
-        }
-        self.notice_seq.store(seq, Ordering::SeqCst);
-        drop(q);
+        self.notices.push(n);
         // Wake the sessions that wait for data.
         self.log.nudge();
     }
 
     /// Sequence number of the newest notice.
     pub(crate) fn notice_seq(&self) -> u64 {
-        self.notice_seq.load(Ordering::SeqCst)
-    }
-
-    /// Notices after `seq`, and how many older ones are gone unread.
-    pub(crate) fn notices_since(&self, seq: u64) -> (Vec<(u64, Notice)>, u64) {
-        let q = self.notices.lock();
-        let oldest = q.front().map_or(seq + 1, |(s, _)| *s);
-        let missed = oldest.saturating_sub(seq + 1);
-        let v = q.iter().filter(|(s, _)| *s > seq).cloned().collect();
-        (v, missed)
+        self.notices.seq()
     }
 
     /// (slots, approximate bytes) held in memory.
@@ -574,7 +547,7 @@ mod tests {
     }
 
     #[test]
-    fn publishing_appends_once_and_notices_are_ordered_and_bounded() {
+    fn publishing_appends_once_and_a_release_is_noticed_before_it_replaces_its_tombstone() {
         let hub = hub();
         let _g = hub.enter_session();
         assert_eq!(hub.connected(), 1);
@@ -585,11 +558,13 @@ mod tests {
         hub.notify_thread("a", "t", "halted");
         let late = frame("a", "x", false, 1);
         late.mark_late();
-        hub.publish_late(&late);
-        let (n, missed) = hub.notices_since(seen);
+        hub.release("a", "t", &[late]);
+        let (n, missed) = hub.notices.since(seen);
         assert_eq!(missed, 0);
         assert!(matches!(&n[0].1, Notice::Thread { thread, .. } if &**thread == "a"));
-        assert!(matches!(&n[1].1, Notice::Late(f) if f.cursor.offset == 1));
+        assert!(
+            matches!(&n[1].1, Notice::Released { frames, .. } if frames.len() == 1 && frames[0].cursor.offset == 1)
+        );
         match hub.log.page(0, 1, 10) {
             log::Page::Entries(v) => assert!(
                 matches!(v[0].slot, Slot::Frame(_)),
@@ -597,12 +572,6 @@ mod tests {
             ),
             _ => panic!(),
         }
-        for _ in 0..MAX_NOTICES + 5 {
-            hub.notify_thread("b", "t", "x");
-        }
-        let (n, missed) = hub.notices_since(seen);
-        assert_eq!(n.len(), MAX_NOTICES);
-        assert_eq!(missed, 7);
     }
 
     #[test]

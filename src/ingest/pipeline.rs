@@ -112,11 +112,7 @@ impl Pipeline {
     }
 
     fn deliver(&self, frame: &Arc<Frame>) {
-        if frame.is_late() {
-            self.hub.publish_late(frame);
-        } else {
-            self.hub.publish_at(frame, self.now_ms);
-        }
+        self.hub.publish_at(frame, self.now_ms);
         if let Some(r) = &self.redis {
             r.offer(frame);
         }
@@ -289,6 +285,13 @@ impl Pipeline {
         ));
         if let Some(thread) = halted {
             self.skip(frame.cursor.partition, frame.cursor.offset);
+            // Every halted thread it touches withholds it (a release of one
+            // moves it to the next one's hold).
+            for t in frame.summary.threads().filter(|t| self.halts.is_halted(t)) {
+                self.hub
+                    .held
+                    .hold(t, frame.cursor.partition, frame.cursor.offset);
+            }
             let summary = Box::new(frame.summary.clone());
             let buffered = self.hold(&thread, frame);
             if let Some(info) = self.halts.info(&thread) {
@@ -327,15 +330,19 @@ impl Pipeline {
             .map(|i| i.tenant_id.clone())
             .unwrap_or_default();
         let release = self.halts.release(thread, &mut self.offsets)?;
+        self.hub.held.release(thread);
         self.status.remove_halted(thread);
         let released = release.len();
         tracing::info!(thread_id = ?thread, released, "thread resumed by operator");
-        // Tell clients first, so they know the frames that follow are late.
-        self.hub
-            .notify_thread(thread, &tenant, &control::thread_resumed(thread, released));
+        // One notice: `thread_resumed`, then the records, late.
         for frame in &release {
             frame.mark_late();
-            self.deliver(frame);
+        }
+        self.hub.release(thread, &tenant, &release);
+        if let Some(r) = &self.redis {
+            for frame in &release {
+                r.offer(frame);
+            }
         }
         self.publish_halts();
         Ok(released)
@@ -485,13 +492,15 @@ mod tests {
             _ => vec![],
         };
         let late = hub
-            .notices_since(seq)
+            .notices
+            .since(seq)
             .0
             .into_iter()
             .filter_map(|(_, n)| match n {
-                crate::hub::Notice::Late(f) => Some(f.cursor.offset),
+                crate::hub::notices::Notice::Released { frames, .. } => Some(frames),
                 _ => None,
             })
+            .flat_map(|frames| frames.iter().map(|f| f.cursor.offset).collect::<Vec<_>>())
             .collect();
         (frames, late)
     }

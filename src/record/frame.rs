@@ -347,6 +347,7 @@ pub(crate) mod control {
         namespace: &str,
         format: &str,
         filters: serde_json::Value,
+        notices: &str,
     ) -> String {
         json!({
             "type": "hello",
@@ -357,8 +358,21 @@ pub(crate) mod control {
             "resume_namespace": namespace,
             "format": format,
             "filters": filters,
+            "notices": notices,
         })
         .to_string()
+    }
+
+    /// A thread notice with the notice cursor a client keeps once it has it
+    /// (and, for `thread_resumed`, the records that follow it).
+    pub(crate) fn with_notices(text: &str, cursor: &str) -> String {
+        match serde_json::from_str::<serde_json::Value>(text) {
+            Ok(mut v) if v.is_object() => {
+                v["notices"] = cursor.into();
+                v.to_string()
+            }
+            _ => text.to_string(),
+        }
     }
 
     pub(crate) fn error(code: &str, message: &str) -> String {
@@ -407,8 +421,9 @@ pub(crate) mod control {
         reason: Option<&str>,
         gaps: u64,
         duration_ms: u64,
+        notices: &str,
     ) -> String {
-        let mut v = json!({"type": "replay_complete", "replayed": replayed, "recovered": recovered, "gaps": gaps, "duration_ms": duration_ms});
+        let mut v = json!({"type": "replay_complete", "replayed": replayed, "recovered": recovered, "gaps": gaps, "duration_ms": duration_ms, "notices": notices});
         if let Some(r) = reason {
             v["reason"] = r.into();
         }

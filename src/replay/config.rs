@@ -38,10 +38,10 @@ pub(crate) struct ReplayArgs {
     /// Read records older than memory and Redis back from Kafka by offset.
     #[arg(long, env = "REPLAY_KAFKA", default_value_t = true, action = clap::ArgAction::Set)]
     pub(crate) replay_kafka: bool,
-    /// Clients replaying from Kafka at once, at most.
+    /// Kafka fetches for replays at once, at most.
     #[arg(long, env = "REPLAY_KAFKA_MAX_CONCURRENT", default_value_t = 4)]
     pub(crate) replay_kafka_max_concurrent: usize,
-    /// Clients replaying at once, at most; further resumes wait their turn.
+    /// Replays reading at once, at most; further ones wait their turn (a slow client gives its slot back).
     #[arg(long, env = "REPLAY_MAX_CONCURRENT", default_value_t = 8)]
     pub(crate) replay_max_concurrent: usize,
     /// Records per replay page (memory, Redis or Kafka).

@@ -8,9 +8,11 @@
 //! far enough, else Redis pages, else Kafka by offset; an offset no tier can
 //! serve is reported as a `gap` frame with its exact range, never skipped
 //! silently. Pages are bounded by records and bytes and sent at the
-//! client's pace: a Redis page is read and decoded in a replay slot, a Kafka
-//! page with a Kafka reader, and both are given back before the page is
-//! written to the client. A record read back is decoded only when its wire
+//! client's pace. A replay reads in a replay slot (`REPLAY_MAX_CONCURRENT`
+//! at once), which it keeps from page to page while its client takes the
+//! pages promptly, and gives back (with its Kafka reader) as soon as one
+//! page has been going out for longer than [`SLOW_PAGE`]: a slow or stalled
+//! client holds nothing the others wait for. A record read back is decoded only when its wire
 //! header says the client's filter may want it. A resume has a budget of
 //! records read and of time (`REPLAY_MAX_RECORDS`, `REPLAY_MAX_SECS`); what
 //! is left when it runs out is sent as `replay_budget` gaps.
@@ -22,6 +24,7 @@ use std::time::Instant;
 use metrics::Counter;
 
 use crate::hub::log::{Page, Slot};
+use crate::hub::notices::LateSince;
 use crate::hub::{Filter, Hub};
 use crate::record::decode::{self, DecodeLimits};
 use crate::record::frame::{control, parse_envelope, Cursor, Frame};
@@ -29,7 +32,7 @@ use crate::record::scan;
 use crate::record::summary::Summary;
 use crate::replay::config::{PageLimit, ReplayBudget};
 use crate::replay::out::{Gone, ReplayOut};
-use crate::replay::slots::ReplaySlots;
+use crate::replay::slots::{ReplaySlot, ReplaySlots};
 use crate::replay::tiers::{LiveTiers, Tiers};
 use crate::replay::{GapReason, ResumeFrom, Watermarks};
 use crate::telemetry;
@@ -42,7 +45,7 @@ pub(crate) struct ReplayContext<T = LiveTiers> {
     pub(crate) watermarks: Watermarks,
     pub(crate) page: PageLimit,
     pub(crate) limits: DecodeLimits,
-    /// Redis page reads at once, at most (`REPLAY_MAX_CONCURRENT`); the rest
+    /// Replays reading at once, at most (`REPLAY_MAX_CONCURRENT`); the rest
     /// wait their turn so a storm of resumes cannot starve live delivery.
     pub(crate) replays: ReplaySlots,
     /// What one resume may read.
@@ -146,10 +149,59 @@ struct Run<'a, T: Tiers, O> {
     decoded: u64,
     /// A resume's budget (a catch-up has none: it is paced by live delivery).
     limit: Option<Limit>,
+    /// Records released after the session's starting notice come by their
+    /// notice, not here.
+    late: LateSince,
+    /// The replay slot, kept while the client takes pages promptly.
+    slot: Option<ReplaySlot<'a>>,
+    /// The Kafka reader, kept with the slot.
+    reader: Option<T::Reader>,
+    /// When the current page was begun (read, then written).
+    page_since: tokio::time::Instant,
     hits: [Counter; 3],
     misses: Counter,
     filtered: Counter,
     decodes: Counter,
+}
+
+/// A page that has been going out to its client for longer than this gives
+/// the replay's slot (and Kafka reader) back: the client is slow, and others
+/// may read meanwhile.
+pub(crate) const SLOW_PAGE: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Awaits one write to the client. Once the page has been going out for
+/// [`SLOW_PAGE`], the slot and the reader are given back while the write
+/// goes on.
+async fn patient<'a, T: Tiers>(
+    slot: &mut Option<ReplaySlot<'a>>,
+    reader: &mut Option<T::Reader>,
+    tiers: &T,
+    page_since: tokio::time::Instant,
+    write: impl std::future::Future<Output = Result<(), Gone>>,
+) -> Result<(), Gone> {
+    if slot.is_none() {
+        return write.await;
+    }
+    tokio::pin!(write);
+    tokio::select! {
+        biased;
+        r = &mut write => r,
+        _ = tokio::time::sleep_until(page_since + SLOW_PAGE) => {
+            *slot = None;
+            if let Some(r) = reader.take() {
+                tiers.kafka_release(r);
+            }
+            write.await
+        }
+    }
+}
+
+impl<T: Tiers, O> Drop for Run<'_, T, O> {
+    fn drop(&mut self) {
+        if let Some(r) = self.reader.take() {
+            self.rc.tiers.kafka_release(r);
+        }
+    }
 }
 
 /// Longest a replay waits for a Kafka reader before it reports the range as
@@ -161,7 +213,13 @@ const KAFKA_QUEUED_NOTICE_EVERY: std::time::Duration = std::time::Duration::from
 const KAFKA_QUIET_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
 
 impl<'a, T: Tiers, O: ReplayOut> Run<'a, T, O> {
-    fn new(rc: &'a ReplayContext<T>, out: &'a mut O, filter: Filter, sent: &'a mut Sent) -> Self {
+    fn new(
+        rc: &'a ReplayContext<T>,
+        out: &'a mut O,
+        filter: Filter,
+        sent: &'a mut Sent,
+        notices_since: u64,
+    ) -> Self {
         Run {
             rc,
             out,
@@ -174,6 +232,10 @@ impl<'a, T: Tiers, O: ReplayOut> Run<'a, T, O> {
             read: 0,
             decoded: 0,
             limit: None,
+            late: LateSince::new(notices_since),
+            slot: None,
+            reader: None,
+            page_since: tokio::time::Instant::now(),
             hits: [
                 metrics::counter!(telemetry::REPLAY_MEMORY_HITS),
                 metrics::counter!(telemetry::REPLAY_REDIS_HITS),
@@ -187,18 +249,51 @@ impl<'a, T: Tiers, O: ReplayOut> Run<'a, T, O> {
 
     async fn emit(&mut self, f: &Frame, source: Source) -> Step {
         self.hits[source as usize].increment(1);
-        if !self.filter.matches(f) || !self.sent.admit(f) {
+        let Cursor { partition, offset } = f.cursor;
+        if !self.filter.matches(f)
+            || self.rc.hub.held.withholds(f)
+            || self.late.covers(&self.rc.hub.notices, partition, offset)
+            || !self.sent.admit(f)
+        {
             return Ok(());
         }
-        self.out.frame(f).await?;
+        let rc = self.rc;
+        let w = self.out.frame(f);
+        patient(
+            &mut self.slot,
+            &mut self.reader,
+            &rc.tiers,
+            self.page_since,
+            w,
+        )
+        .await?;
         self.replayed += 1;
         Ok(())
     }
 
     /// Ends a page: writes out what was buffered and lets live delivery run.
     async fn page_done(&mut self) -> Step {
-        self.out.flush().await?;
+        let rc = self.rc;
+        let w = self.out.flush();
+        patient(
+            &mut self.slot,
+            &mut self.reader,
+            &rc.tiers,
+            self.page_since,
+            w,
+        )
+        .await?;
         tokio::task::yield_now().await;
+        Ok(())
+    }
+
+    /// Takes this replay's slot, unless it kept it, before it reads a page.
+    async fn turn(&mut self) -> Step {
+        if self.slot.is_none() {
+            let rc = self.rc;
+            self.slot = Some(rc.replays.acquire(&mut *self.out).await?);
+        }
+        self.page_since = tokio::time::Instant::now();
         Ok(())
     }
 
@@ -275,6 +370,7 @@ impl<'a, T: Tiers, O: ReplayOut> Run<'a, T, O> {
     ) -> Result<i64, Stop> {
         let log = &self.rc.hub.log;
         loop {
+            self.turn().await?;
             match log.page(p, n, self.rc.page.records) {
                 Page::Entries(page) => {
                     if page.is_empty() {
@@ -369,7 +465,7 @@ impl<'a, T: Tiers, O: ReplayOut> Run<'a, T, O> {
         upper: i64,
     ) -> Result<Option<Vec<(i64, Row)>>, Stop> {
         let rc = self.rc;
-        let _slot = rc.replays.acquire(&mut *self.out).await?;
+        self.turn().await?;
         let Ok(rows) = rc.tiers.redis_page(p, n, upper, rc.page).await else {
             return Ok(None);
         };
@@ -416,14 +512,15 @@ impl<'a, T: Tiers, O: ReplayOut> Run<'a, T, O> {
             // A Kafka reader is held for one fetch and its decoding, never
             // across the writes to this client: a slow reader does not
             // block the others.
-            let mut permit = match self.kafka_turn().await? {
+            self.turn().await?;
+            let permit = match self.kafka_turn().await? {
                 Ok(permit) => permit,
                 Err(reason) => return self.gap(p, n, to, reason, initial, *leading).await,
             };
             let read = self
                 .rc
                 .tiers
-                .kafka_read(&mut permit, p, n, to, self.rc.page)
+                .kafka_read(&mut self.reader, p, n, to, self.rc.page)
                 .await;
             let Ok(fetched) = read else {
                 drop(permit);
@@ -502,14 +599,16 @@ impl<'a, T: Tiers, O: ReplayOut> Run<'a, T, O> {
 }
 
 /// Replays what `from` asks for, up to what the tiers held when it started,
-/// within the resume's budget, and returns the cursors reached. `Err` means
-/// the client went away.
+/// within the resume's budget, and returns the cursors reached. Records
+/// released after notice `notices_since` are left to their notice. `Err`
+/// means the client went away.
 pub(crate) async fn replay<T: Tiers, O: ReplayOut>(
     rc: &ReplayContext<T>,
     out: &mut O,
     filter: Filter,
     from: ResumeFrom,
     sent: &mut Sent,
+    notices_since: u64,
 ) -> Result<Resumed, Gone> {
     let started = Instant::now();
     let label = match &from {
@@ -539,7 +638,7 @@ pub(crate) async fn replay<T: Tiers, O: ReplayOut>(
     for (p, o) in &initial {
         sent.advance(*p, o - 1);
     }
-    let mut run = Run::new(rc, out, filter, sent);
+    let mut run = Run::new(rc, out, filter, sent, notices_since);
     run.limit = Some(Limit {
         records: rc.budget.records,
         until: tokio::time::Instant::now() + rc.budget.time,
@@ -641,6 +740,7 @@ pub(crate) async fn catch_up<T: Tiers, O: ReplayOut>(
     rc: &ReplayContext<T>,
     out: &mut O,
     filter: &Filter,
+    notices_since: u64,
     p: i32,
     from: i64,
     to: i64,
@@ -652,7 +752,7 @@ pub(crate) async fn catch_up<T: Tiers, O: ReplayOut>(
     let _replaying = rc.replays.enter();
     let mut sent = Sent::default();
     sent.advance(p, from - 1);
-    let mut run = Run::new(rc, out, filter.clone(), &mut sent);
+    let mut run = Run::new(rc, out, filter.clone(), &mut sent, notices_since);
     let r = run.lower(p, from, to, None, &mut false).await;
     metrics::counter!(telemetry::CLIENT_LAG_MESSAGES).increment((to - from + 1) as u64);
     if run.missed > 0 {

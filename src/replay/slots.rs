@@ -1,9 +1,9 @@
-//! Replay slots: at most `REPLAY_MAX_CONCURRENT` replays read a page from
-//! Redis at once (a Kafka page takes a Kafka reader instead, `replay::tiers`).
-//! A slot is held for the read and the decoding of one page, never while
-//! the page is written to the client: a client that reads slowly holds no
-//! slot while it reads. The rest wait their turn in arrival order and are
-//! told so (`replay_queued`) when the wait is not short.
+//! Replay slots: at most `REPLAY_MAX_CONCURRENT` replays read at once. A
+//! replay keeps its slot from page to page while its client takes pages
+//! promptly and gives it back once a page has been going out for too long
+//! (`replay::driver::SLOW_PAGE`): a client that reads slowly holds no slot
+//! while it reads. The rest wait their turn in arrival order and are told so
+//! (`replay_queued`) when the wait is not short.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -28,7 +28,7 @@ pub(crate) struct ReplaySlots {
     waiting: AtomicUsize,
 }
 
-/// A slot for one page read.
+/// A replay slot.
 pub(crate) struct ReplaySlot<'a> {
     _permit: tokio::sync::SemaphorePermit<'a>,
 }
@@ -49,7 +49,7 @@ impl ReplaySlots {
         }
     }
 
-    /// A replay starts (it takes a slot per page it reads from Redis).
+    /// A replay starts (counted; it takes a slot to read).
     pub(crate) fn enter(&self) -> Replaying<'_> {
         Replaying {
             _active: Counted::enter(&self.active, telemetry::REPLAY_ACTIVE),
@@ -62,7 +62,7 @@ impl ReplaySlots {
         self.permits.available_permits()
     }
 
-    /// Takes a slot for one page; while none is free (after a short quiet
+    /// Takes a slot; while none is free (after a short quiet
     /// wait), sends `replay_queued` notices. `Err`: the client went away.
     pub(crate) async fn acquire<O: ReplayOut>(&self, out: &mut O) -> Result<ReplaySlot<'_>, Gone> {
         if let Ok(p) = self.permits.try_acquire() {

@@ -146,6 +146,7 @@ impl FakeTiers {
 }
 
 impl Tiers for FakeTiers {
+    type Reader = ();
     type Permit = Option<tokio::sync::OwnedSemaphorePermit>;
 
     fn has_redis(&self) -> bool {
@@ -215,7 +216,7 @@ impl Tiers for FakeTiers {
 
     async fn kafka_read(
         &self,
-        _permit: &mut Self::Permit,
+        _reader: &mut Option<()>,
         p: i32,
         from: i64,
         to: i64,
@@ -362,7 +363,7 @@ fn replay_case(case: Case) -> Result<(FakeTiers, Recorder), TestCaseError> {
         };
         let mut out = Recorder::default();
         let mut sent = Sent::default();
-        let resumed = replay(&rc, &mut out, Filter::default(), from, &mut sent)
+        let resumed = replay(&rc, &mut out, Filter::default(), from, &mut sent, 0)
             .await
             .map_err(|_| TestCaseError::fail("the recorder never goes away"))?;
         // Live delivery goes on from the replay's cursors while the publisher appends.
@@ -554,6 +555,7 @@ async fn resume_with_kafka_gate(permits: usize, held: usize) -> Recorder {
         Filter::default(),
         ResumeFrom::Cursor(HashMap::from([(0, 4)])),
         &mut Sent::default(),
+        0,
     )
     .await
     .unwrap_or_else(|_| panic!("the recorder never goes away"));
@@ -643,6 +645,7 @@ fn unknown_cursor_partitions_cost_no_redis_lookup() {
             Filter::default(),
             ResumeFrom::Cursor(cursor.into_iter().collect()),
             &mut Sent::default(),
+            0,
         )
         .await
         .unwrap_or_else(|_| panic!("the recorder never goes away"));
@@ -724,15 +727,18 @@ impl ReplayOut for Stalled {
     }
 }
 
-/// Free replay slots seen at each frame write.
+/// A client that takes `delay` per frame; the free replay slots seen at each
+/// write.
 struct SlotWatch<'a> {
     slots: &'a ReplaySlots,
+    delay: std::time::Duration,
     free_at_write: Vec<usize>,
 }
 
 impl ReplayOut for SlotWatch<'_> {
     async fn frame(&mut self, _: &Frame) -> Result<(), Gone> {
         self.free_at_write.push(self.slots.free());
+        tokio::time::sleep(self.delay).await;
         Ok(())
     }
 
@@ -745,15 +751,22 @@ impl ReplayOut for SlotWatch<'_> {
     }
 }
 
-/// A replay slot is held to read and decode a Redis page, never while the
-/// page is written to the client.
+/// A replay keeps its slot while its client takes pages promptly, and gives
+/// it back once a page has been going out for longer than `SLOW_PAGE`: here
+/// during the first write of each page, so the slot is free at every other.
 #[test]
-fn a_replay_slot_is_not_held_across_writes_to_the_client() {
-    current_thread().block_on(async {
+fn a_slow_client_gives_its_replay_slot_back_while_it_reads() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    rt.block_on(async {
         let case = resume_at_4(true, true, 0);
         let rc = context_at_4(&case, 2, Default::default());
         let mut out = SlotWatch {
             slots: &rc.replays,
+            delay: std::time::Duration::from_millis(300),
             free_at_write: vec![],
         };
         let r = replay(
@@ -762,11 +775,43 @@ fn a_replay_slot_is_not_held_across_writes_to_the_client() {
             Filter::default(),
             at_4(),
             &mut Sent::default(),
+            0,
         )
         .await
         .unwrap_or_else(|_| panic!("the client never goes away"));
         assert_eq!(r.replayed, 25);
-        assert_eq!(out.free_at_write, vec![1; 25]);
+        // Pages of (at most) 2: a page's first write holds the slot, a second
+        // one (after 300 ms) finds it given back.
+        let given_back = out.free_at_write.iter().filter(|f| **f == 1).count();
+        let held = out.free_at_write.iter().filter(|f| **f == 0).count();
+        assert!(given_back >= 10 && held >= 10, "{:?}", out.free_at_write);
+    });
+}
+
+/// A fast client keeps its slot from page to page.
+#[test]
+fn a_fast_client_keeps_its_replay_slot() {
+    current_thread().block_on(async {
+        let case = resume_at_4(true, true, 0);
+        let rc = context_at_4(&case, 2, Default::default());
+        let mut out = SlotWatch {
+            slots: &rc.replays,
+            delay: std::time::Duration::ZERO,
+            free_at_write: vec![],
+        };
+        let r = replay(
+            &rc,
+            &mut out,
+            Filter::default(),
+            at_4(),
+            &mut Sent::default(),
+            0,
+        )
+        .await
+        .unwrap_or_else(|_| panic!("the client never goes away"));
+        assert_eq!(r.replayed, 25);
+        assert_eq!(out.free_at_write, vec![0; 25], "held throughout");
+        assert_eq!(rc.replays.free(), 1, "given back at the end");
     });
 }
 
@@ -783,10 +828,10 @@ fn a_stalled_replayer_does_not_hold_up_another() {
         let done = tokio::time::timeout(std::time::Duration::from_secs(5), async {
             tokio::select! {
                 biased;
-                _ = replay(&rc, &mut stalled, Filter::default(), at_4(), &mut sent_a) => {
+                _ = replay(&rc, &mut stalled, Filter::default(), at_4(), &mut sent_a, 0) => {
                     panic!("the stalled client's replay cannot end")
                 }
-                r = replay(&rc, &mut out, Filter::default(), at_4(), &mut sent_b) => r,
+                r = replay(&rc, &mut out, Filter::default(), at_4(), &mut sent_b, 0) => r,
             }
         })
         .await
@@ -816,6 +861,7 @@ fn a_resume_stops_at_its_record_budget_with_an_exact_gap() {
             Filter::default(),
             at_4(),
             &mut Sent::default(),
+            0,
         )
         .await
         .unwrap_or_else(|_| panic!("the client never goes away"));
@@ -852,6 +898,7 @@ fn a_resume_stops_at_its_time_budget() {
             Filter::default(),
             at_4(),
             &mut Sent::default(),
+            0,
         )
         .await
         .unwrap_or_else(|_| panic!("the client never goes away"));
@@ -875,7 +922,7 @@ fn records_the_filter_refuses_are_not_decoded() {
         {
             let filter = Filter::parse(threads, None, None, 10).unwrap();
             let mut out = Recorder::default();
-            let r = replay(&rc, &mut out, filter, at_4(), &mut Sent::default())
+            let r = replay(&rc, &mut out, filter, at_4(), &mut Sent::default(), 0)
                 .await
                 .unwrap_or_else(|_| panic!("the client never goes away"));
             // 5..=11 from Kafka, 12..=19 from Redis, 20..=29 from memory.
@@ -885,5 +932,155 @@ fn records_the_filter_refuses_are_not_decoded() {
                 "{threads:?}"
             );
         }
+    });
+}
+
+/// The value of an `event` record of thread `thread`.
+fn thread_value(thread: &str) -> Vec<u8> {
+    use crate::proto::dash_stream_message::Message;
+    use crate::proto::{DashStreamMessage, Event, Header};
+    crate::record::decode::encode_record(
+        &DashStreamMessage {
+            message: Some(Message::Event(Event {
+                header: Some(Header {
+                    thread_id: thread.into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })),
+        },
+        None,
+    )
+}
+
+/// A replay never delivers the records of a halted thread from its first
+/// held offset on, from any tier, Kafka included (which holds the records
+/// themselves): here thread `t0` (every record) is halted at offset 8.
+#[test]
+fn a_halted_threads_records_are_withheld_by_every_tier() {
+    current_thread().block_on(async {
+        let case = resume_at_4(true, true, 0);
+        let rc = context_at_4(&case, 2, Default::default());
+        rc.hub.held.hold("t0", 0, 8);
+        let mut out = Recorder::default();
+        replay(
+            &rc,
+            &mut out,
+            Filter::default(),
+            at_4(),
+            &mut Sent::default(),
+            0,
+        )
+        .await
+        .unwrap_or_else(|_| panic!("the client never goes away"));
+        let got: Vec<i64> = out.frames.iter().map(|(_, o)| *o).collect();
+        assert_eq!(
+            got,
+            vec![5, 6, 7],
+            "Kafka 5..=11, Redis 12..=19, memory 20..=29"
+        );
+        rc.hub.held.release("t0");
+        let mut out = Recorder::default();
+        replay(
+            &rc,
+            &mut out,
+            Filter::default(),
+            at_4(),
+            &mut Sent::default(),
+            0,
+        )
+        .await
+        .unwrap_or_else(|_| panic!("the client never goes away"));
+        assert_eq!(out.frames.len(), 25, "released: every record again");
+    });
+}
+
+/// A record released after a session's starting notice reaches it once,
+/// by its notice, although the log now holds it in offset order too; one
+/// released before the session started comes in offset order.
+#[test]
+fn a_released_record_reaches_a_replaying_session_exactly_once() {
+    current_thread().block_on(async {
+        for released_before_start in [false, true] {
+            let case = resume_at_4(true, true, 0);
+            let rc = context_at_4(&case, 4, Default::default());
+            // Offset 30 is a record of halted thread `h`, held (a tombstone).
+            rc.hub.skip(0, 30);
+            rc.hub.publish(&frame(0, 31));
+            let held = crate::record::testing::frame_of(0, 30, &thread_value("h"));
+            held.mark_late();
+            if released_before_start {
+                rc.hub.release("h", "", std::slice::from_ref(&held));
+            }
+            let start = rc.hub.notice_seq();
+            if !released_before_start {
+                rc.hub.release("h", "", std::slice::from_ref(&held));
+            }
+            let mut out = Recorder::default();
+            let r = replay(
+                &rc,
+                &mut out,
+                Filter::default(),
+                at_4(),
+                &mut Sent::default(),
+                start,
+            )
+            .await
+            .unwrap_or_else(|_| panic!("the client never goes away"));
+            let mut cursors = Cursors::new(&rc.hub, r.next).with_notices_after(start);
+            cursors
+                .pass(
+                    &rc,
+                    &mut out,
+                    &Filter::default(),
+                    100,
+                    &DeliveryMetrics::new(),
+                )
+                .await
+                .unwrap_or_else(|_| panic!("the client never goes away"));
+            let thirty = out.frames.iter().filter(|(_, o)| *o == 30).count();
+            assert_eq!(
+                thirty, 1,
+                "released before the start: {released_before_start}"
+            );
+            let got: Vec<i64> = out.frames.iter().map(|(_, o)| *o).collect();
+            if released_before_start {
+                assert_eq!(got, (5..32).collect::<Vec<_>>(), "in offset order");
+            } else {
+                assert_eq!(got.last(), Some(&30), "by its notice, after the replay");
+            }
+        }
+    });
+}
+
+/// A live session still behind a record when it is released gets it once,
+/// by its notice, not again when its cursor reaches it in the log.
+#[test]
+fn a_released_record_reaches_a_live_session_behind_it_exactly_once() {
+    current_thread().block_on(async {
+        let case = resume_at_4(true, true, 0);
+        let rc = context_at_4(&case, 4, Default::default());
+        rc.hub.skip(0, 30);
+        rc.hub.publish(&frame(0, 31));
+        let mut cursors =
+            Cursors::new(&rc.hub, HashMap::from([(0, 25)])).with_notices_after(rc.hub.notice_seq());
+        let held = crate::record::testing::frame_of(0, 30, &thread_value("h"));
+        held.mark_late();
+        rc.hub.release("h", "", &[held]);
+        let mut out = Recorder::default();
+        while cursors
+            .pass(
+                &rc,
+                &mut out,
+                &Filter::default(),
+                100,
+                &DeliveryMetrics::new(),
+            )
+            .await
+            .unwrap_or_else(|_| panic!("the client never goes away"))
+            .more
+        {}
+        let got: Vec<i64> = out.frames.iter().map(|(_, o)| *o).collect();
+        assert_eq!(got, vec![30, 25, 26, 27, 28, 29, 31]);
     });
 }

@@ -3,11 +3,12 @@
 //! The driver reads the rings through the hub itself (they are in memory);
 //! Redis and Kafka are reached through [`Tiers`], so the driver's ordering,
 //! gap and hand-over rules run unchanged over an in-memory fake in tests.
-//! [`LiveTiers`] is the real one: the Redis tier and a pool of Kafka
-//! readers, one per permit (`REPLAY_KAFKA_MAX_CONCURRENT`), used from
-//! blocking tasks. A replay holds a reader for one fetch, never while it
-//! writes to its client, so readers (and their prefetch buffers) are
-//! bounded by the permits, not by the replaying clients.
+//! [`LiveTiers`] is the real one: the Redis tier and Kafka readers, used from
+//! blocking tasks. A replay keeps its reader while it holds its replay slot
+//! (so a run of holes is read by polling forward, not by a seek each) and
+//! gives it back to a small pool when it gives the slot up: readers, and
+//! their prefetch buffers, are bounded by the slots, not by the clients.
+//! Fetches take a permit each (`REPLAY_KAFKA_MAX_CONCURRENT`).
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -31,6 +32,8 @@ pub(crate) type RedisRows = Vec<(i64, Option<Vec<u8>>)>;
 
 /// Redis and Kafka as the replay driver sees them.
 pub(crate) trait Tiers: Sync {
+    /// A Kafka reader and its position, kept by a replay while it holds its slot.
+    type Reader: Send;
     /// Held while a replay reads one page from Kafka (`REPLAY_KAFKA_MAX_CONCURRENT`).
     type Permit: Send;
 
@@ -55,15 +58,18 @@ pub(crate) trait Tiers: Sync {
     fn kafka_readers(&self) -> usize {
         0
     }
-    /// Reads a page of `[from, to]` within `limit`, with the reader the permit holds.
+    /// Reads a page of `[from, to]` within `limit` (a permit held), with
+    /// `reader`, or one from the pool, or a new one.
     fn kafka_read(
         &self,
-        permit: &mut Self::Permit,
+        reader: &mut Option<Self::Reader>,
         p: i32,
         from: i64,
         to: i64,
         limit: PageLimit,
     ) -> impl Future<Output = Result<Fetched, Unavailable>> + Send;
+    /// A replay gave up its slot: its reader goes back to the pool.
+    fn kafka_release(&self, _reader: Self::Reader) {}
 }
 
 /// Reading back from Kafka: client properties and a bound on concurrent readers.
@@ -119,21 +125,6 @@ pub(crate) struct LiveTiers {
     pub(crate) kafka: Option<KafkaTier>,
 }
 
-/// A Kafka permit and the reader it lends: back to the pool when dropped.
-pub(crate) struct KafkaTurn {
-    _permit: OwnedSemaphorePermit,
-    reader: Option<KafkaReader>,
-    pool: Arc<Mutex<Vec<KafkaReader>>>,
-}
-
-impl Drop for KafkaTurn {
-    fn drop(&mut self) {
-        if let Some(r) = self.reader.take() {
-            self.pool.lock().push(r);
-        }
-    }
-}
-
 impl KafkaTier {
     /// An idle reader, preferring one that continues at `(p, from)` (no
     /// seek), or a new one.
@@ -148,7 +139,8 @@ impl KafkaTier {
 }
 
 impl Tiers for LiveTiers {
-    type Permit = KafkaTurn;
+    type Reader = KafkaReader;
+    type Permit = OwnedSemaphorePermit;
 
     fn has_redis(&self) -> bool {
         self.redis.is_some()
@@ -189,26 +181,21 @@ impl Tiers for LiveTiers {
         self.kafka.as_ref().map_or(0, |k| k.max_concurrent)
     }
 
-    async fn kafka_permit(&self) -> Option<KafkaTurn> {
+    async fn kafka_permit(&self) -> Option<OwnedSemaphorePermit> {
         let k = self.kafka.as_ref()?;
-        let permit = k.permits.clone().acquire_owned().await.ok()?;
-        Some(KafkaTurn {
-            _permit: permit,
-            reader: None,
-            pool: k.pool.clone(),
-        })
+        k.permits.clone().acquire_owned().await.ok()
     }
 
     async fn kafka_read(
         &self,
-        turn: &mut KafkaTurn,
+        reader: &mut Option<KafkaReader>,
         p: i32,
         from: i64,
         to: i64,
         limit: PageLimit,
     ) -> Result<Fetched, Unavailable> {
         let k = self.kafka.as_ref().ok_or(Unavailable)?;
-        let r = match turn.reader.take().or_else(|| k.reader(p, from)) {
+        let r = match reader.take().or_else(|| k.reader(p, from)) {
             Some(r) => r,
             None => {
                 let (props, topic) = (k.props.clone(), k.topic.clone());
@@ -227,13 +214,22 @@ impl Tiers for LiveTiers {
         .await;
         match res {
             Ok((r, fetched)) => {
-                turn.reader = Some(r);
+                *reader = Some(r);
                 fetched.map_err(|e| {
                     tracing::debug!(error = %e, partition = p, "kafka replay read failed");
                     Unavailable
                 })
             }
             Err(_) => Err(Unavailable),
+        }
+    }
+
+    fn kafka_release(&self, reader: KafkaReader) {
+        if let Some(k) = &self.kafka {
+            let mut pool = k.pool.lock();
+            if pool.len() < k.max_concurrent {
+                pool.push(reader);
+            }
         }
     }
 }

@@ -17,8 +17,9 @@ use std::collections::HashMap;
 use metrics::{Counter, Histogram};
 
 use crate::hub::log::{Page, Slot};
+use crate::hub::notices::{LateSince, Notice};
 use crate::hub::readers::ReaderHandle;
-use crate::hub::{Filter, Hub, Notice, Priority};
+use crate::hub::{Filter, Hub, Priority};
 use crate::record::frame::{control, Frame};
 use crate::replay::driver::{catch_up, ReplayContext};
 use crate::replay::out::{Gone, ReplayOut};
@@ -63,6 +64,8 @@ pub(crate) struct Cursors {
     /// Log version at the start of the last pass.
     seen: u64,
     notice_seq: u64,
+    /// Records released after the session's start come by their notice only.
+    late: LateSince,
     generation: u64,
     parts: Vec<i32>,
     /// The log epoch each partition's cursor belongs to (see `Log::reset`).
@@ -86,6 +89,7 @@ impl Cursors {
             next,
             seen: u64::MAX,
             notice_seq: hub.notice_seq(),
+            late: LateSince::new(hub.notice_seq()),
             generation: u64::MAX,
             parts: Vec::new(),
             epochs: HashMap::new(),
@@ -97,6 +101,7 @@ impl Cursors {
     /// Notices after this sequence number are delivered (the session's start).
     pub(crate) fn with_notices_after(mut self, seq: u64) -> Self {
         self.notice_seq = seq;
+        self.late = LateSince::new(seq);
         self
     }
 
@@ -151,7 +156,16 @@ impl Cursors {
                 Page::Missing => {}
                 Page::Evicted { first, .. } => {
                     // Boxed: a catch-up's state is on the heap only while it runs.
-                    let c = Box::pin(catch_up(rc, out, filter, p, n, first - 1)).await?;
+                    let c = Box::pin(catch_up(
+                        rc,
+                        out,
+                        filter,
+                        self.late.since(),
+                        p,
+                        n,
+                        first - 1,
+                    ))
+                    .await?;
                     pass.frames += c.frames;
                     n = first;
                     pass.more = true;
@@ -167,12 +181,21 @@ impl Cursors {
                     for e in &page {
                         if e.offset > n {
                             // A hole in the log: the lower tiers say what was there.
-                            let c = Box::pin(catch_up(rc, out, filter, p, n, e.offset - 1)).await?;
+                            let c = Box::pin(catch_up(
+                                rc,
+                                out,
+                                filter,
+                                self.late.since(),
+                                p,
+                                n,
+                                e.offset - 1,
+                            ))
+                            .await?;
                             pass.frames += c.frames;
                         }
                         n = e.offset + 1;
                         let Slot::Frame(f) = &e.slot else { continue };
-                        if !filter.matches(f) {
+                        if !filter.matches(f) || self.late.covers(&hub.notices, p, e.offset) {
                             continue;
                         }
                         if shedding && behind && hub.priorities.of(f) == Priority::Low {
@@ -220,14 +243,14 @@ impl Cursors {
         if hub.notice_seq() == self.notice_seq {
             return Ok(());
         }
-        let (notices, missed) = hub.notices_since(self.notice_seq);
+        let (notices, missed) = hub.notices.since(self.notice_seq);
         if let Some((seq, _)) = notices.last() {
             self.notice_seq = *seq;
         }
         if missed > 0 {
             out.control(control::lagged(missed)).await?;
         }
-        for (_, n) in notices {
+        for (seq, n) in notices {
             match n {
                 Notice::Thread {
                     thread,
@@ -235,12 +258,26 @@ impl Cursors {
                     text,
                 } => {
                     if filter.wants_thread(&thread, &tenant) {
-                        out.control(text.to_string()).await?;
+                        out.control(control::with_notices(&text, &hub.notices.cursor(seq)))
+                            .await?;
                     }
                 }
-                Notice::Late(f) => {
-                    if filter.matches(&f) {
-                        out.frame(&f).await?;
+                Notice::Released {
+                    thread,
+                    tenant,
+                    frames,
+                } => {
+                    let mine = frames.iter().filter(|f| filter.matches(f));
+                    let n = mine.clone().count();
+                    // Announced whenever records follow: the client applies
+                    // exactly the `released` frames after it as late.
+                    if n > 0 || filter.wants_thread(&thread, &tenant) {
+                        let text = control::thread_resumed(&thread, n);
+                        out.control(control::with_notices(&text, &hub.notices.cursor(seq)))
+                            .await?;
+                    }
+                    for f in mine {
+                        out.frame(f).await?;
                         pass.frames += 1;
                     }
                 }

@@ -101,7 +101,8 @@ enum ClientMessage {
 
 /// What the client said before live delivery started.
 enum Intent {
-    Resume(ResumeFrom),
+    /// Where from, and the client's notice cursor.
+    Resume(ResumeFrom, Option<String>),
     Live,
     Gone,
 }
@@ -121,8 +122,19 @@ where
         Some(Ok(Message::Text(t))) => {
             if let Ok(v) = serde_json::from_str::<serde_json::Value>(&t) {
                 if v["type"] == "resume" {
-                    return match ResumeFrom::from_message(&v, ctx.settings.max_resume_partitions) {
-                        Ok(from) => Intent::Resume(from),
+                    let notices = v.get("notices").map(|n| {
+                        n.as_str()
+                            .filter(|c| crate::hub::notices::parse_cursor(c).is_ok())
+                            .map(str::to_string)
+                            .ok_or_else(|| {
+                                "notices: expected the cursor the bridge sent (BOOT:SEQ)"
+                                    .to_string()
+                            })
+                    });
+                    let from = ResumeFrom::from_message(&v, ctx.settings.max_resume_partitions)
+                        .and_then(|from| notices.transpose().map(|n| (from, n)));
+                    return match from {
+                        Ok((from, notices)) => Intent::Resume(from, notices),
                         Err(e) => {
                             metrics::counter!(telemetry::CLIENT_PROTOCOL_ERRORS, "reason" => "invalid_resume").increment(1);
                             let err = control::error("invalid_resume", &e);
@@ -170,22 +182,26 @@ pub(crate) async fn run(
     format: Format,
     filter: Filter,
     resume: Option<ResumeFrom>,
+    notices: Option<String>,
 ) {
+    let _session = ctx.hub.enter_session();
+    // Notices from here on reach this session (a resume may start earlier).
+    let start = ctx.hub.notice_seq();
     let hello = control::hello(
         env!("CARGO_PKG_VERSION"),
         &ctx.topic,
         &ctx.namespace,
         format.as_str(),
         filter.describe(),
+        &ctx.hub.notices.cursor(start),
     );
-    let _session = ctx.hub.enter_session();
     // Without ?resume=, live delivery starts from the log's head as of the
     // hello, once the client's first message or the grace period says it
     // does not resume. The cursors are registered now, so ingest keeps what
     // they have not read meanwhile.
     let early = resume
         .is_none()
-        .then(|| Cursors::new(&ctx.hub, live_start(&ctx.hub)));
+        .then(|| Cursors::new(&ctx.hub, live_start(&ctx.hub)).with_notices_after(start));
     let (tx, mut rx) = socket.split();
     let mut tx = Socket::new(
         tx,
@@ -197,16 +213,19 @@ pub(crate) async fn run(
         return;
     }
     let intent = match resume {
-        Some(from) => Intent::Resume(from),
+        Some(from) => Intent::Resume(from, notices),
         None => first_message(&ctx, &mut rx, &mut tx).await,
     };
     let (mut cursors, held) = match (intent, early) {
         (Intent::Gone, _) => return,
         (Intent::Live, Some(early)) => (early, None),
-        (Intent::Live, None) => (Cursors::new(&ctx.hub, live_start(&ctx.hub)), None),
-        (Intent::Resume(from), early) => {
+        (Intent::Live, None) => (
+            Cursors::new(&ctx.hub, live_start(&ctx.hub)).with_notices_after(start),
+            None,
+        ),
+        (Intent::Resume(from, notices), early) => {
             drop(early);
-            match replay_history(&ctx, &mut tx, &mut rx, &filter, from).await {
+            match replay_history(&ctx, &mut tx, &mut rx, &filter, from, notices).await {
                 Some(c) => c,
                 None => return,
             }
@@ -239,13 +258,18 @@ async fn replay_history<R, S>(
     rx: &mut R,
     filter: &Filter,
     from: ResumeFrom,
+    notices: Option<String>,
 ) -> Option<(Cursors, Option<Result<Message, axum::Error>>)>
 where
     R: futures_util::Stream<Item = Result<Message, axum::Error>> + Unpin,
     S: futures_util::Sink<Message> + Unpin + Send,
 {
     let started = std::time::Instant::now();
-    let seq = ctx.hub.notice_seq();
+    // The client's notice cursor, where this process can honour it; else
+    // notices from now on.
+    let seq = notices
+        .and_then(|c| ctx.hub.notices.resolve(&c).ok().flatten())
+        .unwrap_or_else(|| ctx.hub.notice_seq());
     let mut sent = Sent::default();
     let mut held = None;
     let ended = {
@@ -257,6 +281,7 @@ where
             filter.clone(),
             from,
             &mut sent,
+            seq,
         ));
         loop {
             tokio::select! {
@@ -306,6 +331,7 @@ where
         reason,
         r.gaps,
         started.elapsed().as_millis() as u64,
+        &ctx.hub.notices.cursor(seq),
     );
     tx.send_text(done).await.ok()?;
     Some((Cursors::new(&ctx.hub, r.next).with_notices_after(seq), held))

@@ -48,6 +48,7 @@ struct ModelTiers {
 }
 
 impl Tiers for ModelTiers {
+    type Reader = ();
     type Permit = ();
 
     fn has_redis(&self) -> bool {
@@ -99,7 +100,7 @@ impl Tiers for ModelTiers {
 
     async fn kafka_read(
         &self,
-        _permit: &mut Self::Permit,
+        _reader: &mut Option<()>,
         p: i32,
         from: i64,
         to: i64,
@@ -294,7 +295,7 @@ fn run_model(m: &Model) -> Result<(), TestCaseError> {
                     }
                     for c in clients.iter_mut() {
                         let from = ResumeFrom::Cursor(c.cursor());
-                        let r = replay(&rc, c, filter.clone(), from, &mut Sent::default())
+                        let r = replay(&rc, c, filter.clone(), from, &mut Sent::default(), 0)
                             .await
                             .map_err(fail)?;
                         cursors.push(Cursors::new(&rc.hub, r.next));

@@ -416,11 +416,11 @@ fn describe_all() {
     );
     describe_gauge!(
         REPLAY_ACTIVE,
-        "Replays running now: resumes, and live sessions catching up from Redis or Kafka (at most REPLAY_MAX_CONCURRENT of them read a Redis page at once)."
+        "Replays running now: resumes, and live sessions catching up from Redis or Kafka (at most REPLAY_MAX_CONCURRENT of them hold a replay slot)."
     );
     describe_gauge!(
         REPLAY_WAITING,
-        "Replays waiting for a replay slot to read their next Redis page."
+        "Replays waiting for a replay slot to read their next page."
     );
     describe_counter!(
         DLQ_SENDS,

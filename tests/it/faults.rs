@@ -376,3 +376,119 @@ async fn halted_records_survive_a_restart_because_their_offsets_are_not_committe
         "restart re-read exactly the held records: {h}"
     );
 }
+
+/// Sequence numbers of the data frames among `frames`.
+fn sequences(frames: &[Frame]) -> Vec<(String, u64)> {
+    frames
+        .iter()
+        .filter_map(|f| match f {
+            Frame::Data { json, .. } => Some((
+                json["thread_id"].as_str()?.to_string(),
+                json["sequence"].as_u64()?,
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The late-records contract (docs/PROTOCOL.md, Late records): a held record
+/// reaches nobody before its release, not even a replay that reads it back
+/// from Kafka; a client that was away at the release gets it after its
+/// replay when it resumes with its notice cursor; afterwards a replay returns
+/// it in offset order, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn released_records_reach_a_client_that_was_away_and_held_ones_no_replay() {
+    let topic = unique("halted-away");
+    create_topic(&topic, 1).await;
+    // A small memory log: replays of the early offsets read Kafka.
+    let bridge = Bridge::start(
+        &topic,
+        &[
+            ("GAP_POLICY", "halt"),
+            ("REPLAY_MEMORY_MAX_PER_PARTITION", "5"),
+        ],
+    )
+    .await;
+    let (mut ws, _) = connect(&bridge.ws_url("?format=json")).await;
+    let p = producer();
+    // a: 1 2 [gap] 5 6 7 (held from 5 on); b: 1..=12 flows throughout.
+    let mut recs = vec![
+        good("a", 1),
+        good("b", 1),
+        good("a", 2),
+        good("a", 5),
+        good("a", 6),
+        good("a", 7),
+    ];
+    recs.extend((2..=12).map(|s| good("b", s)));
+    produce(&p, &topic, &recs).await;
+    let (frames, control) = collect(&mut ws, 14, Duration::from_secs(10)).await;
+    assert_eq!(frames.len(), 14, "{control:?}");
+    let last_offset = match frames.last() {
+        Some(Frame::Data { offset, .. }) => *offset,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(last_offset, 16);
+    let halted = control
+        .iter()
+        .find(|c| c["type"] == "thread_halted")
+        .unwrap_or_else(|| panic!("{control:?}"));
+    let cursor = halted["notices"]
+        .as_str()
+        .expect("a notice cursor")
+        .to_string();
+    drop(ws);
+
+    // A replay from the start while the thread is halted: Kafka holds a 5..7,
+    // but they are held: not one of them.
+    let (mut early, _) = connect(&bridge.ws_url("?format=json&resume=earliest")).await;
+    let (frames, _) = collect(&mut early, 14, Duration::from_secs(10)).await;
+    assert!(
+        !sequences(&frames).iter().any(|(t, s)| t == "a" && *s >= 5),
+        "{:?}",
+        sequences(&frames)
+    );
+    drop(early);
+
+    let (code, body) = admin(bridge.port, "POST", "/admin/threads/a/resume")
+        .await
+        .expect("http");
+    assert_eq!(code, 200, "{body}");
+
+    // Away at the release, back with its offsets and notice cursor: the
+    // released records come after the replay, announced.
+    let q = format!("?format=json&resume=cursor&last_offsets=0:{last_offset}&notices={cursor}");
+    let (mut back, _) = connect(&bridge.ws_url(&q)).await;
+    let (frames, control) = collect(&mut back, 3, Duration::from_secs(10)).await;
+    assert_eq!(
+        sequences(&frames),
+        vec![("a".into(), 5), ("a".into(), 6), ("a".into(), 7)],
+        "{control:?}"
+    );
+    let kinds: Vec<&str> = control.iter().filter_map(|c| c["type"].as_str()).collect();
+    assert_eq!(kinds, ["replay_complete", "thread_resumed"], "{control:?}");
+    assert_eq!(control[1]["released"], 3);
+    assert_eq!(
+        control[0]["notices"],
+        cursor.as_str(),
+        "the session went on from the client's cursor"
+    );
+    // Without its notice cursor, a client resumes past them (documented).
+    let q = format!("?format=json&resume=cursor&last_offsets=0:{last_offset}");
+    let (mut forgetful, _) = connect(&bridge.ws_url(&q)).await;
+    let (frames, _) = collect(&mut forgetful, 1, Duration::from_millis(1500)).await;
+    assert!(frames.is_empty(), "{frames:?}");
+
+    // Released records are history now: a replay from the start returns every
+    // record once, in offset order.
+    let (mut later, _) = connect(&bridge.ws_url("?format=json&resume=earliest")).await;
+    let (frames, control) = collect(&mut later, 17, Duration::from_secs(10)).await;
+    let offsets: Vec<i64> = frames
+        .iter()
+        .filter_map(|f| match f {
+            Frame::Data { offset, .. } => Some(*offset),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(offsets, (0..17).collect::<Vec<_>>(), "{control:?}");
+}
