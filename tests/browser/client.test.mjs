@@ -173,6 +173,48 @@ test('frames at or below the cursor are ignored, released records after thread_r
   c.stop();
 });
 
+test('released records above the cursor are applied late, and not again when the cursor reaches them', () => {
+  const { c, applied } = make();
+  c.start();
+  const ws = FakeWS.all[0];
+  ws.recv(hello());
+  ws.recv(msg(0, 25));
+  ws.recv({ type: 'thread_resumed', thread_id: 't9', released: 1, notices: 'ab:3' });
+  ws.recv(msg(0, 30, 't9')); // released, above the cursor: late all the same
+  assert.deepEqual(c.cursorObject(), { 0: 25 }, 'a late record does not move the cursor');
+  ws.recv(msg(0, 26));
+  ws.recv(msg(0, 30, 't9')); // the same record read again in order
+  ws.recv(msg(0, 31));
+  assert.deepEqual(applied, ['0:25', '0:30', '0:26', '0:31']);
+  assert.deepEqual(c.cursorObject(), { 0: 31 });
+  c.stop();
+});
+
+test('the notice cursor is kept once a release has fully arrived, persisted, and sent on resume', async () => {
+  const { c, storage } = make();
+  c.start();
+  let ws = FakeWS.all[0];
+  assert.equal(ws.query.notices, undefined, 'nothing to send yet');
+  ws.recv(hello());
+  ws.recv({ type: 'replay_complete', replayed: 0, recovered: true, gaps: 0, duration_ms: 1, notices: 'ab:1' });
+  ws.recv(msg(0, 5));
+  ws.recv({ type: 'thread_halted', thread_id: 't9', missing: 1, sequence: 3, notices: 'ab:2' });
+  assert.equal(c.notices, 'ab:2');
+  ws.recv({ type: 'thread_resumed', thread_id: 't9', released: 2, notices: 'ab:3' });
+  ws.recv(msg(0, 3, 't9'));
+  assert.equal(c.notices, 'ab:2', 'not before every released record arrived');
+  ws.recv(msg(0, 4, 't9'));
+  assert.equal(c.notices, 'ab:3');
+  c.flush();
+  assert.equal(storage.record(c).notices, 'ab:3');
+  ws.serverClose(1006);
+  await sleep(10);
+  ws = FakeWS.all[1];
+  assert.equal(ws.query.notices, 'ab:3');
+  assert.equal(ws.query.last_offsets, '0:5');
+  c.stop();
+});
+
 test('lagged: nothing after the notice is applied, the client resumes from the cursor', async () => {
   const { c, applied, notices } = make();
   c.start();
