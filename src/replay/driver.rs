@@ -167,7 +167,7 @@ struct Run<'a, T: Tiers, O> {
 /// A page that has been going out to its client for longer than this gives
 /// the replay's slot (and Kafka reader) back: the client is slow, and others
 /// may read meanwhile.
-pub(crate) const SLOW_PAGE: std::time::Duration = std::time::Duration::from_millis(200);
+pub(crate) const SLOW_PAGE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Awaits one write to the client. Once the page has been going out for
 /// [`SLOW_PAGE`], the slot and the reader are given back while the write

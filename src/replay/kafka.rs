@@ -69,7 +69,7 @@ impl KafkaReader {
 
     /// True if a read of `partition` from `from` continues where this reader
     /// stands (polls forward instead of seeking).
-    pub(crate) fn continues_at(&self, partition: i32, from: i64) -> bool {
+    fn continues_at(&self, partition: i32, from: i64) -> bool {
         matches!(self.position, Some((p, pos)) if p == partition && pos <= from && from - pos <= MAX_SKIP)
     }
 

@@ -6,16 +6,16 @@
 //! [`LiveTiers`] is the real one: the Redis tier and Kafka readers, used from
 //! blocking tasks. A replay keeps its reader while it holds its replay slot
 //! (so a run of holes is read by polling forward, not by a seek each) and
-//! gives it back to a small pool when it gives the slot up: readers, and
-//! their prefetch buffers, are bounded by the slots, not by the clients.
-//! Fetches take a permit each (`REPLAY_KAFKA_MAX_CONCURRENT`).
+//! closes it when it gives the slot up: readers, and their prefetch buffers,
+//! are bounded by the slots, not by the clients. (A fresh reader is faster
+//! than one moved from another replay's partition and offset.) Fetches take
+//! a permit each (`REPLAY_KAFKA_MAX_CONCURRENT`).
 
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::Mutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::replay::config::PageLimit;
@@ -59,7 +59,7 @@ pub(crate) trait Tiers: Sync {
         0
     }
     /// Reads a page of `[from, to]` within `limit` (a permit held), with
-    /// `reader`, or one from the pool, or a new one.
+    /// `reader`, or a new one.
     fn kafka_read(
         &self,
         reader: &mut Option<Self::Reader>,
@@ -68,7 +68,7 @@ pub(crate) trait Tiers: Sync {
         to: i64,
         limit: PageLimit,
     ) -> impl Future<Output = Result<Fetched, Unavailable>> + Send;
-    /// A replay gave up its slot: its reader goes back to the pool.
+    /// A replay gave up its slot (or ended): its reader is closed.
     fn kafka_release(&self, _reader: Self::Reader) {}
 }
 
@@ -78,8 +78,6 @@ pub(crate) struct KafkaTier {
     pub(crate) topic: String,
     pub(crate) permits: Arc<Semaphore>,
     pub(crate) max_concurrent: usize,
-    /// Idle readers, at most one per permit.
-    pool: Arc<Mutex<Vec<KafkaReader>>>,
     /// Limit of one read.
     pub(crate) timeout: Duration,
 }
@@ -113,7 +111,6 @@ impl KafkaTier {
             topic: topic.to_string(),
             permits: Arc::new(Semaphore::new(max_concurrent)),
             max_concurrent,
-            pool: Default::default(),
             timeout: KAFKA_READ_TIMEOUT,
         }
     }
@@ -123,19 +120,6 @@ impl KafkaTier {
 pub(crate) struct LiveTiers {
     pub(crate) redis: Option<Arc<RedisTier>>,
     pub(crate) kafka: Option<KafkaTier>,
-}
-
-impl KafkaTier {
-    /// An idle reader, preferring one that continues at `(p, from)` (no
-    /// seek), or a new one.
-    fn reader(&self, p: i32, from: i64) -> Option<KafkaReader> {
-        let mut pool = self.pool.lock();
-        let i = pool
-            .iter()
-            .position(|r| r.continues_at(p, from))
-            .or_else(|| pool.len().checked_sub(1))?;
-        Some(pool.swap_remove(i))
-    }
 }
 
 impl Tiers for LiveTiers {
@@ -195,7 +179,7 @@ impl Tiers for LiveTiers {
         limit: PageLimit,
     ) -> Result<Fetched, Unavailable> {
         let k = self.kafka.as_ref().ok_or(Unavailable)?;
-        let r = match reader.take().or_else(|| k.reader(p, from)) {
+        let r = match reader.take() {
             Some(r) => r,
             None => {
                 let (props, topic) = (k.props.clone(), k.topic.clone());
@@ -225,11 +209,7 @@ impl Tiers for LiveTiers {
     }
 
     fn kafka_release(&self, reader: KafkaReader) {
-        if let Some(k) = &self.kafka {
-            let mut pool = k.pool.lock();
-            if pool.len() < k.max_concurrent {
-                pool.push(reader);
-            }
-        }
+        // Closing a consumer waits for its threads: not on an async worker.
+        tokio::task::spawn_blocking(move || drop(reader));
     }
 }
