@@ -24,15 +24,38 @@ pub(crate) struct HeldThreads {
 }
 
 impl HeldThreads {
-    /// A record of `thread` at `offset` of `partition` is held.
-    pub(crate) fn hold(&self, thread: &str, partition: i32, offset: i64) {
+    /// A record of `thread` at `offset` of `partition` is held. True when
+    /// that changed the thread's first held offsets.
+    pub(crate) fn hold(&self, thread: &str, partition: i32, offset: i64) -> bool {
         let mut t = self.threads.write();
         let parts = t.entry(thread.into()).or_default();
-        match parts.iter_mut().find(|(p, _)| *p == partition) {
-            Some((_, first)) => *first = (*first).min(offset),
-            None => parts.push((partition, offset)),
-        }
         self.any.store(true, Ordering::Release);
+        match parts.iter_mut().find(|(p, _)| *p == partition) {
+            Some((_, first)) if *first <= offset => false,
+            Some((_, first)) => {
+                *first = offset;
+                true
+            }
+            None => {
+                parts.push((partition, offset));
+                true
+            }
+        }
+    }
+
+    /// `thread`'s first held offset per partition.
+    pub(crate) fn first(&self, thread: &str) -> Vec<(i32, i64)> {
+        self.threads.read().get(thread).cloned().unwrap_or_default()
+    }
+
+    /// False for a record of a halted `thread` below its first held offset
+    /// in `partition`: it was delivered before the halt (read again after a
+    /// restart or a rebalance), so it is not held now.
+    pub(crate) fn holds_from(&self, thread: &str, partition: i32, offset: i64) -> bool {
+        let t = self.threads.read();
+        t.get(thread)
+            .and_then(|parts| parts.iter().find(|(p, _)| *p == partition))
+            .is_none_or(|(_, first)| offset >= *first)
     }
 
     /// `thread` was released: its records are delivered again.
@@ -69,8 +92,12 @@ mod tests {
         let h = HeldThreads::default();
         // event_frame(p, o) belongs to thread `t{p}`.
         assert!(!h.withholds(&event_frame(0, 5)));
-        h.hold("t0", 0, 5);
-        h.hold("t0", 0, 9);
+        assert!(h.holds_from("t0", 0, 1), "no hold in the partition yet");
+        assert!(h.hold("t0", 0, 5), "a first held offset");
+        assert!(!h.hold("t0", 0, 9), "not a new first");
+        assert_eq!(h.first("t0"), vec![(0, 5)]);
+        assert!(!h.holds_from("t0", 0, 4), "re-read from before the halt: delivered");
+        assert!(h.holds_from("t0", 0, 5));
         assert!(!h.withholds(&event_frame(0, 4)), "before the halt");
         assert!(h.withholds(&event_frame(0, 5)));
         assert!(h.withholds(&event_frame(0, 12)));

@@ -205,6 +205,20 @@ pub(crate) struct Runner {
 /// Runs until `shutdown` fires, then flushes the DLQ and commits stored
 /// offsets (bounded).
 /// Returns when shutdown began, so the caller can keep to the overall bound.
+/// Restores the halted threads kept in Redis (`GAP_POLICY=halt` with
+/// Redis), bounded by the Redis operation timeout.
+async fn restore_halts(pipeline: &mut Pipeline) {
+    let Some(store) = pipeline.halt_store() else {
+        return;
+    };
+    match store.load().await {
+        Ok(saved) => pipeline.restore_halts(saved),
+        Err(e) => {
+            tracing::warn!(error = %e, "halted threads could not be read from Redis: halts of an earlier process are not restored")
+        }
+    }
+}
+
 pub(crate) async fn run(r: Runner) -> Instant {
     let Runner {
         consumer,
@@ -227,6 +241,8 @@ pub(crate) async fn run(r: Runner) -> Instant {
     let mut fc_pending = 0usize;
     let mut resets = ResetWatch::default();
     let mut paused = false;
+    // Halts an earlier process kept in Redis, before any record is read.
+    restore_halts(&mut pipeline).await;
     status.set_consuming(true);
     // A broker fetch hands over hundreds of records at once; yielding between
     // slices of them lets client sessions on this worker drain their queues
@@ -290,6 +306,8 @@ pub(crate) async fn run(r: Runner) -> Instant {
                         pipeline.forget_partition(p);
                         stored.remove(&p);
                     }
+                    // Another instance may have halted threads of these partitions.
+                    restore_halts(&mut pipeline).await;
                 }
                 RebalanceEvent::Revoked(ps) => {
                     for p in ps {

@@ -15,6 +15,7 @@ mod bounds;
 pub(crate) mod config;
 pub(crate) mod consume;
 pub(crate) mod halt;
+pub(crate) mod halt_store;
 pub(crate) mod offsets;
 pub(crate) mod pipeline;
 pub(crate) mod ratelimit;

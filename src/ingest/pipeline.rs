@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use crate::hub::Hub;
 use crate::ingest::halt::{BufferFull, HaltLimits, Halts, ReleaseError};
+use crate::ingest::halt_store::{HaltStore, SavedHalt};
 use crate::ingest::offsets::OffsetBook;
 use crate::ingest::ratelimit::TenantRateLimiter;
 use crate::ingest::sequence::{GapPolicy, SequenceValidator, ValidatorConfig, Verdict};
@@ -63,6 +64,8 @@ pub(crate) struct Pipeline {
     cfg: PipelineConfig,
     rate_limits: TenantRateLimiter,
     redis: Option<Arc<RedisTier>>,
+    /// Halted threads kept in Redis, when it is configured.
+    halt_store: Option<HaltStore>,
     validator: SequenceValidator,
     halts: Halts,
     offsets: OffsetBook,
@@ -81,6 +84,7 @@ impl Pipeline {
         Self {
             rate_limits: TenantRateLimiter::new(None, Default::default()),
             redis: None,
+            halt_store: None,
             validator: SequenceValidator::new(cfg.sequence),
             halts: Halts::new(cfg.halt),
             cfg,
@@ -107,8 +111,67 @@ impl Pipeline {
     /// Also write every delivered record (and a tombstone for every skipped
     /// one) to the Redis replay tier.
     pub(crate) fn with_redis(mut self, redis: Option<Arc<RedisTier>>) -> Self {
+        self.halt_store = redis.clone().map(HaltStore::start);
         self.redis = redis;
         self
+    }
+
+    /// Where halts are kept across restarts, if anywhere (`GAP_POLICY=halt`
+    /// with Redis).
+    pub(crate) fn halt_store(&self) -> Option<HaltStore> {
+        self.halt_store
+            .clone()
+            .filter(|_| self.cfg.gap_policy == GapPolicy::Halt)
+    }
+
+    /// Halts saved by an earlier process (or another instance): each thread
+    /// is halted again, its records from the first held offsets on are held
+    /// as they are read again. Beyond `HALT_MAX_THREADS` the rest are left.
+    pub(crate) fn restore_halts(&mut self, saved: Vec<(String, SavedHalt)>) {
+        let mut restored = 0;
+        for (thread, h) in saved {
+            if self.halts.is_halted(&thread) {
+                continue;
+            }
+            if self
+                .halts
+                .halt(thread.clone(), &h.tenant, h.missing, h.sequence)
+                .is_err()
+            {
+                self.m.halts_refused.increment(1);
+                continue;
+            }
+            for (p, o) in &h.first {
+                self.hub.held.hold(&thread, *p, *o);
+            }
+            if let Some(info) = self.halts.info(&thread) {
+                self.status.put_halted(info);
+            }
+            restored += 1;
+        }
+        if restored > 0 {
+            tracing::warn!(
+                restored,
+                "halted threads restored from Redis: their records stay held until released"
+            );
+            self.export_halt_gauges();
+        }
+    }
+
+    /// Saves `thread`'s halt (its first held offsets changed).
+    fn save_halt(&self, thread: &str) {
+        let (Some(store), Some(info)) = (&self.halt_store, self.halts.info(thread)) else {
+            return;
+        };
+        store.save(
+            thread,
+            &SavedHalt {
+                tenant: info.tenant_id.clone(),
+                missing: info.missing,
+                sequence: info.at_sequence,
+                first: self.hub.held.first(thread),
+            },
+        );
     }
 
     fn deliver(&self, frame: &Arc<Frame>) {
@@ -265,7 +328,12 @@ impl Pipeline {
             offset: rec.offset,
         };
         let value = rec.value.unwrap_or_default();
-        let halted = self.halts.thread_of(&summary);
+        // A halted thread's record below its first held offset was delivered
+        // before the halt (read again after a restart or rebalance).
+        let halted = self
+            .halts
+            .thread_of(&summary)
+            .filter(|t| self.hub.held.holds_from(t, rec.partition, rec.offset));
         // Over its rate limit, a record costs no copy: only its DLQ document.
         if halted.is_none()
             && self.rate_limits.enabled()
@@ -288,9 +356,13 @@ impl Pipeline {
             // Every halted thread it touches withholds it (a release of one
             // moves it to the next one's hold).
             for t in frame.summary.threads().filter(|t| self.halts.is_halted(t)) {
-                self.hub
+                if self
+                    .hub
                     .held
-                    .hold(t, frame.cursor.partition, frame.cursor.offset);
+                    .hold(t, frame.cursor.partition, frame.cursor.offset)
+                {
+                    self.save_halt(t);
+                }
             }
             let summary = Box::new(frame.summary.clone());
             let buffered = self.hold(&thread, frame);
@@ -331,6 +403,9 @@ impl Pipeline {
             .unwrap_or_default();
         let release = self.halts.release(thread, &mut self.offsets)?;
         self.hub.held.release(thread);
+        if let Some(store) = &self.halt_store {
+            store.remove(thread);
+        }
         self.status.remove_halted(thread);
         let released = release.len();
         tracing::info!(thread_id = ?thread, released, "thread resumed by operator");

@@ -8,6 +8,7 @@
 //! - `dashstream-replay:{ns}:thread:{t}:sequences` — sorted set, score =
 //!   sequence, member = `{p}:{o}`
 //! - `dashstream-replay:{ns}:partitions` — set of partitions written
+//! - `dashstream-replay:{ns}:halted` — hash of halted threads (`ingest::halt_store`)
 //!
 //! Writes go through a bounded queue to one background task that sends them
 //! in pipelines; a full queue drops (and counts) instead of waiting, and a
@@ -243,6 +244,54 @@ impl RedisTier {
                 limit.bytes,
             );
             Ok(offsets.into_iter().zip(values).take(take).collect())
+        })
+        .await
+    }
+
+    /// Sets `field` of the namespace's hash `name` (small operator state,
+    /// such as halted threads), bounded by the operation timeout.
+    pub(crate) async fn hash_set(
+        &self,
+        name: &str,
+        field: &str,
+        value: &str,
+    ) -> anyhow::Result<()> {
+        self.bounded(async {
+            let mut c = self.conn().await?;
+            let _: i64 = redis::cmd("HSET")
+                .arg(format!("{}:{name}", key_prefix(&self.cfg.namespace)))
+                .arg(field)
+                .arg(value)
+                .query_async(&mut c)
+                .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Removes `field` of the namespace's hash `name`.
+    pub(crate) async fn hash_del(&self, name: &str, field: &str) -> anyhow::Result<()> {
+        self.bounded(async {
+            let mut c = self.conn().await?;
+            let _: i64 = redis::cmd("HDEL")
+                .arg(format!("{}:{name}", key_prefix(&self.cfg.namespace)))
+                .arg(field)
+                .query_async(&mut c)
+                .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Every field of the namespace's hash `name`.
+    pub(crate) async fn hash_all(&self, name: &str) -> anyhow::Result<Vec<(String, String)>> {
+        self.bounded(async {
+            let mut c = self.conn().await?;
+            let v: Vec<(String, String)> = redis::cmd("HGETALL")
+                .arg(format!("{}:{name}", key_prefix(&self.cfg.namespace)))
+                .query_async(&mut c)
+                .await?;
+            Ok(v)
         })
         .await
     }

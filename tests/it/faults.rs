@@ -492,3 +492,89 @@ async fn released_records_reach_a_client_that_was_away_and_held_ones_no_replay()
         .collect();
     assert_eq!(offsets, (0..17).collect::<Vec<_>>(), "{control:?}");
 }
+
+/// With Redis, a halt outlives the process that found the gap: the instance
+/// that reads the partition next holds the thread's records again (none
+/// reaches a client, live or replaying), lists the halt, and its release
+/// delivers them and removes the halt from Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_redis_a_halt_survives_a_restart_until_it_is_released() {
+    let redis = std::env::var("KWB_TEST_REDIS_URL")
+        .expect("KWB_TEST_REDIS_URL is not set: run with scripts/test.sh");
+    let topic = unique("halt-kept");
+    create_topic(&topic, 1).await;
+    let group = unique("grp");
+    let env = [("GAP_POLICY", "halt"), ("REDIS_URL", redis.as_str())];
+    let mut first = Bridge::start_with_group(&topic, &group, &env).await;
+    // a: 1 2 [gap] 5 6 (held from offset 2 on); b flows.
+    let recs = [
+        good("a", 1),
+        good("a", 2),
+        good("a", 5),
+        good("a", 6),
+        good("b", 1),
+        good("b", 2),
+    ];
+    produce(&producer(), &topic, &recs).await;
+    first.wait_processed(6, Duration::from_secs(10)).await;
+    assert_eq!(first.health().await["halted_threads"], 1);
+    let (_, status) = first.terminate();
+    assert!(status.success(), "{status:?}");
+
+    let second = Bridge::start_with_group(&topic, &group, &env).await;
+    // The commit point stayed at the first held record: offsets 2..=5 again.
+    second.wait_processed(4, Duration::from_secs(20)).await;
+    let (code, body) = admin(second.port, "GET", "/admin/threads/halted")
+        .await
+        .expect("http");
+    assert_eq!(code, 200, "{body}");
+    let listed: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(listed["halted_threads"][0]["thread_id"], "a", "{body}");
+    assert_eq!(listed["halted_threads"][0]["held_messages"], 2, "{body}");
+    // A client replaying everything gets a/1, a/2 and b, never a/5 or a/6.
+    let (mut ws, _) = connect(&second.ws_url("?format=json&resume=earliest")).await;
+    let (frames, control) = collect(&mut ws, 4, Duration::from_secs(10)).await;
+    assert_eq!(
+        sequences(&frames),
+        vec![
+            ("a".into(), 1),
+            ("a".into(), 2),
+            ("b".into(), 1),
+            ("b".into(), 2)
+        ],
+        "{control:?}"
+    );
+    while let Some(f) = next_frame(&mut ws, Duration::from_millis(800)).await {
+        assert!(!matches!(f, Frame::Data { .. }), "held: {f:?}");
+    }
+
+    let (code, body) = admin(second.port, "POST", "/admin/threads/a/resume")
+        .await
+        .expect("http");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"released\":2"), "{body}");
+    let (frames, _) = collect(&mut ws, 2, Duration::from_secs(5)).await;
+    assert_eq!(sequences(&frames), vec![("a".into(), 5), ("a".into(), 6)]);
+    // Released: gone from Redis too.
+    let (_, version) = http(second.port, "GET", "/version").await.expect("http");
+    let ns = serde_json::from_str::<serde_json::Value>(&version).unwrap()["resume_namespace"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let key = format!("dashstream-replay:{ns}:halted");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let out = std::process::Command::new("redis-cli")
+            .args(["-u", &redis, "HLEN", &key])
+            .output()
+            .expect("redis-cli");
+        if String::from_utf8_lossy(&out.stdout).trim() == "0" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the halt stayed in Redis"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
