@@ -96,7 +96,10 @@ mod tests {
         assert!(h.hold("t0", 0, 5), "a first held offset");
         assert!(!h.hold("t0", 0, 9), "not a new first");
         assert_eq!(h.first("t0"), vec![(0, 5)]);
-        assert!(!h.holds_from("t0", 0, 4), "re-read from before the halt: delivered");
+        assert!(
+            !h.holds_from("t0", 0, 4),
+            "re-read from before the halt: delivered"
+        );
         assert!(h.holds_from("t0", 0, 5));
         assert!(!h.withholds(&event_frame(0, 4)), "before the halt");
         assert!(h.withholds(&event_frame(0, 5)));

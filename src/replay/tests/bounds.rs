@@ -31,6 +31,17 @@ pub(super) fn context_at_4(
     }
 }
 
+/// A resume at offset 4 with `filter` (notices from the first).
+pub(super) async fn resume4<O: ReplayOut>(
+    rc: &ReplayContext<FakeTiers>,
+    out: &mut O,
+    filter: Filter,
+) -> crate::replay::driver::Resumed {
+    replay(rc, out, filter, at_4(), &mut Sent::default(), 0)
+        .await
+        .unwrap_or_else(|_| panic!("the client never goes away"))
+}
+
 pub(super) fn at_4() -> ResumeFrom {
     ResumeFrom::Cursor(HashMap::from([(0, 4)]))
 }
@@ -101,16 +112,7 @@ fn a_slow_client_gives_its_replay_slot_back_while_it_reads() {
             delay: std::time::Duration::from_millis(1500),
             free_at_write: vec![],
         };
-        let r = replay(
-            &rc,
-            &mut out,
-            Filter::default(),
-            at_4(),
-            &mut Sent::default(),
-            0,
-        )
-        .await
-        .unwrap_or_else(|_| panic!("the client never goes away"));
+        let r = resume4(&rc, &mut out, Filter::default()).await;
         assert_eq!(r.replayed, 25);
         // Pages of (at most) 2: a page's first write holds the slot, a second
         // one (1.5 s later) finds it given back.
@@ -131,16 +133,7 @@ fn a_fast_client_keeps_its_replay_slot() {
             delay: std::time::Duration::ZERO,
             free_at_write: vec![],
         };
-        let r = replay(
-            &rc,
-            &mut out,
-            Filter::default(),
-            at_4(),
-            &mut Sent::default(),
-            0,
-        )
-        .await
-        .unwrap_or_else(|_| panic!("the client never goes away"));
+        let r = resume4(&rc, &mut out, Filter::default()).await;
         assert_eq!(r.replayed, 25);
         assert_eq!(out.free_at_write, vec![0; 25], "held throughout");
         assert_eq!(rc.replays.free(), 1, "given back at the end");
@@ -187,16 +180,7 @@ fn a_resume_stops_at_its_record_budget_with_an_exact_gap() {
         };
         let rc = context_at_4(&case, 2, budget);
         let mut out = Recorder::default();
-        let r = replay(
-            &rc,
-            &mut out,
-            Filter::default(),
-            at_4(),
-            &mut Sent::default(),
-            0,
-        )
-        .await
-        .unwrap_or_else(|_| panic!("the client never goes away"));
+        let r = resume4(&rc, &mut out, Filter::default()).await;
         assert!(r.budget_exhausted);
         assert!(r.read >= 6 && r.read < 10, "read {}", r.read);
         let got: Vec<i64> = out.frames.iter().map(|(_, o)| *o).collect();
@@ -224,16 +208,7 @@ fn a_resume_stops_at_its_time_budget() {
         };
         let rc = context_at_4(&case, 2, budget);
         let mut out = Recorder::default();
-        let r = replay(
-            &rc,
-            &mut out,
-            Filter::default(),
-            at_4(),
-            &mut Sent::default(),
-            0,
-        )
-        .await
-        .unwrap_or_else(|_| panic!("the client never goes away"));
+        let r = resume4(&rc, &mut out, Filter::default()).await;
         assert!(r.budget_exhausted);
         let got: Vec<i64> = out.frames.iter().map(|(_, o)| *o).collect();
         assert_eq!(got, vec![5, 6], "one Kafka page of 2");
@@ -254,9 +229,7 @@ fn records_the_filter_refuses_are_not_decoded() {
         {
             let filter = Filter::parse(threads, None, None, 10).unwrap();
             let mut out = Recorder::default();
-            let r = replay(&rc, &mut out, filter, at_4(), &mut Sent::default(), 0)
-                .await
-                .unwrap_or_else(|_| panic!("the client never goes away"));
+            let r = resume4(&rc, &mut out, filter).await;
             // 5..=11 from Kafka, 12..=19 from Redis, 20..=29 from memory.
             assert_eq!(
                 (r.read, r.decoded, r.replayed),

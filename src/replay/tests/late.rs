@@ -1,7 +1,7 @@
 //! Records of halted threads and records released after a halt, as replays
 //! and live sessions read them (docs/PROTOCOL.md, Late records).
 
-use super::bounds::{at_4, context_at_4, current_thread};
+use super::bounds::{at_4, context_at_4, current_thread, resume4};
 use super::*;
 
 /// The value of an `event` record of thread `thread`.
@@ -32,16 +32,7 @@ fn a_halted_threads_records_are_withheld_by_every_tier() {
         let rc = context_at_4(&case, 2, Default::default());
         rc.hub.held.hold("t0", 0, 8);
         let mut out = Recorder::default();
-        replay(
-            &rc,
-            &mut out,
-            Filter::default(),
-            at_4(),
-            &mut Sent::default(),
-            0,
-        )
-        .await
-        .unwrap_or_else(|_| panic!("the client never goes away"));
+        resume4(&rc, &mut out, Filter::default()).await;
         let got: Vec<i64> = out.frames.iter().map(|(_, o)| *o).collect();
         assert_eq!(
             got,
@@ -50,16 +41,7 @@ fn a_halted_threads_records_are_withheld_by_every_tier() {
         );
         rc.hub.held.release("t0");
         let mut out = Recorder::default();
-        replay(
-            &rc,
-            &mut out,
-            Filter::default(),
-            at_4(),
-            &mut Sent::default(),
-            0,
-        )
-        .await
-        .unwrap_or_else(|_| panic!("the client never goes away"));
+        resume4(&rc, &mut out, Filter::default()).await;
         assert_eq!(out.frames.len(), 25, "released: every record again");
     });
 }
