@@ -12,10 +12,11 @@
 //! at once), which it keeps from page to page while its client takes the
 //! pages promptly, and gives back (with its Kafka reader) as soon as one
 //! page has been going out for longer than [`SLOW_PAGE`]: a slow or stalled
-//! client holds nothing the others wait for. A record read back is decoded only when its wire
-//! header says the client's filter may want it. A resume has a budget of
-//! records read and of time (`REPLAY_MAX_RECORDS`, `REPLAY_MAX_SECS`); what
-//! is left when it runs out is sent as `replay_budget` gaps.
+//! client holds nothing the others wait for. A record read back is decoded
+//! only when its wire header says the client's filter may want it. A resume
+//! has a budget of records read and of time (`REPLAY_MAX_RECORDS`,
+//! `REPLAY_MAX_SECS`, counted from its start, waits included); what is left
+//! when it runs out is sent as `replay_budget` gaps.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
