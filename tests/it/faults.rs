@@ -578,3 +578,56 @@ async fn with_redis_a_halt_survives_a_restart_until_it_is_released() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// With Redis, a halt moves with its partition: when the instance that
+/// halted the thread leaves the group, the instance assigned the partition
+/// restores the halt from Redis and holds the re-read records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_redis_a_halt_moves_with_its_partition_on_rebalance() {
+    let redis = std::env::var("KWB_TEST_REDIS_URL")
+        .expect("KWB_TEST_REDIS_URL is not set: run with scripts/test.sh");
+    let topic = unique("halt-moves");
+    create_topic(&topic, 1).await;
+    let group = unique("grp");
+    let env = [("GAP_POLICY", "halt"), ("REDIS_URL", redis.as_str())];
+    // Two instances in one group, one partition: one of them reads it.
+    let mut a = Bridge::start_with_group(&topic, &group, &env).await;
+    let mut b = Bridge::start_with_group(&topic, &group, &env).await;
+    let owns = |m: &std::collections::HashMap<String, f64>| {
+        m.get("websocket_kafka_assigned_partitions").copied() == Some(1.0)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let (owner, other) = loop {
+        if owns(&a.metrics().await) {
+            break (&mut a, &mut b);
+        }
+        if owns(&b.metrics().await) {
+            break (&mut b, &mut a);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nobody was assigned the partition"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let recs = [good("a", 1), good("a", 4), good("a", 5), good("b", 1)];
+    produce(&producer(), &topic, &recs).await;
+    owner.wait_processed(4, Duration::from_secs(10)).await;
+    assert_eq!(owner.health().await["halted_threads"], 1);
+    let (_, status) = owner.terminate();
+    assert!(status.success(), "{status:?}");
+    // The other instance is assigned the partition and reads on from the
+    // committed offset (the first held record): the halt comes with it.
+    other.wait_processed(3, Duration::from_secs(30)).await;
+    let (code, body) = admin(other.port, "GET", "/admin/threads/halted")
+        .await
+        .expect("http");
+    assert_eq!(code, 200, "{body}");
+    let listed: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(listed["halted_threads"][0]["thread_id"], "a", "{body}");
+    assert_eq!(listed["halted_threads"][0]["held_messages"], 2, "{body}");
+    let (code, body) = admin(other.port, "POST", "/admin/threads/a/resume")
+        .await
+        .expect("http");
+    assert_eq!(code, 200, "{body}");
+}
