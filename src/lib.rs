@@ -88,6 +88,46 @@ pub mod fuzzing {
         crate::http::admission::fuzz_client_ip(value, SocketAddr::from(([10, 0, 0, 1], 4000)))
     }
 
+    /// A record value as a replay reads it back: its body is looked at on the
+    /// wire (never a panic), and where it also decodes, the wire filter never
+    /// refuses what the decoded record's filter takes (filters from the
+    /// record's own kind, tenant and thread, and from ids it does not have).
+    /// Panics on a disagreement.
+    pub fn replay_filter(value: &[u8]) {
+        use crate::hub::Filter;
+        let limits = crate::record::decode::DecodeLimits::default();
+        let Ok(unframed) = crate::record::decode::unframe(Some(value), &limits) else {
+            return;
+        };
+        let peek = crate::record::scan::peek(unframed.body());
+        let (Some(peek), Ok(decoded)) = (peek, unframed.decode(&limits)) else {
+            return;
+        };
+        let summary = crate::record::summary::Summary::of(&decoded);
+        let (kind, tenant, thread) = (
+            summary.kind.as_str(),
+            summary.tenant.to_string(),
+            summary.thread.to_string(),
+        );
+        let cursor = crate::record::frame::Cursor {
+            partition: 0,
+            offset: 0,
+        };
+        let frame = crate::record::frame::Frame::new(cursor, None, value, summary, None);
+        let nonempty = |s: &str| (!s.trim().is_empty()).then(|| s.to_string());
+        let filters = [
+            Filter::parse(None, nonempty(&tenant).as_deref(), None, 256),
+            Filter::parse(nonempty(&thread).as_deref(), None, None, 256),
+            Filter::parse(None, None, Some(kind), 256),
+            Filter::parse(Some("x"), Some("x"), Some("event,event_batch"), 256),
+        ];
+        for f in filters.into_iter().flatten() {
+            if f.matches(&frame) {
+                assert!(f.may_match(&peek), "wire filter refused a match: {f:?}");
+            }
+        }
+    }
+
     /// The HMAC secret `token` uses, to sign seeds.
     pub const TOKEN_SECRET: &[u8] = b"fuzz-secret-0123456789abcdefghijklmn";
 }

@@ -1,5 +1,6 @@
 //! Record decode: any Kafka record value gives a decoded message or a
-//! classified error, never a panic, within the default limits.
+//! classified error, never a panic, within the default limits; and a
+//! replay's look at it on the wire agrees with its decoded filter.
 #![no_main]
 
 use kafka_ws_bridge::{decode, DecodeLimits};
@@ -16,4 +17,5 @@ fuzz_target!(|data: &[u8]| {
             let _ = e.to_string();
         }
     }
+    kafka_ws_bridge::fuzzing::replay_filter(data);
 });

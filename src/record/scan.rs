@@ -335,6 +335,7 @@ mod tests {
             let filter = crate::hub::Filter::parse(threads.as_deref(), tenant, types, 10).unwrap();
             let mut value = vec![0u8];
             value.extend(&body);
+            crate::fuzzing::replay_filter(&value);
             let decoded = crate::record::decode::decode(Some(&value), &crate::record::decode::DecodeLimits::default());
             let Some(p) = peek(&body) else {
                 // Only damaged bodies are left to the decoder.
