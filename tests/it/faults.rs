@@ -590,26 +590,27 @@ async fn with_redis_a_halt_moves_with_its_partition_on_rebalance() {
     create_topic(&topic, 1).await;
     let group = unique("grp");
     let env = [("GAP_POLICY", "halt"), ("REDIS_URL", redis.as_str())];
-    // Two instances in one group, one partition: one of them reads it.
-    let mut a = Bridge::start_with_group(&topic, &group, &env).await;
-    let mut b = Bridge::start_with_group(&topic, &group, &env).await;
-    let owns = |m: &std::collections::HashMap<String, f64>| {
-        m.get("websocket_kafka_assigned_partitions").copied() == Some(1.0)
-    };
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    // Two instances in one group, one partition: one of them reads it (the
+    // other is never ready: it has nothing assigned).
+    let mut a = Bridge::spawn(&topic, &group, &env);
+    let mut b = Bridge::spawn(&topic, &group, &env);
+    let deadline = std::time::Instant::now() + Duration::from_secs(40);
     let (owner, other) = loop {
-        if owns(&a.metrics().await) {
+        if assigned(&a).await == Some(1.0) && assigned(&b).await == Some(0.0) {
             break (&mut a, &mut b);
         }
-        if owns(&b.metrics().await) {
+        if assigned(&b).await == Some(1.0) && assigned(&a).await == Some(0.0) {
             break (&mut b, &mut a);
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "nobody was assigned the partition"
+            "the partition was not assigned to one of the two"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
+    // Settled: the group's membership no longer changes.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(assigned(owner).await, Some(1.0));
     let recs = [good("a", 1), good("a", 4), good("a", 5), good("b", 1)];
     produce(&producer(), &topic, &recs).await;
     owner.wait_processed(4, Duration::from_secs(10)).await;
@@ -630,4 +631,14 @@ async fn with_redis_a_halt_moves_with_its_partition_on_rebalance() {
         .await
         .expect("http");
     assert_eq!(code, 200, "{body}");
+}
+
+/// Partitions a bridge reads now (`None` while it does not answer).
+async fn assigned(b: &Bridge) -> Option<f64> {
+    match http(b.port, "GET", "/metrics").await {
+        Ok((200, body)) => kwb_testkit::prom::parse(&body)
+            .get("websocket_kafka_assigned_partitions")
+            .copied(),
+        _ => None,
+    }
 }
