@@ -53,7 +53,7 @@ pub(crate) struct ReplayArgs {
     /// Records one resume may read from the tiers (matching its filter or not) before the rest is a `replay_budget` gap.
     #[arg(long, env = "REPLAY_MAX_RECORDS", default_value_t = 1_000_000)]
     pub(crate) replay_max_records: u64,
-    /// Seconds one resume may run (from its first read) before the rest is a `replay_budget` gap.
+    /// Seconds one resume may run, from its first read (not its wait for a slot), before the rest is a `replay_budget` gap.
     #[arg(long, env = "REPLAY_MAX_SECS", default_value_t = 300)]
     pub(crate) replay_max_secs: u64,
     /// How long a client without ?resume= may take to send its first message before live delivery starts.

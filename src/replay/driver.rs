@@ -15,8 +15,8 @@
 //! client holds nothing the others wait for. A record read back is decoded
 //! only when its wire header says the client's filter may want it. A resume
 //! has a budget of records read and of time (`REPLAY_MAX_RECORDS`,
-//! `REPLAY_MAX_SECS`, counted from its start, waits included); what is left
-//! when it runs out is sent as `replay_budget` gaps.
+//! `REPLAY_MAX_SECS`, counted from its first read: the wait for its first slot
+//! is not); what is left when it runs out is sent as `replay_budget` gaps.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -132,7 +132,9 @@ enum Row {
 /// Where a resume's budget ends.
 struct Limit {
     records: u64,
-    until: tokio::time::Instant,
+    time: std::time::Duration,
+    /// Set at the replay's first read: waiting for a first slot is not counted.
+    until: Option<tokio::time::Instant>,
 }
 
 struct Run<'a, T: Tiers, O> {
@@ -295,13 +297,19 @@ impl<'a, T: Tiers, O: ReplayOut> Run<'a, T, O> {
             self.slot = Some(rc.replays.acquire(&mut *self.out).await?);
         }
         self.page_since = tokio::time::Instant::now();
+        if let Some(l) = self.limit.as_mut() {
+            l.until.get_or_insert(self.page_since + l.time);
+        }
         Ok(())
     }
 
     /// Stops a resume whose budget ran out; `next` is where it stands.
     fn within_budget(&self, next: i64) -> Step {
         match &self.limit {
-            Some(l) if self.read >= l.records || tokio::time::Instant::now() >= l.until => {
+            Some(l)
+                if self.read >= l.records
+                    || l.until.is_some_and(|u| tokio::time::Instant::now() >= u) =>
+            {
                 Err(Stop::Budget { next })
             }
             _ => Ok(()),
@@ -642,7 +650,8 @@ pub(crate) async fn replay<T: Tiers, O: ReplayOut>(
     let mut run = Run::new(rc, out, filter, sent, notices_since);
     run.limit = Some(Limit {
         records: rc.budget.records,
-        until: tokio::time::Instant::now() + rc.budget.time,
+        time: rc.budget.time,
+        until: None,
     });
     let redis_parts: BTreeSet<i32> = rc.tiers.redis_partitions().await;
     let heads = rc.hub.log.heads();

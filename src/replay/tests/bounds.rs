@@ -239,3 +239,34 @@ fn records_the_filter_refuses_are_not_decoded() {
         }
     });
 }
+
+/// The time budget counts from a resume's first read: two minutes waiting
+/// for its first slot (in a storm) do not use up a one-minute budget.
+#[test]
+fn the_time_budget_starts_at_the_first_read_not_at_the_wait_for_a_slot() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let case = resume_at_4(true, true, 0);
+        let budget = crate::replay::config::ReplayBudget {
+            records: 1_000_000,
+            time: std::time::Duration::from_secs(60),
+        };
+        let rc = context_at_4(&case, 2, budget);
+        let taken = rc
+            .replays
+            .acquire(&mut Recorder::default())
+            .await
+            .expect("the only slot");
+        let mut out = Recorder::default();
+        let (r, ()) = tokio::join!(resume4(&rc, &mut out, Filter::default()), async {
+            tokio::time::sleep(std::time::Duration::from_secs(120)).await;
+            drop(taken);
+        });
+        assert!(!r.budget_exhausted, "{:?}", out.gaps);
+        assert_eq!(r.replayed, 25);
+    });
+}
