@@ -199,6 +199,7 @@ async fn bad_ws_queries_get_400_naming_the_problem_before_any_upgrade() {
         ("?resume=cursor", "invalid_resume"),
         ("?last_offsets=0:x", "invalid_resume"),
         ("?last_offsets=-1:3", "invalid_resume"),
+        ("?resume=earliest&notices=zz:1", "invalid_resume"),
     ] {
         let (status, body) = h.get(&format!("/ws{query}")).await;
         assert_eq!(status, 400, "{query}: {body}");

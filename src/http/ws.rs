@@ -78,10 +78,11 @@ pub(crate) fn check_query(
 
 /// A notice cursor, when given, is `BOOT:SEQ`.
 fn check_notices(notices: Option<&str>) -> Result<(), String> {
-    match notices.map(crate::hub::notices::parse_cursor) {
-        Some(Err(_)) => Err("notices: expected the cursor the bridge sent (BOOT:SEQ)".into()),
-        _ => Ok(()),
-    }
+    notices
+        .map(crate::hub::notices::parse_cursor)
+        .transpose()
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 fn parse_format(f: Option<&str>) -> Option<Format> {

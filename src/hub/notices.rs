@@ -58,7 +58,8 @@ pub(crate) struct Notices {
 }
 
 /// A notice cursor a client sent that is not of the form `BOOT:SEQ`.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("notices: expected the cursor the bridge sent (BOOT:SEQ)")]
 pub(crate) struct BadCursor;
 
 impl Notices {

@@ -64,7 +64,7 @@ pub(crate) struct Pipeline {
     cfg: PipelineConfig,
     rate_limits: TenantRateLimiter,
     redis: Option<Arc<RedisTier>>,
-    /// Halted threads kept in Redis, when it is configured.
+    /// Halted threads kept in Redis (`GAP_POLICY=halt` with Redis).
     halt_store: Option<HaltStore>,
     validator: SequenceValidator,
     halts: Halts,
@@ -111,7 +111,10 @@ impl Pipeline {
     /// Also write every delivered record (and a tombstone for every skipped
     /// one) to the Redis replay tier.
     pub(crate) fn with_redis(mut self, redis: Option<Arc<RedisTier>>) -> Self {
-        self.halt_store = redis.clone().map(HaltStore::start);
+        self.halt_store = redis
+            .clone()
+            .filter(|_| self.cfg.gap_policy == GapPolicy::Halt)
+            .map(HaltStore::start);
         self.redis = redis;
         self
     }
@@ -119,9 +122,7 @@ impl Pipeline {
     /// Where halts are kept across restarts, if anywhere (`GAP_POLICY=halt`
     /// with Redis).
     pub(crate) fn halt_store(&self) -> Option<HaltStore> {
-        self.halt_store
-            .clone()
-            .filter(|_| self.cfg.gap_policy == GapPolicy::Halt)
+        self.halt_store.clone()
     }
 
     /// Halts saved by an earlier process (or another instance): each thread

@@ -195,7 +195,11 @@ impl Cursors {
                         }
                         n = e.offset + 1;
                         let Slot::Frame(f) = &e.slot else { continue };
-                        if !filter.matches(f) || self.late.covers(&hub.notices, p, e.offset) {
+                        // A released record is marked late before it enters
+                        // the log: only those need the notice lookup.
+                        if !filter.matches(f)
+                            || (f.is_late() && self.late.covers(&hub.notices, p, e.offset))
+                        {
                             continue;
                         }
                         if shedding && behind && hub.priorities.of(f) == Priority::Low {

@@ -126,10 +126,7 @@ where
                         n.as_str()
                             .filter(|c| crate::hub::notices::parse_cursor(c).is_ok())
                             .map(str::to_string)
-                            .ok_or_else(|| {
-                                "notices: expected the cursor the bridge sent (BOOT:SEQ)"
-                                    .to_string()
-                            })
+                            .ok_or_else(|| crate::hub::notices::BadCursor.to_string())
                     });
                     let from = ResumeFrom::from_message(&v, ctx.settings.max_resume_partitions)
                         .and_then(|from| notices.transpose().map(|n| (from, n)));
