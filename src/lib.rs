@@ -69,13 +69,27 @@ pub mod fuzzing {
             .map(|_| true)
     }
 
-    /// A token checked against a bridge with one static token and an HMAC
-    /// secret, then its claims against a filter from `query`.
+    /// A token checked against a bridge with one static token, an HMAC
+    /// secret (deprecated signed tokens and HS256 JWTs with an audience and
+    /// an issuer), then its claims against a filter from `query`.
     pub fn token(token: &str, query_tenant: Option<&str>) -> Result<(), String> {
+        let jwt = crate::http::jwt::Jwt::new(crate::http::jwt::JwtSettings {
+            hs256_secret: Some(TOKEN_SECRET.to_vec()),
+            public_key_pem: None,
+            jwks: None,
+            jwks_refresh: std::time::Duration::from_secs(300),
+            issuers: vec!["fuzz-issuer".into()],
+            audiences: vec!["fuzz-audience".into()],
+            leeway_secs: 30,
+            tenant_claim: "tenant".into(),
+            threads_claim: "threads".into(),
+        })
+        .map_err(|(_, e)| e)?;
         let auth = crate::http::auth::AuthConfig {
             static_tokens: vec!["static-token-0123456789".into()],
             hmac_secret: Some(TOKEN_SECRET.to_vec()),
-            allowed_origins: vec![],
+            jwt: Some(jwt),
+            ..Default::default()
         };
         let claims = auth.verify(Some(token)).map_err(|e| e.to_string())?;
         let mut filter =

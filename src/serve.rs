@@ -181,6 +181,9 @@ pub(crate) async fn run(
         max_filter_values: cfg.http.max_filter_values,
         group_id: cfg.ingest.group_id.clone(),
     };
+    if let Some(jwt) = &cfg.http.auth.jwt {
+        tokio::spawn(jwt.clone().refresh_loop(shutdown.clone()));
+    }
     let app = http::router(state);
     let server = tokio::spawn(http::server::serve(
         listener,

@@ -1,24 +1,35 @@
-//! Who may open a WebSocket: optional bearer tokens or HMAC-signed tokens,
-//! and an Origin allowlist for browsers.
+//! Who may open a WebSocket: optional static tokens, JSON Web Tokens
+//! ([`crate::http::jwt`]) and, deprecated, the two-part signed tokens; and an
+//! Origin allowlist for browsers.
 //!
-//! Tokens come in `Authorization: Bearer <token>` or, for browsers (which
-//! cannot set headers on a WebSocket), `?token=<token>`.
+//! Tokens come in `Authorization: Bearer <token>`, in the
+//! `Sec-WebSocket-Protocol` offer `dashstream.bearer.<token>` (browsers,
+//! which cannot set headers on a WebSocket) or, as a fallback that ends up
+//! in access logs, `?token=<token>`.
 //!
-//! - Static tokens (`WEBSOCKET_AUTH_TOKENS`): any listed token is accepted.
-//! - Signed tokens (`WEBSOCKET_AUTH_HMAC_SECRET`): `<payload>.<signature>`,
-//!   both base64url without padding; payload is JSON
+//! - Static tokens (`WEBSOCKET_AUTH_TOKENS`): any listed token is accepted,
+//!   with no claims and no expiry.
+//! - JWTs (three parts): HS256 with `WEBSOCKET_AUTH_HMAC_SECRET`, RS256 /
+//!   ES256 with `WEBSOCKET_JWT_PUBLIC_KEY_FILE` or `WEBSOCKET_JWT_JWKS`.
+//! - Deprecated signed tokens (`WEBSOCKET_AUTH_HMAC_SECRET`, two parts):
+//!   `<payload>.<signature>`, both base64url without padding; payload is JSON
 //!   `{"exp": <unix seconds>, "tenant": "t"?, "threads": ["a", "b"]?}`,
-//!   signature = HMAC-SHA256(secret, payload bytes). A `tenant` claim pins the
-//!   connection's tenant filter; a `threads` claim limits its thread filter
-//!   to those threads. Requests outside the claims are refused (403).
+//!   signature = HMAC-SHA256(secret, payload bytes).
+//!
+//! A `tenant` claim pins the connection's tenant filter; a `threads` claim
+//! limits its thread filter to those threads. Requests outside the claims
+//! are refused (403). A token's expiry (plus the leeway) ends the
+//! connection it opened.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
+use crate::http::jwt::Jwt;
 use crate::hub::Filter;
 
 /// Longest token accepted, in bytes.
@@ -30,11 +41,13 @@ pub(crate) struct AuthConfig {
     pub(crate) hmac_secret: Option<Vec<u8>>,
     /// Empty: any Origin (and requests without one) may connect.
     pub(crate) allowed_origins: Vec<String>,
+    /// JWT verification (HS256 with `hmac_secret`, RS256 / ES256 with keys).
+    pub(crate) jwt: Option<Arc<Jwt>>,
 }
 
 impl AuthConfig {
     pub(crate) fn required(&self) -> bool {
-        !self.static_tokens.is_empty() || self.hmac_secret.is_some()
+        !self.static_tokens.is_empty() || self.hmac_secret.is_some() || self.jwt.is_some()
     }
 }
 
@@ -43,11 +56,15 @@ impl AuthConfig {
 pub(crate) struct Claims {
     pub(crate) tenant: Option<String>,
     pub(crate) threads: Option<Vec<String>>,
+    /// Unix seconds from which the token is no longer accepted (its `exp`
+    /// plus the leeway): a connection it opened is closed then. `None`: a
+    /// static token, or no token needed.
+    pub(crate) expires_at: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub(crate) enum AuthError {
-    #[error("a token is required (Authorization: Bearer … or ?token=…)")]
+    #[error("a token is required (Authorization: Bearer …, Sec-WebSocket-Protocol: dashstream.v1, dashstream.bearer.… or ?token=…)")]
     Missing,
     #[error("token is longer than {MAX_TOKEN_BYTES} bytes")]
     TooLong,
@@ -55,6 +72,20 @@ pub(crate) enum AuthError {
     Invalid,
     #[error("token has expired")]
     Expired,
+    #[error("token is not valid yet (nbf)")]
+    NotYetValid,
+    #[error("token audience is not accepted")]
+    Audience,
+    #[error("token issuer is not accepted")]
+    Issuer,
+    #[error("token lacks the required claim '{0}'")]
+    MissingClaim(String),
+    #[error("token claim {0}")]
+    BadClaim(String),
+    #[error("token is signed with an unknown key id '{0}'")]
+    UnknownKey(String),
+    #[error("token algorithm {0} is not accepted here (HS256 needs WEBSOCKET_AUTH_HMAC_SECRET, RS256/ES256 a public key or JWKS of that kind)")]
+    Algorithm(String),
     #[error("origin '{0}' is not allowed")]
     Origin(String),
     #[error("the token does not allow {0}")]
@@ -65,10 +96,8 @@ impl AuthError {
     /// HTTP status for the refusal.
     pub(crate) fn status(&self) -> u16 {
         match self {
-            AuthError::Missing | AuthError::TooLong | AuthError::Invalid | AuthError::Expired => {
-                401
-            }
             AuthError::Origin(_) | AuthError::Forbidden(_) => 403,
+            _ => 401,
         }
     }
 }
@@ -112,7 +141,18 @@ impl AuthConfig {
         }
     }
 
-    /// Verifies a token; returns its claims.
+    /// Verifies a token; a JWT naming a key id the JWKS does not hold yet
+    /// refreshes the JWKS first (bounded, see [`crate::http::jwt`]).
+    pub(crate) async fn verify_refreshing(&self, token: Option<&str>) -> Result<Claims, AuthError> {
+        match (self.verify(token), &self.jwt, token) {
+            (Err(AuthError::UnknownKey(_)), Some(jwt), Some(t)) => {
+                jwt.verify_refreshing(t.trim()).await
+            }
+            (r, _, _) => r,
+        }
+    }
+
+    /// Verifies a token with the keys loaded now; returns its claims.
     pub(crate) fn verify(&self, token: Option<&str>) -> Result<Claims, AuthError> {
         if !self.required() {
             return Ok(Claims::default());
@@ -131,6 +171,17 @@ impl AuthConfig {
         {
             return Ok(Claims::default());
         }
+        if token.bytes().filter(|b| *b == b'.').count() == 2 {
+            return match &self.jwt {
+                Some(jwt) => jwt.verify(token),
+                None => Err(AuthError::Invalid),
+            };
+        }
+        self.verify_legacy(token)
+    }
+
+    /// The deprecated two-part signed token.
+    fn verify_legacy(&self, token: &str) -> Result<Claims, AuthError> {
         let secret = self.hmac_secret.as_ref().ok_or(AuthError::Invalid)?;
         let (payload_b64, sig_b64) = token.split_once('.').ok_or(AuthError::Invalid)?;
         let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -150,6 +201,7 @@ impl AuthConfig {
         Ok(Claims {
             tenant: p.tenant,
             threads: p.threads,
+            expires_at: Some(p.exp),
         })
     }
 }
@@ -194,22 +246,24 @@ mod tests {
         AuthConfig {
             static_tokens: vec![],
             hmac_secret: Some(b"secret".to_vec()),
-            allowed_origins: vec![],
+            ..Default::default()
         }
     }
 
     #[test]
     fn signed_tokens_carry_claims_and_are_checked() {
         let c = hmac_cfg();
+        let exp = future();
         let t = sign(
             b"secret",
-            &format!(r#"{{"exp":{},"tenant":"acme","threads":["a"]}}"#, future()),
+            &format!(r#"{{"exp":{exp},"tenant":"acme","threads":["a"]}}"#),
         );
         assert_eq!(
             c.verify(Some(&t)),
             Ok(Claims {
                 tenant: Some("acme".into()),
-                threads: Some(vec!["a".into()])
+                threads: Some(vec!["a".into()]),
+                expires_at: Some(exp),
             })
         );
         let forged = sign(b"other", &format!(r#"{{"exp":{}}}"#, future()));
@@ -239,6 +293,7 @@ mod tests {
         let claims = Claims {
             tenant: Some("acme".into()),
             threads: Some(vec!["a".into(), "b".into()]),
+            expires_at: None,
         };
         let mut f = Filter::default();
         enforce(&claims, &mut f).unwrap();

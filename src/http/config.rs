@@ -3,6 +3,7 @@
 //! weights, the breaker, the memory limit) and `/ws` access.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
@@ -10,6 +11,7 @@ use clap::Args;
 use crate::http::admission::{AdmissionConfig, IpNet};
 use crate::http::auth::AuthConfig;
 use crate::http::backpressure::{self, BreakerConfig, Weights};
+use crate::http::jwt::{JwksSource, Jwt, JwtSettings};
 use crate::settings::{positive, ConfigError};
 
 #[derive(Args, Clone, Debug)]
@@ -81,12 +83,109 @@ pub(crate) struct HttpArgs {
         hide_env_values = true
     )]
     pub(crate) websocket_auth_tokens: Vec<String>,
-    /// Secret for HMAC-SHA256-signed /ws tokens with tenant/thread claims.
+    /// Shared secret for HS256 JWTs (and the deprecated two-part signed tokens) on /ws.
     #[arg(long, env = "WEBSOCKET_AUTH_HMAC_SECRET", hide_env_values = true)]
     pub(crate) websocket_auth_hmac_secret: Option<String>,
+    /// PEM public key (RSA: RS256, EC P-256: ES256) for /ws JWTs.
+    #[arg(long, env = "WEBSOCKET_JWT_PUBLIC_KEY_FILE")]
+    pub(crate) websocket_jwt_public_key_file: Option<std::path::PathBuf>,
+    /// JWKS for /ws JWTs (RS256, ES256): a file path or an http(s) URL.
+    #[arg(long, env = "WEBSOCKET_JWT_JWKS")]
+    pub(crate) websocket_jwt_jwks: Option<String>,
+    /// Seconds between JWKS refreshes (a token with an unknown `kid` also refreshes it, at most once a second).
+    #[arg(long, env = "WEBSOCKET_JWT_JWKS_REFRESH_SECS", default_value_t = 300)]
+    pub(crate) websocket_jwt_jwks_refresh_secs: u64,
+    /// Accepted `iss` values (comma-separated); set: `iss` is required.
+    #[arg(long, env = "WEBSOCKET_JWT_ISSUER", value_delimiter = ',')]
+    pub(crate) websocket_jwt_issuer: Vec<String>,
+    /// Accepted `aud` values (comma-separated); set: `aud` is required.
+    #[arg(long, env = "WEBSOCKET_JWT_AUDIENCE", value_delimiter = ',')]
+    pub(crate) websocket_jwt_audience: Vec<String>,
+    /// Clock skew allowed on `exp` and `nbf`, in seconds.
+    #[arg(long, env = "WEBSOCKET_JWT_LEEWAY_SECS", default_value_t = 30)]
+    pub(crate) websocket_jwt_leeway_secs: u64,
+    /// The JWT claim holding the tenant the connection is pinned to.
+    #[arg(long, env = "WEBSOCKET_JWT_TENANT_CLAIM", default_value = "tenant")]
+    pub(crate) websocket_jwt_tenant_claim: String,
+    /// The JWT claim holding the threads the connection may read (an array of strings).
+    #[arg(long, env = "WEBSOCKET_JWT_THREADS_CLAIM", default_value = "threads")]
+    pub(crate) websocket_jwt_threads_claim: String,
     /// Origins allowed to open /ws from a browser (comma-separated); unset: any.
     #[arg(long, env = "WEBSOCKET_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub(crate) websocket_allowed_origins: Vec<String>,
+}
+
+fn list(v: &[String]) -> Vec<String> {
+    v.iter()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+impl HttpArgs {
+    /// JWT verification, when a secret, a public key or a JWKS is set: the
+    /// key file and a JWKS file are read now (a start-up error names the
+    /// variable); a JWKS URL is fetched when the server starts.
+    fn jwt(&self) -> Result<Option<Arc<Jwt>>, ConfigError> {
+        let secret = self.websocket_auth_hmac_secret.clone();
+        let jwks = self
+            .websocket_jwt_jwks
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(JwksSource::parse);
+        if secret.is_none() && self.websocket_jwt_public_key_file.is_none() && jwks.is_none() {
+            return Ok(None);
+        }
+        if !(10..=86_400).contains(&self.websocket_jwt_jwks_refresh_secs) {
+            return Err(ConfigError::new(
+                "WEBSOCKET_JWT_JWKS_REFRESH_SECS",
+                "must be between 10 and 86400",
+            ));
+        }
+        if self.websocket_jwt_leeway_secs > 300 {
+            return Err(ConfigError::new("WEBSOCKET_JWT_LEEWAY_SECS", "at most 300"));
+        }
+        for (name, v) in [
+            (
+                "WEBSOCKET_JWT_TENANT_CLAIM",
+                &self.websocket_jwt_tenant_claim,
+            ),
+            (
+                "WEBSOCKET_JWT_THREADS_CLAIM",
+                &self.websocket_jwt_threads_claim,
+            ),
+        ] {
+            if v.trim().is_empty() || v.len() > 100 {
+                return Err(ConfigError::new(
+                    name,
+                    "must be a claim name of 1 to 100 characters",
+                ));
+            }
+        }
+        let public_key_pem = match &self.websocket_jwt_public_key_file {
+            None => None,
+            Some(p) => Some(std::fs::read(p).map_err(|e| {
+                ConfigError::new(
+                    "WEBSOCKET_JWT_PUBLIC_KEY_FILE",
+                    format!("{}: {e}", p.display()),
+                )
+            })?),
+        };
+        Jwt::new(JwtSettings {
+            hs256_secret: secret.map(String::into_bytes),
+            public_key_pem,
+            jwks,
+            jwks_refresh: Duration::from_secs(self.websocket_jwt_jwks_refresh_secs),
+            issuers: list(&self.websocket_jwt_issuer),
+            audiences: list(&self.websocket_jwt_audience),
+            leeway_secs: self.websocket_jwt_leeway_secs,
+            tenant_claim: self.websocket_jwt_tenant_claim.trim().to_string(),
+            threads_claim: self.websocket_jwt_threads_claim.trim().to_string(),
+        })
+        .map(Some)
+        .map_err(|(var, e)| ConfigError::new(var, e))
+    }
 }
 
 /// The HTTP surface's validated settings.
@@ -199,6 +298,7 @@ impl HttpArgs {
                 "must be at least 32 characters",
             ));
         }
+        let jwt = self.jwt()?;
         Ok(HttpConfig {
             listen: SocketAddr::new(self.websocket_host, self.websocket_port),
             max_incoming_bytes: self.websocket_max_incoming_bytes,
@@ -237,6 +337,7 @@ impl HttpArgs {
                     .map(|o| o.trim().to_string())
                     .filter(|o| !o.is_empty())
                     .collect(),
+                jwt,
             },
             send_buffer: self.websocket_send_buffer_bytes,
             header_timeout: Duration::from_secs(self.http_header_timeout_secs),

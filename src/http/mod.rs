@@ -11,6 +11,7 @@ pub(crate) mod auth;
 pub(crate) mod backpressure;
 pub(crate) mod config;
 pub(crate) mod health;
+pub(crate) mod jwt;
 pub(crate) mod server;
 pub(crate) mod state;
 pub(crate) mod web;
@@ -40,6 +41,7 @@ pub(crate) fn router(state: AppState) -> Router {
         )
         .route("/api", get(index))
         .route("/ws", get(ws::ws))
+        .route("/auth/token", get(token_check))
         .route("/health", get(health))
         .route(
             "/health/live",
@@ -66,12 +68,37 @@ async fn index() -> impl IntoResponse {
     Json(json!({
         "service": "kafka-ws-bridge",
         "endpoints": [
-            "/", "/client.js", "/client.classic.js", "/api", "/ws", "/health", "/health/live", "/health/ready",
+            "/", "/client.js", "/client.classic.js", "/api", "/ws", "/auth/token", "/health", "/health/live", "/health/ready",
             "/version", "/metrics", "/admin/threads/halted", "/admin/threads/{thread_id}/resume",
             "/admin/circuit-breaker/reset", "/admin/tenants/rate-limits", "/admin/tenants/{tenant}/rate-limit"
         ],
         "protocol": "see docs/PROTOCOL.md",
     }))
+}
+
+/// Checks the token in `Authorization: Bearer` as `/ws` would, so a page
+/// can tell its user why a token is refused (a browser never sees the
+/// status of a refused WebSocket handshake): 200 with whether a token is
+/// required and, for a valid one, its claims and expiry; else the 401 or
+/// 403 `/ws` would give.
+async fn token_check(State(app): State<AppState>, headers: axum::http::HeaderMap) -> Response {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match app.auth.verify_refreshing(token).await {
+        Ok(c) => Json(json!({
+            "required": app.auth.required(),
+            "tenant": c.tenant,
+            "threads": c.threads,
+            "expires_at": c.expires_at,
+        }))
+        .into_response(),
+        Err(e) => {
+            let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::FORBIDDEN);
+            state::error(status, "unauthorized", &e.to_string())
+        }
+    }
 }
 
 async fn health(State(app): State<AppState>) -> Response {

@@ -32,6 +32,32 @@ const READ_BUFFER_BYTES: usize = 1024;
 /// socket buffer, instead of tungstenite's default 128 KiB.
 const WRITE_BUFFER_BYTES: usize = 32 * 1024;
 
+/// The subprotocol the server selects when a client offers it. Browsers
+/// that pass their token as a subprotocol must offer it too (a browser
+/// fails a handshake whose response selects none of its offers).
+pub(crate) const SUBPROTOCOL: &str = "dashstream.v1";
+
+/// A subprotocol offer carrying a token: `dashstream.bearer.<token>`.
+const TOKEN_SUBPROTOCOL_PREFIX: &str = "dashstream.bearer.";
+
+/// The token a client gave: `Authorization: Bearer`, else a
+/// `dashstream.bearer.<token>` subprotocol offer, else `?token=`.
+pub(crate) fn request_token<'a>(headers: &'a HeaderMap, query: Option<&'a str>) -> Option<&'a str> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let offered = || {
+        headers
+            .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .find_map(|p| p.trim().strip_prefix(TOKEN_SUBPROTOCOL_PREFIX))
+    };
+    bearer.or_else(offered).or(query)
+}
+
 #[derive(Deserialize)]
 pub(crate) struct WsParams {
     format: Option<String>,
@@ -132,29 +158,17 @@ pub(crate) async fn ws(
         Some(Ok(o)) => Some(o),
         Some(Err(_)) => Some("(not ASCII)"),
     };
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
     let mut filter = filter;
-    let checked = app
-        .auth
-        .check_origin(origin)
-        .and_then(|()| app.auth.verify(bearer.or(params.token.as_deref())))
-        .and_then(|claims| auth::enforce(&claims, &mut filter));
-    if let Err(e) = checked {
-        metrics::counter!(telemetry::CONNECTIONS_REJECTED, "reason" => "unauthorized").increment(1);
-        let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::FORBIDDEN);
-        return error(
-            status,
-            if e.status() == 401 {
-                "unauthorized"
-            } else {
-                "forbidden"
-            },
-            &e.to_string(),
-        );
+    let token = request_token(&headers, params.token.as_deref());
+    let checked = match app.auth.check_origin(origin) {
+        Ok(()) => app.auth.verify_refreshing(token).await,
+        Err(e) => Err(e),
     }
+    .and_then(|claims| auth::enforce(&claims, &mut filter).map(|()| claims.expires_at));
+    let expires_at = match checked {
+        Ok(e) => e,
+        Err(e) => return refused(e),
+    };
     let resume = match ResumeFrom::from_query(
         params.resume.as_deref(),
         params.last_offsets.as_deref(),
@@ -227,6 +241,7 @@ pub(crate) async fn ws(
     // The permit moves into the session future: released when the session
     // ends, or when the upgrade never completes and the future is dropped.
     upgrade
+        .protocols([SUBPROTOCOL])
         .read_buffer_size(READ_BUFFER_BYTES)
         .write_buffer_size(WRITE_BUFFER_BYTES)
         .max_message_size(app.max_incoming_bytes)
@@ -234,7 +249,23 @@ pub(crate) async fn ws(
         .on_upgrade(move |socket| {
             tracker.track_future(async move {
                 let _permit = permit;
-                session::run(socket, sessions, format, filter, resume, notices).await
+                session::run(
+                    socket, sessions, format, filter, resume, notices, expires_at,
+                )
+                .await
             })
         })
+}
+
+/// A refused token or Origin: 401 `unauthorized` or 403 `forbidden`, with
+/// the reason.
+pub(crate) fn refused(e: auth::AuthError) -> Response {
+    metrics::counter!(telemetry::CONNECTIONS_REJECTED, "reason" => "unauthorized").increment(1);
+    let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::FORBIDDEN);
+    let code = if e.status() == 401 {
+        "unauthorized"
+    } else {
+        "forbidden"
+    };
+    error(status, code, &e.to_string())
 }

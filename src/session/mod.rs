@@ -39,7 +39,67 @@ pub(crate) mod socket;
 mod violation;
 
 use cursors::{Cursors, DeliveryMetrics};
-use socket::{Socket, CLOSE_GOING_AWAY, CLOSE_SLOW_CLIENT};
+use socket::{Socket, CLOSE_GOING_AWAY, CLOSE_SLOW_CLIENT, CLOSE_TOKEN_EXPIRED};
+
+/// What ends a session from the server's side: shutdown, or the expiry of
+/// the token that opened it.
+struct Stop<'a> {
+    shutdown: &'a CancellationToken,
+    deadline: Option<tokio::time::Instant>,
+}
+
+const GOING_AWAY: (u16, &str) = (CLOSE_GOING_AWAY, "server shutting down");
+const TOKEN_EXPIRED: (u16, &str) = (CLOSE_TOKEN_EXPIRED, "token expired");
+
+impl<'a> Stop<'a> {
+    /// `expires_at`: unix seconds.
+    fn new(shutdown: &'a CancellationToken, expires_at: Option<u64>) -> Self {
+        let deadline = expires_at.map(|at| {
+            let left = (at as i64 * 1000 - crate::util::unix_ms()).max(0) as u64;
+            tokio::time::Instant::now() + Duration::from_millis(left)
+        });
+        Self { shutdown, deadline }
+    }
+
+    /// Waits until the session must end; the close code and reason.
+    async fn wait(&self) -> (u16, &'static str) {
+        match self.deadline {
+            None => {
+                self.shutdown.cancelled().await;
+                GOING_AWAY
+            }
+            Some(d) => tokio::select! {
+                _ = self.shutdown.cancelled() => GOING_AWAY,
+                _ = tokio::time::sleep_until(d) => TOKEN_EXPIRED,
+            },
+        }
+    }
+
+    /// Whether the session must end now.
+    fn reached(&self) -> Option<(u16, &'static str)> {
+        if self.shutdown.is_cancelled() {
+            Some(GOING_AWAY)
+        } else if self
+            .deadline
+            .is_some_and(|d| tokio::time::Instant::now() >= d)
+        {
+            Some(TOKEN_EXPIRED)
+        } else {
+            None
+        }
+    }
+}
+
+/// Sends the close a stop asks for (and counts an expiry).
+async fn close_for<S>(tx: &mut Socket<S>, (code, reason): (u16, &'static str))
+where
+    S: futures_util::Sink<Message> + Unpin + Send,
+{
+    if code == CLOSE_TOKEN_EXPIRED {
+        metrics::counter!(telemetry::TOKEN_EXPIRED_DISCONNECTS).increment(1);
+    }
+    tx.close(code, reason).await;
+}
 
 /// Per-session limits.
 #[derive(Clone, Copy, Debug)]
@@ -108,14 +168,19 @@ enum Intent {
 }
 
 /// Waits for the client's first message (up to the grace period).
-async fn first_message<R, S>(ctx: &SessionContext, rx: &mut R, tx: &mut Socket<S>) -> Intent
+async fn first_message<R, S>(
+    ctx: &SessionContext,
+    stop: &Stop<'_>,
+    rx: &mut R,
+    tx: &mut Socket<S>,
+) -> Intent
 where
     R: futures_util::Stream<Item = Result<Message, axum::Error>> + Unpin,
     S: futures_util::Sink<Message> + Unpin + Send,
 {
     let msg = tokio::select! {
         _ = tokio::time::sleep(ctx.settings.resume_grace) => return Intent::Live,
-        _ = ctx.shutdown.cancelled() => return Intent::Live,
+        _ = stop.wait() => return Intent::Live,
         m = rx.next() => m,
     };
     match msg {
@@ -180,8 +245,10 @@ pub(crate) async fn run(
     filter: Filter,
     resume: Option<ResumeFrom>,
     notices: Option<String>,
+    expires_at: Option<u64>,
 ) {
     let _session = ctx.hub.enter_session();
+    let stop = Stop::new(&ctx.shutdown, expires_at);
     // Notices from here on reach this session (a resume may start earlier).
     let start = ctx.hub.notice_seq();
     let hello = control::hello(
@@ -211,7 +278,7 @@ pub(crate) async fn run(
     }
     let intent = match resume {
         Some(from) => Intent::Resume(from, notices),
-        None => first_message(&ctx, &mut rx, &mut tx).await,
+        None => first_message(&ctx, &stop, &mut rx, &mut tx).await,
     };
     let (mut cursors, held) = match (intent, early) {
         (Intent::Gone, _) => return,
@@ -222,7 +289,7 @@ pub(crate) async fn run(
         ),
         (Intent::Resume(from, notices), early) => {
             drop(early);
-            match replay_history(&ctx, &mut tx, &mut rx, &filter, from, notices).await {
+            match replay_history(&ctx, &stop, &mut tx, &mut rx, &filter, from, notices).await {
                 Some(c) => c,
                 None => return,
             }
@@ -237,9 +304,9 @@ pub(crate) async fn run(
             return;
         }
     }
-    let close = deliver(&ctx, &mut cursors, &filter, &mut tx, &mut rx).await;
-    if let Some((code, reason)) = close {
-        tx.close(code, reason).await;
+    let close = deliver(&ctx, &stop, &mut cursors, &filter, &mut tx, &mut rx).await;
+    if let Some(close) = close {
+        close_for(&mut tx, close).await;
     }
 }
 
@@ -251,6 +318,7 @@ pub(crate) async fn run(
 /// then). `None`: the session is over.
 async fn replay_history<R, S>(
     ctx: &SessionContext,
+    stop: &Stop<'_>,
     tx: &mut Socket<S>,
     rx: &mut R,
     filter: &Filter,
@@ -283,7 +351,7 @@ where
         loop {
             tokio::select! {
                 r = &mut replay => break Ok(r),
-                _ = ctx.shutdown.cancelled() => break Ok(Err(Gone)),
+                _ = stop.wait() => break Ok(Err(Gone)),
                 inc = rx.next(), if held.is_none() => match inc {
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                     Some(Ok(Message::Text(_) | Message::Binary(_))) => held = inc,
@@ -292,8 +360,8 @@ where
             }
         }
     };
-    if ctx.shutdown.is_cancelled() {
-        tx.close(CLOSE_GOING_AWAY, "server shutting down").await;
+    if let Some(close) = stop.reached() {
+        close_for(tx, close).await;
         return None;
     }
     let r = match ended {
@@ -339,6 +407,7 @@ where
 /// close code and reason, if one is to be sent.
 async fn deliver<R, S>(
     ctx: &SessionContext,
+    stop: &Stop<'_>,
     cursors: &mut Cursors,
     filter: &Filter,
     tx: &mut Socket<S>,
@@ -355,7 +424,7 @@ where
         if more || cursors.has_news(hub) {
             let pass = tokio::select! {
                 biased;
-                _ = ctx.shutdown.cancelled() => return Some((CLOSE_GOING_AWAY, "server shutting down")),
+                close = stop.wait() => return Some(close),
                 // Boxed: an idle session's future does not carry a pass's state.
                 p = Box::pin(cursors.pass(&ctx.replay, tx, filter, PASS_BUDGET, &ctx.delivery)) => p,
             };
@@ -387,7 +456,7 @@ where
         cursors.idle();
         tokio::select! {
             biased;
-            _ = ctx.shutdown.cancelled() => return Some((CLOSE_GOING_AWAY, "server shutting down")),
+            close = stop.wait() => return Some(close),
             _ = &mut appended => {}
             inc = rx.next() => {
                 if let Some(close) = incoming(tx, inc).await {

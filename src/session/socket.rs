@@ -18,6 +18,9 @@ pub(crate) const CLOSE_GOING_AWAY: u16 = 1001;
 pub(crate) const CLOSE_SLOW_CLIENT: u16 = 1008;
 /// Close code for a new client refused while the circuit breaker is open.
 pub(crate) const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
+/// The token that opened the connection expired: get a fresh one and
+/// resume with the cursor (private-use range, RFC 6455 §7.4.2).
+pub(crate) const CLOSE_TOKEN_EXPIRED: u16 = 4001;
 
 /// How long a close frame may take to go out before the socket is dropped.
 const CLOSE_WRITE_LIMIT: Duration = Duration::from_millis(500);

@@ -102,6 +102,7 @@ pub(crate) const BREAKER_STATE: &str = "websocket_circuit_breaker_state";
 pub(crate) const BREAKER_TRANSITIONS: &str = "websocket_circuit_breaker_transitions_total";
 pub(crate) const CLIENT_QUEUE_AGE: &str = "websocket_client_queue_age_seconds";
 pub(crate) const SLOW_CLIENT_DISCONNECTS: &str = "websocket_slow_client_disconnects_total";
+pub(crate) const TOKEN_EXPIRED_DISCONNECTS: &str = "websocket_token_expired_disconnects_total";
 pub(crate) const KAFKA_CONNECTED: &str = "websocket_kafka_connected";
 pub(crate) const CONSUMER_PAUSED: &str = "websocket_consumer_paused";
 pub(crate) const INGEST_WAITING_FOR_READERS: &str = "websocket_ingest_waiting_for_readers";
@@ -316,6 +317,10 @@ fn describe_all() {
         SLOW_CLIENT_DISCONNECTS,
         "Clients disconnected (close 1008) for staying behind."
     );
+    describe_counter!(
+        TOKEN_EXPIRED_DISCONNECTS,
+        "Clients disconnected (close 4001) because the token that opened the connection expired."
+    );
     describe_gauge!(
         KAFKA_CONNECTED,
         "1 while at least one broker is up (librdkafka statistics), else 0."
@@ -516,6 +521,7 @@ impl PipelineMetrics {
         metrics::counter!(DROPPED_MESSAGES, "reason" => DROP_BACKPRESSURE_SHED).increment(0);
         metrics::counter!(CLIENT_LAG_MESSAGES).increment(0);
         metrics::counter!(SLOW_CLIENT_DISCONNECTS).increment(0);
+        metrics::counter!(TOKEN_EXPIRED_DISCONNECTS).increment(0);
         metrics::gauge!(KAFKA_CONNECTED).set(0.0);
         metrics::gauge!(CONSUMER_PAUSED).set(0.0);
         metrics::counter!(CONNECTIONS_OPENED).increment(0);
