@@ -134,9 +134,6 @@ impl HttpArgs {
             .map(str::trim)
             .filter(|s| !s.is_empty())
             .map(JwksSource::parse);
-        if secret.is_none() && self.websocket_jwt_public_key_file.is_none() && jwks.is_none() {
-            return Ok(None);
-        }
         if !(10..=86_400).contains(&self.websocket_jwt_jwks_refresh_secs) {
             return Err(ConfigError::new(
                 "WEBSOCKET_JWT_JWKS_REFRESH_SECS",
@@ -162,6 +159,13 @@ impl HttpArgs {
                     "must be a claim name of 1 to 100 characters",
                 ));
             }
+        }
+        if secret.is_none() && self.websocket_jwt_public_key_file.is_none() && jwks.is_none() {
+            return Ok(None);
+        }
+        if let Some(JwksSource::Url(u)) = &jwks {
+            reqwest::Url::parse(u)
+                .map_err(|e| ConfigError::new("WEBSOCKET_JWT_JWKS", format!("{u}: {e}")))?;
         }
         let public_key_pem = match &self.websocket_jwt_public_key_file {
             None => None,

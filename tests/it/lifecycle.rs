@@ -150,6 +150,21 @@ fn invalid_configuration_is_refused_at_startup_naming_the_setting() {
         ("MAX_MESSAGE_BYTES", "0", "MAX_MESSAGE_BYTES"),
         ("KAFKA_TOPIC", "no spaces allowed", "KAFKA_TOPIC"),
         ("ADMIN_TOKEN", "short", "ADMIN_TOKEN"),
+        (
+            "WEBSOCKET_JWT_PUBLIC_KEY_FILE",
+            "/nonexistent/key.pem",
+            "WEBSOCKET_JWT_PUBLIC_KEY_FILE",
+        ),
+        (
+            "WEBSOCKET_JWT_JWKS",
+            "/nonexistent/jwks.json",
+            "WEBSOCKET_JWT_JWKS",
+        ),
+        (
+            "WEBSOCKET_JWT_LEEWAY_SECS",
+            "100000",
+            "WEBSOCKET_JWT_LEEWAY_SECS",
+        ),
     ] {
         let out = Command::new(bridge_bin())
             .arg("serve")

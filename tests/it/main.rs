@@ -21,3 +21,4 @@ mod overload;
 mod protocol;
 mod resume;
 mod security;
+mod tokens;
