@@ -22,7 +22,14 @@
 //     when it resumes, so releases it missed while away come after the replay;
 //   * reconnects with exponential backoff and jitter (capped), and at once with resume on `lagged`
 //     (frames were dropped for this connection: nothing after the notice is applied, the resume
-//     fetches them again).
+//     fetches them again);
+//   * access tokens: `token` is a string or a provider (a function returning a token, or a promise of
+//     one) called on every (re)connect. The token goes in the `Sec-WebSocket-Protocol` offer
+//     (`dashstream.v1, dashstream.bearer.<token>`), never in the URL unless `tokenIn: 'query'`. When
+//     the server closes with 4001 (token expired) the client reconnects at once with a fresh token from
+//     the provider and resumes from its cursor. A connection that fails before its hello while a token
+//     is in use is looked up at GET /auth/token (a browser cannot see why a handshake was refused):
+//     a refusal is reported as onNotice {type:'unauthorized', status, message}.
 //
 // Cursor ordering (the contract with the application):
 //   1. a data frame is handed to onMessage(frame);
@@ -40,7 +47,7 @@
 //
 // Callbacks (all optional): onMessage(frame), onGap(gap), onReplayComplete(info), onStatus(status),
 // onNotice(frame) for lagged / thread_halted / thread_resumed / error / overload / replay_incomplete /
-// cursor_reset / app_error, onError(error, context).
+// cursor_reset / app_error / token_expired / unauthorized, onError(error, context).
 
 // Late records remembered (applied above the cursor) at most.
 const MAX_LATE_KEPT = 10000;
@@ -61,6 +68,10 @@ const DEFAULTS = {
   pingEveryMs: 15000, // application-level ping while connected
   pongTimeoutMs: 10000, // nothing received that long after a ping: reconnect
   WebSocket: null, // constructor override (tests); default globalThis.WebSocket
+  token: null, // string, or () => token | Promise<token>, called on every (re)connect
+  tokenIn: 'protocol', // 'protocol': Sec-WebSocket-Protocol offer; 'query': ?token= (ends up in access logs)
+  tokenCheckUrl: null, // default: /auth/token on the ws url's host; null with fetch missing: no check
+  fetch: null, // fetch override (tests); default globalThis.fetch
   onMessage: null,
   onGap: null,
   onReplayComplete: null,
@@ -148,6 +159,8 @@ class DashStreamClient {
       lagged: 0,
       appErrors: 0,
       persists: 0,
+      tokenExpiries: 0,
+      refusals: 0,
     };
     this._attempt = 0;
     this._conn = null;
@@ -294,15 +307,84 @@ class DashStreamClient {
 
   _connect() {
     if (this._stopped) return;
+    const t = this.opts.token;
+    if (typeof t !== 'function') {
+      this._open(t || null);
+      return;
+    }
+    this._setStatus('authenticating');
+    let pending;
+    try {
+      pending = Promise.resolve(t());
+    } catch (e) {
+      pending = Promise.reject(e);
+    }
+    pending.then(
+      (token) => {
+        if (this._stopped) return;
+        if (!token) {
+          this._notice({ type: 'unauthorized', status: null, message: 'the token provider gave no token' });
+          this._scheduleReconnect('no_token');
+          return;
+        }
+        this._open(String(token));
+      },
+      (e) => {
+        if (this._stopped) return;
+        this._error(e, { where: 'token' });
+        this._notice({ type: 'unauthorized', status: null, message: `the token provider failed: ${e && e.message ? e.message : e}` });
+        this._scheduleReconnect('token_failed');
+      },
+    );
+  }
+
+  /** The token check URL: /auth/token on the WebSocket's host. */
+  _tokenCheckUrl() {
+    if (this.opts.tokenCheckUrl) return this.opts.tokenCheckUrl;
+    try {
+      const u = new URL(this.url);
+      return `${u.protocol === 'wss:' ? 'https:' : 'http:'}//${u.host}/auth/token`;
+    } catch (_) {
+      return null;
+    }
+  }
+
+  /** After a connection with `token` failed before its hello: asks the server why. */
+  _checkToken(token) {
+    const f = this.opts.fetch || globalThis.fetch;
+    const url = this._tokenCheckUrl();
+    if (!f || !url) return;
+    f(url, { headers: { Authorization: `Bearer ${token}` }, cache: 'no-store' })
+      .then(async (r) => {
+        if (r.status === 401 || r.status === 403) {
+          let message = '';
+          try {
+            message = (await r.json()).message || '';
+          } catch (_) {}
+          this.stats.refusals += 1;
+          this._notice({ type: 'unauthorized', status: r.status, message });
+        }
+      })
+      .catch(() => {});
+  }
+
+  _open(token) {
+    if (this._stopped) return;
     const WS = this.opts.WebSocket || globalThis.WebSocket;
-    const url = this.connectUrl();
-    const conn = { ws: null, dead: false, live: false, helloSeen: false, lastRx: Date.now(), timers: [] };
+    let url = this.connectUrl();
+    let protocols;
+    if (token && this.opts.tokenIn === 'query') {
+      url += `&token=${encodeURIComponent(token)}`;
+    } else if (token) {
+      protocols = ['dashstream.v1', `dashstream.bearer.${token}`];
+    }
+    const conn = { ws: null, dead: false, live: false, helloSeen: false, lastRx: Date.now(), timers: [], token };
     this._conn = conn;
     this.stats.connects += 1;
-    this._setStatus('connecting', { url });
+    this._setStatus('connecting', { url: token && this.opts.tokenIn === 'query' ? url.replace(/token=[^&]*/, 'token=***') : url });
     let ws;
     try {
-      ws = new WS(url);
+      ws = protocols ? new WS(url, protocols) : new WS(url);
     } catch (e) {
       this._error(e, { where: 'connect' });
       this._scheduleReconnect('connect_failed');
@@ -509,6 +591,14 @@ class DashStreamClient {
       this._notice({ type: 'server_going_away', code, reason });
     } else if (code === 1009) {
       this._notice({ type: 'error', code: 'message_too_big', message: reason });
+    } else if (code === 4001) {
+      // The token expired: a fresh one from the provider, and resume at once.
+      this.stats.tokenExpiries += 1;
+      this._notice({ type: 'token_expired', code, reason });
+      if (this._conn === conn) this._scheduleReconnect('token_expired', 0);
+      return;
+    } else if (!conn.helloSeen && conn.token) {
+      this._checkToken(conn.token);
     }
     if (this._conn === conn) this._scheduleReconnect(`closed_${code}`);
   }

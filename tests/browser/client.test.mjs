@@ -7,8 +7,9 @@ import { DashStreamClient, decodeEnvelope, backoffDelay } from '../../web/client
 
 class FakeWS {
   static all = [];
-  constructor(url) {
+  constructor(url, protocols) {
     this.url = url;
+    this.protocols = protocols;
     this.sent = [];
     this.closed = null;
     FakeWS.all.push(this);
@@ -304,4 +305,60 @@ test('backoff grows exponentially with jitter and is capped', () => {
   assert.equal(backoffDelay(3, b, () => 0), 800);
   assert.equal(backoffDelay(10, b, () => 0), 1000);
   assert.equal(backoffDelay(10, b, () => 1), 500);
+});
+
+test('a token provider is asked on every connect; the token goes in the subprotocol offer, not the URL', async () => {
+  let n = 0;
+  const { c, notices } = make({ token: async () => `tok-${++n}` });
+  c.start();
+  await sleep(5);
+  const ws1 = FakeWS.all[0];
+  assert.deepEqual(ws1.protocols, ['dashstream.v1', 'dashstream.bearer.tok-1']);
+  assert.equal(ws1.query.token, undefined, 'never in the URL');
+  ws1.recv(hello());
+  ws1.recv({ type: 'replay_complete', replayed: 0, recovered: true });
+  ws1.recv(msg(0, 5));
+  // 4001: the token expired. The client reconnects at once with a fresh token and resumes.
+  ws1.serverClose(4001, 'token expired');
+  await sleep(5);
+  const ws2 = FakeWS.all[1];
+  assert.deepEqual(ws2.protocols, ['dashstream.v1', 'dashstream.bearer.tok-2']);
+  assert.equal(ws2.query.resume, 'cursor');
+  assert.equal(ws2.query.last_offsets, '0:5');
+  assert.equal(c.stats.tokenExpiries, 1);
+  assert.ok(notices.some((x) => x.type === 'token_expired'));
+  c.stop();
+});
+
+test('a handshake that fails while a token is in use is looked up and reported as unauthorized', async () => {
+  const asked = [];
+  const fakeFetch = async (url, init) => {
+    asked.push([url, init.headers.Authorization]);
+    return { status: 401, json: async () => ({ error: 'unauthorized', message: 'token audience is not accepted' }) };
+  };
+  const { c, notices } = make({ token: 'bad-token', fetch: fakeFetch });
+  c.start();
+  FakeWS.all[0].serverClose(1006);
+  await sleep(5);
+  assert.deepEqual(asked[0], ['http://bridge.test/auth/token', 'Bearer bad-token']);
+  const n = notices.find((x) => x.type === 'unauthorized');
+  assert.equal(n.status, 401);
+  assert.equal(n.message, 'token audience is not accepted');
+  c.stop();
+});
+
+test('tokenIn query is a documented fallback; a provider that fails is reported and retried', async () => {
+  const { c } = make({ token: 'abc', tokenIn: 'query' });
+  c.start();
+  assert.equal(FakeWS.all[0].query.token, 'abc');
+  assert.equal(FakeWS.all[0].protocols, undefined);
+  c.stop();
+  let calls = 0;
+  const r = make({ token: () => { calls += 1; throw new Error('login needed'); } });
+  r.c.start();
+  await sleep(20);
+  assert.equal(FakeWS.all.length, 0, 'no connection without a token');
+  assert.ok(calls >= 2, 'retried with backoff');
+  assert.ok(r.notices.some((x) => x.type === 'unauthorized' && /login needed/.test(x.message)));
+  r.c.stop();
 });
