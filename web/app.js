@@ -1,5 +1,13 @@
-// The live page served at `/`: a per-thread timeline of recent messages, rates, consumer lag, gaps, DLQ,
-// backpressure and halted threads. No build step: plain ES module, uses ./client.js.
+// The live page served at `/`: charts of the last 5 minutes (records/s, consumer lag per partition in
+// records and seconds, e2e latency p50/p99, sequence gaps, DLQ records/s, connected clients), a per-thread
+// timeline of recent messages, rates, consumer lag, gaps, DLQ, backpressure and halted threads. No build
+// step: plain ES modules, uses ./client.js and ./charts.js.
+//
+// Access: when /ws needs a token (GET /auth/token says so), the page asks for one and keeps it in
+// sessionStorage (never in the URL); it goes to the bridge in the Sec-WebSocket-Protocol offer. A site
+// that can mint tokens itself (SSO) defines `window.dashstreamTokenProvider` (a function returning a
+// token or a promise of one) before this module runs: the page then never asks, and calls it on every
+// (re)connect, including when the bridge closes a connection whose token expired (4001).
 //
 // Page URL parameters (all optional): format=json|binary, threads=a,b, tenant=t, types=k1,k2,
 // start=earliest|latest (where to begin without a stored cursor), recent=N (messages kept per thread),
@@ -26,8 +34,12 @@
 //   figures          the numbers shown in the cards, as last computed
 //   connectUrls      WebSocket URLs this load connected to (shows the resume point asked for)
 //   maxSeq()         {thread: highest applied sequence}
+//   charts           {name: {points, segments, series, inked}} what each chart drew last (inked: canvas
+//                    pixels that are not transparent)
+//   auth             {required, state: none|login|ok, message, expiries, refusals}
 
 import { DashStreamClient } from './client.js';
+import { TimeChart, quantileBetween } from './charts.js';
 
 const params = new URLSearchParams(location.search);
 const RECENT = clampInt(params.get('recent'), 12, 1, 100);
@@ -90,13 +102,32 @@ function note(kind, text, level = 'warn') {
 
 // ---- client -----------------------------------------------------------------------------------------
 
-// With WebSocket tokens enabled, open the page as /?token=…: the token goes on the /ws URL
-// (browsers cannot set headers on a WebSocket) and the cursor key does not depend on it.
-const token = params.get('token');
+const TOKEN_KEY = 'dashstream.token';
+const auth = { required: false, state: 'none', message: '', hook: typeof window.dashstreamTokenProvider === 'function' };
+
+/** The token to connect with: the site's provider, or the one given at the login prompt. */
+async function currentToken() {
+  if (auth.hook) return await window.dashstreamTokenProvider();
+  try {
+    return sessionStorage.getItem(TOKEN_KEY);
+  } catch (_) {
+    return null;
+  }
+}
+
+/** What GET /auth/token says of a token (or of none). */
+async function checkToken(token) {
+  const r = await fetch('/auth/token', { headers: token ? { Authorization: `Bearer ${token}` } : {}, cache: 'no-store' });
+  let body = {};
+  try {
+    body = await r.json();
+  } catch (_) {}
+  return { ok: r.ok, status: r.status, required: r.ok ? !!body.required : true, message: body.message || `HTTP ${r.status}` };
+}
+
 const client = new DashStreamClient({
-  url: token ? `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/ws?token=${encodeURIComponent(token)}` : undefined,
-  storageKey: token ? 'dashstream-live-page' : undefined,
   format: params.get('format') || 'json',
+  token: () => (auth.required ? currentToken() : null),
   threads: params.get('threads'),
   tenant: params.get('tenant'),
   types: params.get('types'),
@@ -137,6 +168,12 @@ const client = new DashStreamClient({
       case 'server_going_away': note('server', `bridge going away (${n.reason || n.code})`); break;
       case 'replay_incomplete': break; // shown with the replay note
       case 'app_error': note('app error', `${n.message} at ${n.partition}:${n.offset}`, 'bad'); break;
+      case 'token_expired': note('token', 'token expired: reconnecting with a fresh one'); break;
+      case 'unauthorized':
+        note('token', `refused: ${n.message || n.status}`, 'bad');
+        // A token typed at the prompt cannot renew itself: ask again. A provider is asked again on retry.
+        if (!auth.hook) showLogin(n.message || 'the bridge refused the token');
+        break;
       default: note(n.type || 'notice', n.message || n.code || JSON.stringify(n));
     }
   },
@@ -173,6 +210,8 @@ window.__dashstream = {
   get figures() { return live.figures; },
   get connectUrls() { return live.connectUrls; },
   maxSeq() { return Object.fromEntries(Object.entries(S.threads).map(([id, t]) => [id, t.lastSeq])); },
+  get charts() { return chartStats(); },
+  get auth() { return { required: auth.required, state: auth.state, message: auth.message, expiries: client.stats.tokenExpiries, refusals: client.stats.refusals }; },
 };
 
 // ---- metrics & health polling -----------------------------------------------------------------------
@@ -196,6 +235,50 @@ const sum = (ms, name, pred = () => true) => {
 };
 
 let prevConsumed = null;
+let prevScrape = null; // {at, counters: {name: value}, buckets: {le: count}}
+
+/** The e2e latency histogram's cumulative buckets, summed over its series: {le: count}. */
+function latencyBuckets(ms) {
+  const out = {};
+  for (const m of ms) {
+    if (m.name !== 'websocket_e2e_latency_ms_bucket') continue;
+    const le = m.labels.le === '+Inf' ? Infinity : Number(m.labels.le);
+    out[le] = (out[le] || 0) + m.value;
+  }
+  return out;
+}
+
+function chartSample(ms, health, now) {
+  const counters = {
+    consumed: sum(ms, 'websocket_kafka_messages_total'),
+    gaps: sum(ms, 'dashstream_sequence_gaps_total'),
+    dlq: sum(ms, 'websocket_dlq_sends_total'),
+  };
+  const buckets = latencyBuckets(ms);
+  const prev = prevScrape;
+  prevScrape = { at: now, counters, buckets };
+  const rate = (k) => {
+    if (!prev || counters[k] == null || prev.counters[k] == null || counters[k] < prev.counters[k]) return null;
+    return ((counters[k] - prev.counters[k]) * 1000) / Math.max(1, now - prev.at);
+  };
+  charts.rate.push(now, { bridge: rate('consumed'), page: live.figures.rate ?? null });
+  const lag = {};
+  const lagS = {};
+  for (const m of ms) {
+    if (m.name === 'websocket_kafka_consumer_lag') lag[`p${m.labels.partition}`] = m.value;
+    if (m.name === 'websocket_kafka_consumer_lag_seconds') lagS[`p${m.labels.partition}`] = m.value;
+  }
+  charts.lag.push(now, lag);
+  charts.lagSeconds.push(now, lagS);
+  if (prev) {
+    charts.latency.push(now, { p50: quantileBetween(prev.buckets, buckets, 0.5), p99: quantileBetween(prev.buckets, buckets, 0.99) });
+  }
+  charts.gaps.push(now, { bridge: rate('gaps') });
+  charts.dlq.push(now, { sent: rate('dlq') });
+  charts.clients.push(now, { clients: health.connected_clients ?? sum(ms, 'websocket_connected_clients') });
+  for (const c of Object.values(charts)) c.draw(now);
+}
+
 async function poll() {
   try {
     const [mr, hr] = await Promise.all([
@@ -236,6 +319,7 @@ async function poll() {
     };
     live.metricsPolls += 1;
     live.lastPollOk = now;
+    chartSample(ms, health, now);
   } catch (e) {
     live.figures = { ...live.figures, pollError: String(e) };
   }
@@ -373,8 +457,103 @@ function renderLegend() {
   $('legend').innerHTML = KINDS.slice(0, 6).map((k) => `<span class="chip t-${k}">${SHORT[k]} = ${k}</span>`).join('');
 }
 
+// ---- charts -----------------------------------------------------------------------------------------
+
+const chart = (id, opts) => new TimeChart($(id), { windowMs: 5 * 60 * 1000, ...opts });
+const charts = {
+  rate: chart('chart-rate', { decimals: 0 }),
+  lag: chart('chart-lag', { decimals: 0 }),
+  lagSeconds: chart('chart-lag-seconds', { decimals: 1, unit: ' s' }),
+  latency: chart('chart-latency', { decimals: 1, unit: ' ms' }),
+  gaps: chart('chart-gaps', { decimals: 2 }),
+  dlq: chart('chart-dlq', { decimals: 2 }),
+  clients: chart('chart-clients', { decimals: 0 }),
+};
+
+/** What each chart drew, and how many of its canvas pixels are not transparent. */
+function chartStats() {
+  const out = {};
+  for (const [name, c] of Object.entries(charts)) {
+    const cv = c.canvas;
+    let inked = 0;
+    try {
+      const data = cv.getContext('2d').getImageData(0, 0, cv.width, cv.height).data;
+      for (let i = 3; i < data.length; i += 4) if (data[i] !== 0) inked += 1;
+    } catch (_) {}
+    out[name] = { ...c.stats(), inked };
+  }
+  return out;
+}
+
+// ---- access -----------------------------------------------------------------------------------------
+
+function showLogin(message) {
+  if (client.status !== 'stopped' && client.status !== 'idle') client.stop();
+  try {
+    sessionStorage.removeItem(TOKEN_KEY);
+  } catch (_) {}
+  auth.state = 'login';
+  auth.message = message || '';
+  setText('login-error', auth.message);
+  $('login').hidden = false;
+  $('login-token').focus();
+}
+
+$('login-form').addEventListener('submit', async (ev) => {
+  ev.preventDefault();
+  const token = $('login-token').value.trim();
+  if (!token) return;
+  setText('login-error', 'checking…');
+  const r = await checkToken(token).catch((e) => ({ ok: false, message: String(e) }));
+  if (!r.ok) {
+    auth.message = r.message;
+    setText('login-error', r.message);
+    return;
+  }
+  try {
+    sessionStorage.setItem(TOKEN_KEY, token);
+  } catch (_) {}
+  $('login-token').value = '';
+  $('login').hidden = true;
+  auth.state = 'ok';
+  auth.message = '';
+  client.start();
+});
+
+/** Starts the stream once the page knows whether /ws needs a token and has one that works. */
+async function boot() {
+  let probe;
+  try {
+    probe = await checkToken(null);
+  } catch (e) {
+    probe = { ok: true, required: false };
+  }
+  auth.required = probe.required;
+  if (!auth.required) {
+    auth.state = 'ok';
+    client.start();
+    return;
+  }
+  const token = await Promise.resolve(currentToken()).catch(() => null);
+  if (!token) {
+    if (auth.hook) {
+      client.start(); // the provider is asked again on every retry
+      return;
+    }
+    showLogin('');
+    return;
+  }
+  const r = await checkToken(token).catch((e) => ({ ok: false, message: String(e) }));
+  if (r.ok || auth.hook) {
+    auth.state = 'ok';
+    client.start();
+  } else {
+    showLogin(r.message);
+  }
+}
+
 renderLegend();
-client.start();
+boot();
 poll();
 setInterval(poll, 2000);
 setInterval(sampleRates, 1000);

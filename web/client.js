@@ -24,7 +24,7 @@
 //     (frames were dropped for this connection: nothing after the notice is applied, the resume
 //     fetches them again);
 //   * access tokens: `token` is a string or a provider (a function returning a token, or a promise of
-//     one) called on every (re)connect. The token goes in the `Sec-WebSocket-Protocol` offer
+//     one; nothing: connect without a token) called on every (re)connect. The token goes in the `Sec-WebSocket-Protocol` offer
 //     (`dashstream.v1, dashstream.bearer.<token>`), never in the URL unless `tokenIn: 'query'`. When
 //     the server closes with 4001 (token expired) the client reconnects at once with a fresh token from
 //     the provider and resumes from its cursor. A connection that fails before its hello while a token
@@ -322,12 +322,8 @@ class DashStreamClient {
     pending.then(
       (token) => {
         if (this._stopped) return;
-        if (!token) {
-          this._notice({ type: 'unauthorized', status: null, message: 'the token provider gave no token' });
-          this._scheduleReconnect('no_token');
-          return;
-        }
-        this._open(String(token));
+        // No token from the provider: connect without one (the bridge may not need one).
+        this._open(token ? String(token) : null);
       },
       (e) => {
         if (this._stopped) return;

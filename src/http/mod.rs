@@ -33,6 +33,7 @@ pub(crate) fn router(state: AppState) -> Router {
     Router::new()
         .route("/", get(crate::http::web::index))
         .route("/app.js", get(crate::http::web::app_js))
+        .route("/charts.js", get(crate::http::web::charts_js))
         .route("/style.css", get(crate::http::web::style_css))
         .route("/client.js", get(crate::http::web::client_js))
         .route(
@@ -68,7 +69,7 @@ async fn index() -> impl IntoResponse {
     Json(json!({
         "service": "kafka-ws-bridge",
         "endpoints": [
-            "/", "/client.js", "/client.classic.js", "/api", "/ws", "/auth/token", "/health", "/health/live", "/health/ready",
+            "/", "/app.js", "/charts.js", "/client.js", "/client.classic.js", "/api", "/ws", "/auth/token", "/health", "/health/live", "/health/ready",
             "/version", "/metrics", "/admin/threads/halted", "/admin/threads/{thread_id}/resume",
             "/admin/circuit-breaker/reset", "/admin/tenants/rate-limits", "/admin/tenants/{tenant}/rate-limit"
         ],

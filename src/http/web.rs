@@ -1,5 +1,5 @@
 //! The live page and the browser client, embedded in the binary (`web/`):
-//! `/` (index.html), `/app.js`, `/style.css`, `/client.js` (ES module) and
+//! `/` (index.html), `/app.js`, `/charts.js`, `/style.css`, `/client.js` (ES module) and
 //! `/client.classic.js` (the same client as a classic script that sets
 //! `window.DashStreamClient`). Every answer carries its content type and
 //! `Cache-Control: no-cache`, so a new bridge version is picked up on reload.
@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 
 pub(crate) const INDEX_HTML: &str = include_str!("../../web/index.html");
 pub(crate) const APP_JS: &str = include_str!("../../web/app.js");
+pub(crate) const CHARTS_JS: &str = include_str!("../../web/charts.js");
 pub(crate) const STYLE_CSS: &str = include_str!("../../web/style.css");
 pub(crate) const CLIENT_JS: &str = include_str!("../../web/client.js");
 
@@ -53,6 +54,10 @@ pub(crate) async fn app_js() -> Response {
     asset(JS, APP_JS)
 }
 
+pub(crate) async fn charts_js() -> Response {
+    asset(JS, CHARTS_JS)
+}
+
 pub(crate) async fn style_css() -> Response {
     asset(CSS, STYLE_CSS)
 }
@@ -75,6 +80,7 @@ mod tests {
             assert!(INDEX_HTML.contains(path), "index.html links {path}");
         }
         assert!(APP_JS.contains("from './client.js'"));
+        assert!(APP_JS.contains("from './charts.js'"));
     }
 
     #[test]
@@ -91,6 +97,7 @@ mod tests {
         for (resp, ct) in [
             (index().await, HTML),
             (app_js().await, JS),
+            (charts_js().await, JS),
             (style_css().await, CSS),
             (client_js().await, JS),
             (client_classic_js().await, JS),

@@ -3,8 +3,9 @@
 // reply per line ({"id", "ok": true, "value"} or {"id", "ok": false, "error"}); all checks are made in
 // Rust. Page console output and page errors go to the log file given to `launch`.
 //
-// Commands: launch {chromium, log}, goto {url}, eval {expr}, wait {expr, timeout_ms, poll_ms},
-// screenshot {path}, reload {delay_app_ms}, classic_check {origin}, close {}.
+// Commands: launch {chromium, log}, new_page {init_script}, goto {url}, eval {expr},
+// wait {expr, timeout_ms, poll_ms}, screenshot {path}, reload {delay_app_ms}, classic_check {origin},
+// close {}.
 import { createInterface } from 'node:readline';
 import { appendFileSync } from 'node:fs';
 
@@ -40,20 +41,31 @@ const FLAGS = [
   '--disable-backgrounding-occluded-windows',
 ];
 
+async function openPage(initScript) {
+  const context = await browser.newContext({ viewport: { width: 1440, height: 1000 } });
+  if (initScript) await context.addInitScript(initScript);
+  page = await context.newPage();
+  page.on('console', (m) => log(`console.${m.type()}: ${m.text()}`));
+  page.on('pageerror', (e) => log(`pageerror: ${e.stack || e}`));
+  page.on('websocket', (ws) => {
+    log(`websocket open ${ws.url()}`);
+    ws.on('close', () => log(`websocket closed ${ws.url()}`));
+  });
+}
+
 const commands = {
   async launch({ chromium: executablePath, log: lp }) {
     logPath = lp || null;
     // launch() gives the browser a fresh temporary --user-data-dir and passes --headless.
     browser = await chromium.launch({ executablePath, headless: true, args: FLAGS, timeout: 30000 });
-    const context = await browser.newContext({ viewport: { width: 1440, height: 1000 } });
-    page = await context.newPage();
-    page.on('console', (m) => log(`console.${m.type()}: ${m.text()}`));
-    page.on('pageerror', (e) => log(`pageerror: ${e.stack || e}`));
-    page.on('websocket', (ws) => {
-      log(`websocket open ${ws.url()}`);
-      ws.on('close', () => log(`websocket closed ${ws.url()}`));
-    });
+    await openPage(null);
     return browser.version();
+  },
+  async new_page({ init_script = null }) {
+    // A fresh context (empty storage), with a script that runs before the page's own.
+    if (page) await page.context().close();
+    await openPage(init_script);
+    return true;
   },
   async goto({ url }) {
     const r = await page.goto(url, { waitUntil: 'domcontentloaded', timeout: 15000 });

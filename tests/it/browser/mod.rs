@@ -633,3 +633,5 @@ fn the_client_logic_passes_its_node_unit_tests() {
     );
     assert!(text.contains("# fail 0"), "{text}");
 }
+
+mod auth;
