@@ -20,7 +20,7 @@ use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, P
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use parking_lot::RwLock;
 
-use crate::http::auth::{AuthError, Claims};
+use crate::http::claims::{AuthError, Claims};
 
 /// Largest JWKS document read, in bytes.
 const MAX_JWKS_BYTES: usize = 1 << 20;

@@ -9,6 +9,7 @@ pub(crate) mod admin_auth;
 pub(crate) mod admission;
 pub(crate) mod auth;
 pub(crate) mod backpressure;
+pub(crate) mod claims;
 pub(crate) mod config;
 pub(crate) mod health;
 pub(crate) mod jwt;
