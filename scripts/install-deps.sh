@@ -6,7 +6,7 @@
 #   * Python `websockets` (same venv) for ad-hoc WebSocket checks: $KWB_TOOLS_DIR/venv/bin/python
 #   * Debian packages: the C build prerequisites of librdkafka (gcc, make, pkg-config, zlib1g-dev,
 #     libssl-dev), redis-server (redis-server, redis-cli), prometheus (promtool),
-#     prometheus-alertmanager (amtool), jq, curl; with --with-browser also chromium and chromium-driver.
+#     prometheus-alertmanager (amtool), jq, curl, nginx-light (nginx); with --with-browser also chromium and chromium-driver.
 #   * with --with-browser: the npm packages of package.json (playwright-core, for tests/it/browser.rs) with
 #     `npm ci` into ./node_modules; no browser is downloaded (tests drive the Debian chromium).
 # Only missing pieces are installed; a second run does nothing but verify. Needs root (or sudo) for apt.
@@ -133,6 +133,8 @@ need_cmd_pkg prometheus promtool
 need_cmd_pkg prometheus-alertmanager amtool
 need_cmd_pkg jq jq
 need_cmd_pkg curl curl
+# The load balancer in front of several instances in tests/it/instances.rs (started on a free port, no service).
+need_cmd_pkg nginx-light nginx
 # Validates docker-compose.yml in scripts/check-ops.sh (no Docker engine is needed for that).
 need_cmd_pkg docker-compose docker-compose
 if [ "$WITH_BROWSER" -eq 1 ]; then
@@ -263,6 +265,7 @@ check redis-cli redis-cli --version
 check promtool promtool --version
 check amtool amtool --version
 check jq jq --version
+check nginx nginx -v
 check curl curl --version
 check python "$VENV_PY" -c 'import sys, websockets; print("python", sys.version.split()[0], "websockets", websockets.__version__)'
 if [ "$WITH_BROWSER" -eq 1 ]; then

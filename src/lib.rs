@@ -9,6 +9,7 @@
 mod cli;
 mod config;
 mod dlq;
+mod follow;
 mod http;
 mod hub;
 mod ingest;

@@ -181,6 +181,28 @@ pub(crate) async fn run(
         max_filter_values: cfg.http.max_filter_values,
         group_id: cfg.ingest.group_id.clone(),
     };
+    // Several instances in one consumer group: the partitions others own
+    // come from Redis, where their owners write every record they handle.
+    if let Some(r) = &redis {
+        let follower = crate::follow::Follower {
+            hub: hub.clone(),
+            tiers: LiveTiers {
+                redis: Some(r.clone()),
+                kafka: cfg
+                    .replay
+                    .kafka
+                    .then(|| KafkaTier::new(&cfg.ingest.consumer_properties, &cfg.topic, 1)),
+            },
+            status: status.clone(),
+            limits: cfg.ingest.limits,
+            page: PageLimit {
+                records: cfg.replay.page,
+                bytes: cfg.replay.page_bytes,
+            },
+        };
+        status.set_follower_starting(true);
+        tokio::spawn(follower.run(shutdown.clone()));
+    }
     if let Some(jwt) = &cfg.http.auth.jwt {
         tokio::spawn(jwt.clone().refresh_loop(shutdown.clone()));
     }

@@ -48,8 +48,10 @@ impl Health {
             Some("kafka brokers unreachable")
         } else if self.admission.breaker_state() == BreakerState::Open {
             Some("circuit breaker open: backpressure critical, new clients refused (1013)")
-        } else if self.ingest.assigned_partitions() == 0 {
-            Some("no partitions assigned to this consumer yet")
+        } else if self.ingest.follower_starting() {
+            Some("looking up the partitions other instances own in Redis")
+        } else if self.ingest.assigned_partitions() == 0 && self.ingest.following() == 0 {
+            Some("no partitions assigned to this consumer yet, and none followed from Redis")
         } else {
             None
         }
@@ -88,6 +90,7 @@ impl Health {
             "dlq_in_flight": self.dlq.in_flight.load(Ordering::Relaxed),
             "connected_clients": connected_clients,
             "assigned_partitions": self.ingest.assigned_partitions(),
+            "followed_partitions": self.ingest.following(),
             "records_processed": self.ingest.records_processed.load(Ordering::Relaxed),
             "last_record_unix_ms": (last > 0).then_some(last),
             "halted_threads": halted,

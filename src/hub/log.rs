@@ -386,7 +386,7 @@ impl Log {
             .collect()
     }
 
-    #[cfg(test)]
+    /// Highest offset seen for `partition`.
     pub(crate) fn head(&self, partition: i32) -> Option<i64> {
         self.ring(partition)?.read().head
     }

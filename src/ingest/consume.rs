@@ -130,7 +130,7 @@ impl ConsumerContext for BridgeContext {
                 return;
             }
         };
-        self.status.set_assigned_partitions(assigned.len());
+        self.status.set_owned(assigned.iter().copied().collect());
         metrics::gauge!(telemetry::ASSIGNED_PARTITIONS).set(assigned.len() as f64);
         let _ = self.rebalance_tx.send(event);
     }

@@ -60,6 +60,12 @@ pub(crate) struct IngestStatus {
     /// Updated one thread at a time (never rebuilt per record).
     halted: RwLock<BTreeMap<String, HaltedThread>>,
     held_messages: AtomicUsize,
+    /// The partitions the consumer group assigned to this instance.
+    owned: RwLock<std::collections::BTreeSet<i32>>,
+    /// Partitions another instance owns that this one follows (`follow`).
+    following: AtomicUsize,
+    /// The follower has not looked at Redis yet.
+    follower_starting: AtomicBool,
 }
 
 impl IngestStatus {
@@ -74,6 +80,26 @@ impl IngestStatus {
     }
     pub(crate) fn set_assigned_partitions(&self, n: usize) {
         self.assigned_partitions.store(n, Ordering::Relaxed);
+    }
+    /// The partitions this instance owns.
+    pub(crate) fn owned(&self) -> std::collections::BTreeSet<i32> {
+        self.owned.read().clone()
+    }
+    pub(crate) fn set_owned(&self, owned: std::collections::BTreeSet<i32>) {
+        self.set_assigned_partitions(owned.len());
+        *self.owned.write() = owned;
+    }
+    pub(crate) fn following(&self) -> usize {
+        self.following.load(Ordering::Relaxed)
+    }
+    pub(crate) fn set_following(&self, n: usize) {
+        self.following.store(n, Ordering::Relaxed);
+    }
+    pub(crate) fn follower_starting(&self) -> bool {
+        self.follower_starting.load(Ordering::Relaxed)
+    }
+    pub(crate) fn set_follower_starting(&self, v: bool) {
+        self.follower_starting.store(v, Ordering::Relaxed);
     }
     pub(crate) fn set_consuming(&self, v: bool) {
         self.consuming.store(v, Ordering::Relaxed);

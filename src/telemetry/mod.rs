@@ -103,6 +103,8 @@ pub(crate) const BREAKER_TRANSITIONS: &str = "websocket_circuit_breaker_transiti
 pub(crate) const CLIENT_QUEUE_AGE: &str = "websocket_client_queue_age_seconds";
 pub(crate) const SLOW_CLIENT_DISCONNECTS: &str = "websocket_slow_client_disconnects_total";
 pub(crate) const TOKEN_EXPIRED_DISCONNECTS: &str = "websocket_token_expired_disconnects_total";
+pub(crate) const FOLLOWED_RECORDS: &str = "websocket_followed_records_total";
+pub(crate) const FOLLOWED_PARTITIONS: &str = "websocket_followed_partitions";
 pub(crate) const KAFKA_CONNECTED: &str = "websocket_kafka_connected";
 pub(crate) const CONSUMER_PAUSED: &str = "websocket_consumer_paused";
 pub(crate) const INGEST_WAITING_FOR_READERS: &str = "websocket_ingest_waiting_for_readers";
@@ -316,6 +318,14 @@ fn describe_all() {
     describe_counter!(
         SLOW_CLIENT_DISCONNECTS,
         "Clients disconnected (close 1008) for staying behind."
+    );
+    describe_counter!(
+        FOLLOWED_RECORDS,
+        "Offsets of partitions another instance owns, appended to this instance's log from Redis (outcome: delivered, not_delivered, undecodable) or read from Kafka for a hole in Redis (from_kafka, missing)."
+    );
+    describe_gauge!(
+        FOLLOWED_PARTITIONS,
+        "Partitions another instance owns that this instance follows from Redis."
     );
     describe_counter!(
         TOKEN_EXPIRED_DISCONNECTS,

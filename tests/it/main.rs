@@ -13,6 +13,7 @@ mod churn;
 mod delivery;
 mod dlq;
 mod faults;
+mod instances;
 mod layout;
 mod lifecycle;
 mod observability;
