@@ -62,8 +62,9 @@ pub(crate) struct Follower<T: Tiers = LiveTiers> {
 struct Followed<R> {
     /// The next offset to append.
     next: i64,
-    /// Since when `next` is missing while a later offset is in Redis.
-    hole_since: Option<Instant>,
+    /// Offsets missing from Redis while a later one is there: the first
+    /// missing offset of each hole, and when it was first seen.
+    holes: BTreeMap<i64, Instant>,
     reader: Option<R>,
 }
 
@@ -165,7 +166,7 @@ impl<T: Tiers> Follower<T> {
                         *p,
                         Followed {
                             next,
-                            hole_since: None,
+                            holes: BTreeMap::new(),
                             reader: None,
                         },
                     );
@@ -209,13 +210,22 @@ impl<T: Tiers> Follower<T> {
         };
         let full = rows.len() >= self.page.records;
         let now_ms = crate::util::unix_ms();
+        // Every hole this page shows is timed from when it was first seen.
+        let now = Instant::now();
+        let mut expect = f.next;
+        for (o, _) in &rows {
+            if *o > expect {
+                f.holes.entry(expect).or_insert(now);
+            }
+            expect = expect.max(*o + 1);
+        }
         let mut n = 0;
         for (o, v) in rows {
             if o < f.next {
                 continue;
             }
             if o > f.next {
-                let since = *f.hole_since.get_or_insert_with(Instant::now);
+                let since = f.holes.get(&f.next).copied().unwrap_or(now);
                 if since.elapsed() < HOLE_WAIT {
                     return (n, false);
                 }
@@ -230,7 +240,6 @@ impl<T: Tiers> Follower<T> {
                     return (n, false);
                 }
             }
-            f.hole_since = None;
             match v.as_deref() {
                 Some([]) | None => {
                     self.hub.skip_at(p, o, now_ms);
@@ -254,6 +263,7 @@ impl<T: Tiers> Follower<T> {
             }
             f.next = o + 1;
             n += 1;
+            f.holes = f.holes.split_off(&f.next);
         }
         (n, full)
     }
