@@ -173,7 +173,7 @@ pub(crate) async fn run(
         sessions,
         tracker: tracker.clone(),
         metrics,
-        admin_tx,
+        admin_tx: admin_tx.clone(),
         admin: AdminAuth::new(cfg.http.admin_token.clone(), local),
         admission: admission.clone(),
         auth: Arc::new(cfg.http.auth.clone()),
@@ -202,6 +202,16 @@ pub(crate) async fn run(
         };
         status.set_follower_starting(true);
         tokio::spawn(follower.run(shutdown.clone()));
+        if cfg.ingest.gap_policy == crate::ingest::sequence::GapPolicy::Halt {
+            let watch = crate::follow::halts::HaltWatch {
+                redis: r.clone(),
+                hub: hub.clone(),
+                status: status.clone(),
+                admin_tx: admin_tx.clone(),
+                limits: cfg.ingest.limits,
+            };
+            tokio::spawn(watch.run(shutdown.clone()));
+        }
     }
     if let Some(jwt) = &cfg.http.auth.jwt {
         tokio::spawn(jwt.clone().refresh_loop(shutdown.clone()));

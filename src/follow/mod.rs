@@ -37,6 +37,7 @@ use crate::replay::config::PageLimit;
 use crate::replay::tiers::{LiveTiers, Tiers};
 use crate::telemetry;
 
+pub(crate) mod halts;
 #[cfg(test)]
 mod tests;
 

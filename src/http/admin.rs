@@ -153,11 +153,30 @@ pub(crate) async fn release_thread(
             Json(json!({"thread_id": thread_id, "resumed": true, "released": released}))
                 .into_response()
         }
-        Ok(Err(ReleaseError::NotHalted(t))) => error(
-            StatusCode::NOT_FOUND,
-            "not_halted",
-            &format!("thread '{t}' is not halted"),
-        ),
+        Ok(Err(ReleaseError::NotHalted(t))) => {
+            // Another instance may hold it: ask it through Redis.
+            let elsewhere = match &app.health.redis {
+                Some(r) => crate::follow::halts::release_elsewhere(r, &t).await,
+                None => Ok(None),
+            };
+            match elsewhere {
+                Ok(Some(released)) => Json(json!({
+                    "thread_id": thread_id, "resumed": true, "released": released,
+                    "released_by": "another instance"
+                }))
+                .into_response(),
+                Ok(None) => error(
+                    StatusCode::NOT_FOUND,
+                    "not_halted",
+                    &format!("thread '{t}' is not halted"),
+                ),
+                Err(e) => error(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "owner_did_not_answer",
+                    &e.to_string(),
+                ),
+            }
+        }
         Err(r) => *r,
     }
 }

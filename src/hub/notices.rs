@@ -98,6 +98,11 @@ impl Notices {
     }
 
     /// The cursor a client keeps for `seq`.
+    /// This process's boot id (the first half of its notice cursors).
+    pub(crate) fn boot(&self) -> u64 {
+        self.boot
+    }
+
     pub(crate) fn cursor(&self, seq: u64) -> String {
         format!("{:016x}:{seq}", self.boot)
     }

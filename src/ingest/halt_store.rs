@@ -16,7 +16,12 @@ use tokio::sync::mpsc;
 use crate::replay::redis::RedisTier;
 
 /// The Redis hash of halted threads (under the namespace's prefix).
-const HASH: &str = "halted";
+pub(crate) const HASH: &str = "halted";
+/// Releases, field `{thread}:{origin}`: what an instance released, for the
+/// other instances' clients (`follow::halts`).
+pub(crate) const RELEASED: &str = "released";
+/// Release requests, field thread: an operator asked another instance.
+pub(crate) const REQUESTS: &str = "release_requests";
 /// Halt writes waiting for Redis, at most.
 const QUEUE: usize = 1024;
 
@@ -30,9 +35,20 @@ pub(crate) struct SavedHalt {
     pub(crate) first: Vec<(i32, i64)>,
 }
 
+/// One release, as the other instances read it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Released {
+    /// The releasing process (its notice boot id).
+    pub(crate) origin: String,
+    pub(crate) tenant: String,
+    /// (partition, offset) of every released record.
+    pub(crate) offsets: Vec<(i32, i64)>,
+    pub(crate) at_ms: i64,
+}
+
 enum Op {
-    Save(String, String),
-    Remove(String),
+    Set(&'static str, String, String),
+    Remove(&'static str, String),
 }
 
 #[derive(Clone)]
@@ -48,12 +64,12 @@ impl HaltStore {
         tokio::spawn(async move {
             while let Some(op) = rx.recv().await {
                 let (thread, res) = match op {
-                    Op::Save(t, v) => {
-                        let res = r.hash_set(HASH, &t, &v).await;
+                    Op::Set(h, t, v) => {
+                        let res = r.hash_set(h, &t, &v).await;
                         (t, res)
                     }
-                    Op::Remove(t) => {
-                        let res = r.hash_del(HASH, &t).await;
+                    Op::Remove(h, t) => {
+                        let res = r.hash_del(h, &t).await;
                         (t, res)
                     }
                 };
@@ -73,12 +89,20 @@ impl HaltStore {
 
     pub(crate) fn save(&self, thread: &str, halt: &SavedHalt) {
         if let Ok(v) = serde_json::to_string(halt) {
-            self.send(Op::Save(thread.to_string(), v));
+            self.send(Op::Set(HASH, thread.to_string(), v));
         }
     }
 
     pub(crate) fn remove(&self, thread: &str) {
-        self.send(Op::Remove(thread.to_string()));
+        self.send(Op::Remove(HASH, thread.to_string()));
+    }
+
+    /// Tells the other instances what this one released (after the
+    /// records' own Redis writes were queued).
+    pub(crate) fn released(&self, thread: &str, r: &Released) {
+        if let Ok(v) = serde_json::to_string(r) {
+            self.send(Op::Set(RELEASED, format!("{thread}:{}", r.origin), v));
+        }
     }
 
     /// Every saved halt (entries that do not parse, or whose thread id is

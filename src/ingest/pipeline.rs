@@ -404,9 +404,6 @@ impl Pipeline {
             .unwrap_or_default();
         let release = self.halts.release(thread, &mut self.offsets)?;
         self.hub.held.release(thread);
-        if let Some(store) = &self.halt_store {
-            store.remove(thread);
-        }
         self.status.remove_halted(thread);
         let released = release.len();
         tracing::info!(thread_id = ?thread, released, "thread resumed by operator");
@@ -419,6 +416,22 @@ impl Pipeline {
             for frame in &release {
                 r.offer(frame);
             }
+        }
+        if let Some(store) = &self.halt_store {
+            store.released(
+                thread,
+                &crate::ingest::halt_store::Released {
+                    origin: format!("{:016x}", self.hub.notices.boot()),
+                    tenant: tenant.clone(),
+                    offsets: release
+                        .iter()
+                        .map(|f| (f.cursor.partition, f.cursor.offset))
+                        .collect(),
+                    at_ms: crate::util::unix_ms(),
+                },
+            );
+            // After the release is written: whoever sees the halt gone finds it.
+            store.remove(thread);
         }
         self.publish_halts();
         Ok(released)

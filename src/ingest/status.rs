@@ -66,6 +66,8 @@ pub(crate) struct IngestStatus {
     following: AtomicUsize,
     /// The follower has not looked at Redis yet.
     follower_starting: AtomicBool,
+    /// Threads another instance halted (from Redis), not held here.
+    remote_halted: RwLock<BTreeMap<String, HaltedThread>>,
 }
 
 impl IngestStatus {
@@ -133,11 +135,33 @@ impl IngestStatus {
     pub(crate) fn held_messages(&self) -> usize {
         self.held_messages.load(Ordering::Relaxed)
     }
-    pub(crate) fn halted_count(&self) -> usize {
-        self.halted.read().len()
+    /// Whether this instance's pipeline holds `thread`.
+    pub(crate) fn holds(&self, thread: &str) -> bool {
+        self.halted.read().contains_key(thread)
     }
-    /// The halted threads, sorted by id (at most `HALT_MAX_THREADS`).
+    /// A thread another instance halted.
+    pub(crate) fn put_remote_halted(&self, h: HaltedThread) {
+        self.remote_halted.write().insert(h.thread_id.clone(), h);
+    }
+    pub(crate) fn remove_remote_halted(&self, thread: &str) -> bool {
+        self.remote_halted.write().remove(thread).is_some()
+    }
+    pub(crate) fn remote_halted(&self) -> Vec<String> {
+        self.remote_halted.read().keys().cloned().collect()
+    }
+    pub(crate) fn halted_count(&self) -> usize {
+        self.halted().len()
+    }
+    /// The halted threads, sorted by id: this instance's, and those other
+    /// instances halted (with their counts as of the halt).
     pub(crate) fn halted(&self) -> Vec<HaltedThread> {
-        self.halted.read().values().cloned().collect()
+        let mut all = self.remote_halted.read().clone();
+        all.extend(
+            self.halted
+                .read()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone())),
+        );
+        all.into_values().collect()
     }
 }

@@ -87,15 +87,21 @@ impl Lb {
 /// `n` instances of one group (the same `KAFKA_GROUP_ID`) with one Redis,
 /// each ready (owning partitions, or following them from Redis).
 pub async fn instances(topic: &str, n: usize, env: &[(&str, &str)]) -> Vec<Bridge> {
-    let redis = std::env::var("KWB_TEST_REDIS_URL").expect("KWB_TEST_REDIS_URL");
-    let group = unique("grp");
-    let mut all = env.to_vec();
-    all.push(("REDIS_URL", &redis));
-    let bridges: Vec<Bridge> = (0..n).map(|_| Bridge::spawn(topic, &group, &all)).collect();
+    let bridges = spawn_instances(topic, n, env);
     for b in &bridges {
         b.wait_ready(Duration::from_secs(60)).await;
     }
     bridges
+}
+
+/// [`instances`] without waiting: an instance that owns no partition is
+/// ready once Redis holds a partition it can follow.
+pub fn spawn_instances(topic: &str, n: usize, env: &[(&str, &str)]) -> Vec<Bridge> {
+    let redis = std::env::var("KWB_TEST_REDIS_URL").expect("KWB_TEST_REDIS_URL");
+    let group = unique("grp");
+    let mut all = env.to_vec();
+    all.push(("REDIS_URL", &redis));
+    (0..n).map(|_| Bridge::spawn(topic, &group, &all)).collect()
 }
 
 /// Waits until the group has settled: every partition owned by exactly one
@@ -334,4 +340,123 @@ async fn a_client_resumes_on_another_instance_and_survives_a_kill_9_of_an_owner(
         got.values().all(|n| *n == 1),
         "no duplicate on the survivor"
     );
+}
+
+fn record(thread: &str, seq: u64) -> (Option<String>, Vec<u8>) {
+    use kafka_ws_bridge::proto::dash_stream_message::Message;
+    use kafka_ws_bridge::proto::{DashStreamMessage, Event, Header};
+    let m = DashStreamMessage {
+        message: Some(Message::Event(Event {
+            header: Some(Header {
+                thread_id: thread.into(),
+                tenant_id: "acme".into(),
+                sequence: seq,
+                schema_version: 1,
+                ..Default::default()
+            }),
+            node_id: "n".into(),
+            ..Default::default()
+        })),
+    };
+    (
+        Some(thread.into()),
+        kafka_ws_bridge::encode_record(&m, None),
+    )
+}
+
+/// Data frames' (thread, sequence) and control frame types, until `idle`.
+async fn drain(ws: &mut Ws, idle: Duration) -> (Vec<(String, u64)>, Vec<String>) {
+    let (frames, control) = collect(ws, usize::MAX, idle).await;
+    let data = frames
+        .iter()
+        .filter_map(|f| match f {
+            Frame::Data { json, .. } => Some((
+                json["thread_id"].as_str()?.to_string(),
+                json["sequence"].as_u64()?,
+            )),
+            _ => None,
+        })
+        .collect();
+    let kinds = control
+        .iter()
+        .filter_map(|c| c["type"].as_str().map(str::to_string))
+        .collect();
+    (data, kinds)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_halt_on_the_owner_holds_the_thread_everywhere_and_one_release_at_another_instance_frees_it(
+) {
+    let topic = unique("multi-halt");
+    create_topic(&topic, 1).await;
+    let bridges = spawn_instances(&topic, 2, &[("GAP_POLICY", "halt")]);
+    wait_owned(&bridges, 1).await;
+    let p = producer();
+    produce(&p, &topic, &[record("warmup", 1)]).await;
+    for b in &bridges {
+        b.wait_ready(Duration::from_secs(30)).await;
+    }
+    // Both ready: the owner consumes the partition, the other follows it from Redis.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (owner, other) = loop {
+        let a = bridges[0].health().await;
+        let b = bridges[1].health().await;
+        if a["assigned_partitions"] == 1 && b["followed_partitions"] == 1 {
+            break (&bridges[0], &bridges[1]);
+        }
+        if b["assigned_partitions"] == 1 && a["followed_partitions"] == 1 {
+            break (&bridges[1], &bridges[0]);
+        }
+        assert!(Instant::now() < deadline, "{a} {b}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let (mut on_owner, _) = connect(&owner.ws_url("?format=json&threads=a")).await;
+    let (mut on_other, _) = connect(&other.ws_url("?format=json&threads=a")).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+
+    // a: 1 2 [gap] 5 6 7: the owner halts it and holds 5..7.
+    let recs: Vec<_> = [1, 2, 5, 6, 7].iter().map(|s| record("a", *s)).collect();
+    produce(&p, &topic, &recs).await;
+    for (name, ws) in [("owner", &mut on_owner), ("other", &mut on_other)] {
+        let (data, kinds) = drain(ws, Duration::from_secs(2)).await;
+        let seqs: Vec<u64> = data.iter().map(|(_, s)| *s).collect();
+        assert_eq!(seqs, vec![1, 2], "{name}: held back after the gap");
+        assert!(
+            kinds.contains(&"thread_halted".to_string()),
+            "{name}: {kinds:?}"
+        );
+    }
+    let (code, body) = admin(other.port, "GET", "/admin/threads/halted")
+        .await
+        .expect("http");
+    assert_eq!(code, 200);
+    assert!(
+        body.contains("\"thread_id\":\"a\""),
+        "the other instance lists it: {body}"
+    );
+
+    // One release, at the instance that does not hold the thread.
+    let (code, body) = admin(other.port, "POST", "/admin/threads/a/resume")
+        .await
+        .expect("http");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"released\":3"), "{body}");
+    for (name, ws) in [("owner", &mut on_owner), ("other", &mut on_other)] {
+        let (data, kinds) = drain(ws, Duration::from_secs(3)).await;
+        let seqs: Vec<u64> = data.iter().map(|(_, s)| *s).collect();
+        assert_eq!(seqs, vec![5, 6, 7], "{name}: released in order");
+        assert!(
+            kinds.contains(&"thread_resumed".to_string()),
+            "{name}: {kinds:?}"
+        );
+    }
+    produce(&p, &topic, &[record("a", 8)]).await;
+    for ws in [&mut on_owner, &mut on_other] {
+        let (data, _) = drain(ws, Duration::from_secs(2)).await;
+        assert_eq!(data, vec![("a".to_string(), 8)], "live again everywhere");
+    }
+    let (code, _) = admin(other.port, "POST", "/admin/threads/a/resume")
+        .await
+        .expect("http");
+    assert_eq!(code, 404, "halted nowhere any more");
 }
