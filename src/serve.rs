@@ -202,6 +202,11 @@ pub(crate) async fn run(
         };
         status.set_follower_starting(true);
         tokio::spawn(follower.run(shutdown.clone()));
+        let limits = crate::follow::limits::LimitWatch {
+            redis: r.clone(),
+            admin_tx: admin_tx.clone(),
+        };
+        tokio::spawn(limits.run(shutdown.clone()));
         if cfg.ingest.gap_policy == crate::ingest::sequence::GapPolicy::Halt {
             let watch = crate::follow::halts::HaltWatch {
                 redis: r.clone(),

@@ -38,6 +38,7 @@ use crate::replay::tiers::{LiveTiers, Tiers};
 use crate::telemetry;
 
 pub(crate) mod halts;
+pub(crate) mod limits;
 #[cfg(test)]
 mod tests;
 

@@ -101,6 +101,17 @@ async fn change_rate_limit(
             "tenant id must be 1-256 bytes",
         );
     }
+    // Every instance applies it (and a restart keeps it) through Redis.
+    let shared = match &app.health.redis {
+        Some(r) => match crate::follow::limits::publish(r, &tenant, rate).await {
+            Ok(()) => Some(true),
+            Err(e) => {
+                tracing::warn!(tenant_id = ?tenant, error = %e, "rate limit change not written to Redis: it applies to this instance only");
+                Some(false)
+            }
+        },
+        None => None,
+    };
     match ask(app, |reply| AdminCommand::SetRateLimit {
         tenant,
         rate,
@@ -108,7 +119,12 @@ async fn change_rate_limit(
     })
     .await
     {
-        Ok(v) => Json(v).into_response(),
+        Ok(mut v) => {
+            if let (Some(shared), Some(o)) = (shared, v.as_object_mut()) {
+                o.insert("shared".into(), json!(shared));
+            }
+            Json(v).into_response()
+        }
         Err(r) => *r,
     }
 }

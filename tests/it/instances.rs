@@ -459,4 +459,40 @@ async fn a_halt_on_the_owner_holds_the_thread_everywhere_and_one_release_at_anot
         .await
         .expect("http");
     assert_eq!(code, 404, "halted nowhere any more");
+
+    // A tenant's rate limit set at one instance applies at the other; cleared there, gone here.
+    let (code, body) = crate::security::http_put_json(
+        other.port,
+        "/admin/tenants/acme/rate-limit",
+        r#"{"messages_per_second": 5, "burst": 7}"#,
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"shared\":true"), "{body}");
+    let limits = |port: u16| async move {
+        let (_, b) = admin(port, "GET", "/admin/tenants/rate-limits")
+            .await
+            .expect("http");
+        serde_json::from_str::<serde_json::Value>(&b).expect("json")["overrides"]["acme"].clone()
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while limits(owner.port).await["burst"] != 7.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the owner never applied the override"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (code, _) = admin(owner.port, "DELETE", "/admin/tenants/acme/rate-limit")
+        .await
+        .expect("http");
+    assert_eq!(code, 200);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !limits(other.port).await.is_null() {
+        assert!(
+            Instant::now() < deadline,
+            "the other instance kept the cleared override"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -190,7 +190,7 @@ async fn a_tenant_over_its_rate_goes_to_the_dlq_and_operators_can_raise_the_limi
     assert_eq!(code, 400, "bad limits are refused");
 }
 
-async fn http_put_json(port: u16, path: &str, body: &str) -> (u16, String) {
+pub async fn http_put_json(port: u16, path: &str, body: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
