@@ -206,7 +206,7 @@ import os, sys, yaml
 doc = yaml.safe_load(open("docker-compose.yml"))
 errors = []
 services = doc.get("services") or {}
-need = {"kafka", "kafka-init", "redis", "bridge", "producer", "prometheus", "alertmanager", "grafana"}
+need = {"kafka", "kafka-init", "redis", "bridge", "bridge-2", "lb", "producer", "prometheus", "alertmanager", "grafana"}
 missing = need - set(services)
 if missing:
     errors.append(f"services missing: {sorted(missing)}")
@@ -245,6 +245,15 @@ for k in ("REDIS_URL", "ADMIN_TOKEN"):
         errors.append(f"bridge: {k} not set")
 if not str(benv.get("ADMIN_TOKEN", "")).startswith("${ADMIN_TOKEN:?"):
     errors.append("bridge: ADMIN_TOKEN must come from the environment with no default (${ADMIN_TOKEN:?...})")
+b2 = services.get("bridge-2", {}).get("environment") or {}
+if b2.get("KAFKA_GROUP_ID") != benv.get("KAFKA_GROUP_ID") or b2.get("REDIS_URL") != benv.get("REDIS_URL"):
+    errors.append("bridge-2: must share bridge's KAFKA_GROUP_ID and REDIS_URL (one group, one Redis)")
+if "./deploy/nginx/nginx.conf:/etc/nginx/nginx.conf:ro" not in (services.get("lb", {}).get("volumes") or []):
+    errors.append("lb: deploy/nginx/nginx.conf must be mounted")
+ngx = open("deploy/nginx/nginx.conf").read()
+for d in ("proxy_set_header Upgrade $http_upgrade", "proxy_set_header Connection $connection_upgrade", "server bridge:3002", "server bridge-2:3002"):
+    if d not in ngx:
+        errors.append(f"deploy/nginx/nginx.conf: missing '{d}'")
 prod = " ".join(map(str, services.get("producer", {}).get("command") or []))
 if "produce --kafka-brokers kafka:9092" not in prod or "--rate 50" not in prod:
     errors.append("producer: expected `kafka-ws-bridge produce --kafka-brokers kafka:9092 ... --rate 50`")
