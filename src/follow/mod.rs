@@ -127,6 +127,7 @@ impl<T: Tiers> Follower<T> {
         let counts = Counts::new();
         let mut parts: BTreeMap<i32, Followed<T::Reader>> = BTreeMap::new();
         let mut known: BTreeSet<i32> = BTreeSet::new();
+        let mut heads: BTreeMap<i32, i64> = BTreeMap::new();
         let mut listed: Option<Instant> = None;
         let mut more = false;
         let mut first_round = true;
@@ -142,6 +143,7 @@ impl<T: Tiers> Follower<T> {
             more = false;
             if listed.is_none_or(|t| t.elapsed() >= PARTITIONS_EVERY) {
                 known = self.tiers.redis_partitions().await;
+                heads = self.tiers.redis_heads().await;
                 listed = Some(Instant::now());
             }
             let owned = self.status.owned();
@@ -186,7 +188,7 @@ impl<T: Tiers> Follower<T> {
                 {
                     break;
                 }
-                let (n, full) = self.step(*p, f, &counts).await;
+                let (n, full) = self.step(*p, f, heads.get(p).copied(), &counts).await;
                 appended |= n > 0;
                 more |= full;
             }
@@ -205,8 +207,16 @@ impl<T: Tiers> Follower<T> {
         }
     }
 
-    /// Appends what Redis holds for `p` from `f.next` on; (appended, page full).
-    async fn step(&self, p: i32, f: &mut Followed<T::Reader>, counts: &Counts) -> (usize, bool) {
+    /// Appends what Redis holds for `p` from `f.next` on; (appended, page
+    /// full). `head`: the last offset the owner says it handled, so that
+    /// missing offsets at the end are found too.
+    async fn step(
+        &self,
+        p: i32,
+        f: &mut Followed<T::Reader>,
+        head: Option<i64>,
+        counts: &Counts,
+    ) -> (usize, bool) {
         let Ok(rows) = self.tiers.redis_page(p, f.next, i64::MAX, self.page).await else {
             return (0, false);
         };
@@ -266,6 +276,14 @@ impl<T: Tiers> Follower<T> {
             f.next = o + 1;
             n += 1;
             f.holes = f.holes.split_off(&f.next);
+        }
+        // Nothing more in Redis, but the owner handled more: a hole at the end.
+        if let Some(h) = head.filter(|h| !full && f.next <= *h) {
+            let since = *f.holes.entry(f.next).or_insert(now);
+            if since.elapsed() >= HOLE_WAIT && self.tiers.has_kafka() {
+                n += self.fill(p, f, h, counts).await;
+                f.holes = f.holes.split_off(&f.next);
+            }
         }
         (n, full)
     }

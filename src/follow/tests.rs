@@ -161,7 +161,7 @@ async fn records_and_tombstones_are_appended_in_order_and_a_hole_waits_then_come
         }
     }
     let mut f = fresh();
-    let (n, _) = fo.step(0, &mut f, &counts).await;
+    let (n, _) = fo.step(0, &mut f, None, &counts).await;
     assert_eq!(n, 3, "0..=2, then the hole at 3");
     assert_eq!(log_of(&fo.hub, 0), vec![(0, true), (1, false), (2, true)]);
     // The owner's later pipeline lands: the hole fills from Redis, Kafka is not read.
@@ -172,14 +172,14 @@ async fn records_and_tombstones_are_appended_in_order_and_a_hole_waits_then_come
         .unwrap()
         .insert(3, written(0, 3, false));
     tokio::time::advance(Duration::from_millis(500)).await;
-    fo.step(0, &mut f, &counts).await;
+    fo.step(0, &mut f, None, &counts).await;
     assert_eq!(f.next, 4);
     assert_eq!(world.kafka_reads.load(Ordering::Relaxed), 0);
     // Offset 4 never comes to Redis (a dropped write): after HOLE_WAIT it comes from Kafka.
-    fo.step(0, &mut f, &counts).await;
+    fo.step(0, &mut f, None, &counts).await;
     assert_eq!(f.next, 4, "waiting for the hole");
     tokio::time::advance(HOLE_WAIT).await;
-    fo.step(0, &mut f, &counts).await;
+    fo.step(0, &mut f, None, &counts).await;
     assert_eq!(f.next, 7);
     assert_eq!(world.kafka_reads.load(Ordering::Relaxed), 1);
     let log = log_of(&fo.hub, 0);
@@ -194,6 +194,31 @@ async fn records_and_tombstones_are_appended_in_order_and_a_hole_waits_then_come
             (5, true),
             (6, true)
         ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn writes_dropped_at_the_end_are_found_by_the_owners_head_and_read_from_kafka() {
+    let world = Arc::new(World::default());
+    let fo = follower(&world);
+    let counts = Counts::new();
+    world.kafka_end.lock().insert(0, 6);
+    world
+        .redis
+        .lock()
+        .insert(0, (0..3).map(|o| (o, written(0, o, true))).collect());
+    let mut f = fresh();
+    fo.step(0, &mut f, Some(5), &counts).await;
+    assert_eq!(f.next, 3, "no later record in Redis: waits");
+    tokio::time::advance(HOLE_WAIT).await;
+    fo.step(0, &mut f, Some(5), &counts).await;
+    assert_eq!(f.next, 6, "3..=5 from Kafka");
+    assert_eq!(log_of(&fo.hub, 0).len(), 6);
+    fo.step(0, &mut f, Some(5), &counts).await;
+    assert_eq!(
+        world.kafka_reads.load(Ordering::Relaxed),
+        1,
+        "nothing more to read"
     );
 }
 
@@ -308,8 +333,10 @@ proptest! {
                         }
                     }
                     Op::Step => {
+                        // The owner's head, as it publishes it.
+                        let head = (next > 0).then_some(next - 1);
                         for _ in 0..10 {
-                            let (_, full) = fo.step(0, &mut f, &counts).await;
+                            let (_, full) = fo.step(0, &mut f, head, &counts).await;
                             if !full { break; }
                         }
                     }
@@ -329,11 +356,8 @@ proptest! {
                     prop_assert_eq!(*is_frame, decided[o], "offset {}", o);
                 }
             }
-            // Everything the owner wrote, up to the last offset Redis holds, is in.
-            let last_in_redis = world.redis.lock().get(&0).and_then(|m| m.keys().next_back().copied());
-            if let Some(l) = last_in_redis {
-                prop_assert!(f.next > l, "followed up to {} of {}", f.next, l);
-            }
+            // Everything the owner handled is in, dropped writes at the end included.
+            prop_assert_eq!(f.next, next, "followed up to {} of {}", f.next, next);
             Ok(())
         })?;
     }

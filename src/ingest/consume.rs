@@ -70,6 +70,8 @@ impl ClientContext for BridgeContext {
             KafkaState::Disconnected
         });
         metrics::gauge!(telemetry::KAFKA_CONNECTED).set(if up { 1.0 } else { 0.0 });
+        let received: u64 = s.brokers.values().map(|b| b.rxbytes).sum();
+        metrics::gauge!(telemetry::KAFKA_RECEIVED_BYTES).set(received as f64);
         if let Some(t) = s.topics.get(&self.topic) {
             let mut m = self.stats.lock();
             let mut w = self.watermarks.lock();

@@ -66,6 +66,9 @@ pub(crate) struct Pipeline {
     redis: Option<Arc<RedisTier>>,
     /// Halted threads kept in Redis (`GAP_POLICY=halt` with Redis).
     halt_store: Option<HaltStore>,
+    /// The last head written to Redis per partition, and whether a write runs.
+    heads_sent: std::collections::HashMap<i32, i64>,
+    heads_in_flight: Arc<std::sync::atomic::AtomicBool>,
     validator: SequenceValidator,
     halts: Halts,
     offsets: OffsetBook,
@@ -85,6 +88,8 @@ impl Pipeline {
             rate_limits: TenantRateLimiter::new(None, Default::default()),
             redis: None,
             halt_store: None,
+            heads_sent: Default::default(),
+            heads_in_flight: Default::default(),
             validator: SequenceValidator::new(cfg.sequence),
             halts: Halts::new(cfg.halt),
             cfg,
@@ -461,6 +466,46 @@ impl Pipeline {
         }
         metrics::gauge!(telemetry::SEQ_TRACKED_THREADS)
             .set(self.validator.tracked_threads() as f64);
+        self.publish_heads();
+    }
+
+    /// Tells the instances that follow this one's partitions how far it has
+    /// handled each (`heads` in Redis), so that a record whose Redis write was
+    /// dropped at the end of a burst is found missing (and read from Kafka)
+    /// even when no later record follows. Once per tick, never waited for.
+    fn publish_heads(&mut self) {
+        let Some(r) = &self.redis else {
+            return;
+        };
+        let heads: Vec<(i32, i64)> = self
+            .offsets
+            .partitions()
+            .filter_map(|p| Some((p, self.offsets.progress(p).last_processed?)))
+            .filter(|(p, o)| self.heads_sent.get(p) != Some(o))
+            .collect();
+        if heads.is_empty()
+            || self
+                .heads_in_flight
+                .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return;
+        }
+        for (p, o) in &heads {
+            self.heads_sent.insert(*p, *o);
+        }
+        let (r, flag) = (r.clone(), self.heads_in_flight.clone());
+        flag.store(true, std::sync::atomic::Ordering::Relaxed);
+        tokio::spawn(async move {
+            for (p, o) in heads {
+                if r.hash_set(crate::replay::redis::HEADS, &p.to_string(), &o.to_string())
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+            flag.store(false, std::sync::atomic::Ordering::Relaxed);
+        });
     }
 
     /// The partition's offsets restarted at `first`: its log and Redis
@@ -475,6 +520,7 @@ impl Pipeline {
     /// Held frames of a partition are dropped when it is revoked: the next
     /// owner re-reads them from the committed offset, which never passed them.
     pub(crate) fn forget_partition(&mut self, partition: i32) {
+        self.heads_sent.remove(&partition);
         self.halts.forget_partition(partition);
         self.offsets.reset(partition);
         self.publish_halts();

@@ -9,6 +9,9 @@
 //!   sequence, member = `{p}:{o}`
 //! - `dashstream-replay:{ns}:partitions` — set of partitions written
 //! - `dashstream-replay:{ns}:halted` — hash of halted threads (`ingest::halt_store`)
+//! - `dashstream-replay:{ns}:heads` — hash partition → the last offset its owner handled
+//! - `dashstream-replay:{ns}:released`, `…:release_requests`, `…:rate_limits` — shared
+//!   operator state of several instances (`follow`)
 //!
 //! Writes go through a bounded queue to one background task that sends them
 //! in pipelines; a full queue drops (and counts) instead of waiting, and a
@@ -29,6 +32,10 @@ use tokio::sync::mpsc;
 use crate::record::frame::Frame;
 use crate::replay::config::PageLimit;
 use crate::telemetry;
+
+/// The hash of how far each partition's owner has handled it (partition →
+/// offset), written once a second, read by followers (`follow`).
+pub(crate) const HEADS: &str = "heads";
 
 /// Entries per write pipeline.
 pub(crate) const WRITE_BATCH: usize = 500;

@@ -51,6 +51,12 @@ pub(crate) trait Tiers: Sync {
         limit: PageLimit,
     ) -> impl Future<Output = Result<RedisRows, Unavailable>> + Send;
 
+    /// How far each partition's owner has handled it (`follow`); empty
+    /// without Redis or on error.
+    fn redis_heads(&self) -> impl Future<Output = std::collections::BTreeMap<i32, i64>> + Send {
+        async { std::collections::BTreeMap::new() }
+    }
+
     fn has_kafka(&self) -> bool;
     /// Waits for a Kafka reader permit (`None`: the tier is closed).
     fn kafka_permit(&self) -> impl Future<Output = Option<Self::Permit>> + Send;
@@ -155,6 +161,18 @@ impl Tiers for LiveTiers {
             tracing::debug!(error = %e, partition = p, "redis replay read failed");
             Unavailable
         })
+    }
+
+    async fn redis_heads(&self) -> std::collections::BTreeMap<i32, i64> {
+        let Some(r) = &self.redis else {
+            return Default::default();
+        };
+        r.hash_all(crate::replay::redis::HEADS)
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(p, o)| Some((p.parse().ok()?, o.parse().ok()?)))
+            .collect()
     }
 
     fn has_kafka(&self) -> bool {

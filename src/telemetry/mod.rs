@@ -105,6 +105,7 @@ pub(crate) const SLOW_CLIENT_DISCONNECTS: &str = "websocket_slow_client_disconne
 pub(crate) const TOKEN_EXPIRED_DISCONNECTS: &str = "websocket_token_expired_disconnects_total";
 pub(crate) const FOLLOWED_RECORDS: &str = "websocket_followed_records_total";
 pub(crate) const FOLLOWED_PARTITIONS: &str = "websocket_followed_partitions";
+pub(crate) const KAFKA_RECEIVED_BYTES: &str = "websocket_kafka_received_bytes";
 pub(crate) const KAFKA_CONNECTED: &str = "websocket_kafka_connected";
 pub(crate) const CONSUMER_PAUSED: &str = "websocket_consumer_paused";
 pub(crate) const INGEST_WAITING_FOR_READERS: &str = "websocket_ingest_waiting_for_readers";
@@ -322,6 +323,11 @@ fn describe_all() {
     describe_counter!(
         FOLLOWED_RECORDS,
         "Offsets of partitions another instance owns, appended to this instance's log from Redis (outcome: delivered, not_delivered, undecodable) or read from Kafka for a hole in Redis (from_kafka, missing)."
+    );
+    describe_gauge!(
+        KAFKA_RECEIVED_BYTES,
+        Unit::Bytes,
+        "Bytes the consumer received from the brokers since start (fetches and metadata), from librdkafka's statistics every KAFKA_STATS_INTERVAL_MS."
     );
     describe_gauge!(
         FOLLOWED_PARTITIONS,
