@@ -32,6 +32,8 @@ pub(crate) const WATCH_EVERY: Duration = Duration::from_millis(250);
 const RELEASE_WAIT: Duration = Duration::from_secs(10);
 /// Releases older than this when first seen are history, not news.
 const RELEASE_FRESH_MS: i64 = 60_000;
+/// Releases are removed from Redis this long after they happened.
+const RELEASE_KEEP_MS: i64 = 3_600_000;
 /// How long an operator's release asked of a non-owner waits for the owner.
 pub(crate) const FORWARD_WAIT: Duration = Duration::from_secs(10);
 
@@ -64,11 +66,22 @@ impl HaltWatch {
             self.halts().await;
             self.serve_requests().await;
             if let Ok(all) = self.redis.hash_all(RELEASED).await {
+                let now_ms = crate::util::unix_ms();
                 for (field, v) in all {
+                    let parsed = serde_json::from_str::<Released>(&v).ok();
+                    // Old releases are history: removed, so the hash stays small.
+                    if parsed
+                        .as_ref()
+                        .is_none_or(|r| r.at_ms < now_ms - RELEASE_KEEP_MS)
+                    {
+                        let _ = self.redis.hash_del(RELEASED, &field).await;
+                        seen.remove(&field);
+                        continue;
+                    }
                     if seen.contains(&field) {
                         continue;
                     }
-                    let Ok(r) = serde_json::from_str::<Released>(&v) else {
+                    let Some(r) = parsed else {
                         continue;
                     };
                     seen.insert(field.clone());
