@@ -302,6 +302,18 @@ async fn a_client_resumes_on_another_instance_and_survives_a_kill_9_of_an_owner(
     for ws in live.iter_mut() {
         assert_eq!(read_all(ws, 200, Duration::from_secs(15)).await.len(), 200);
     }
+    // Bad records before the kill: one DLQ record each; once their offsets are
+    // committed (auto.commit.interval.ms, 5 s), a take-over does not read them again.
+    let bad: Vec<_> = (0..6)
+        .map(|i| (Some(format!("bad-{i}")), b"\xff\xfe not a record".to_vec()))
+        .collect();
+    produce(&p, &topic, &bad).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while dlq_count(&topic) < 6 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(dlq_count(&topic), 6, "one DLQ record per bad record");
+    tokio::time::sleep(Duration::from_secs(6)).await;
     let mut owner = None;
     for (i, br) in bridges.iter().enumerate() {
         if br.health().await["assigned_partitions"].as_u64() == Some(1) && owner.is_none() {
@@ -339,6 +351,12 @@ async fn a_client_resumes_on_another_instance_and_survives_a_kill_9_of_an_owner(
     assert!(
         got.values().all(|n| *n == 1),
         "no duplicate on the survivor"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        dlq_count(&topic),
+        6,
+        "no DLQ duplicate: the bad records were committed before the owner died"
     );
 }
 
