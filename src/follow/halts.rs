@@ -34,8 +34,10 @@ const RELEASE_WAIT: Duration = Duration::from_secs(10);
 const RELEASE_FRESH_MS: i64 = 60_000;
 /// Releases are removed from Redis this long after they happened.
 const RELEASE_KEEP_MS: i64 = 3_600_000;
-/// How long an operator's release asked of a non-owner waits for the owner.
+/// How long an operator's release waits for the instances that hold the thread.
 pub(crate) const FORWARD_WAIT: Duration = Duration::from_secs(10);
+/// A release request older than this is stale (its asker is gone).
+const REQUEST_TTL_MS: i64 = 20_000;
 
 pub(crate) struct HaltWatch {
     pub(crate) redis: Arc<RedisTier>,
@@ -58,13 +60,14 @@ impl HaltWatch {
         let started_ms = crate::util::unix_ms();
         let mut seen: BTreeSet<String> = BTreeSet::new();
         let mut pending: Vec<Pending> = Vec::new();
+        let mut served: BTreeSet<(String, i64)> = BTreeSet::new();
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(WATCH_EVERY) => {}
             }
             self.halts().await;
-            self.serve_requests().await;
+            self.serve_requests(&mut served).await;
             if let Ok(all) = self.redis.hash_all(RELEASED).await {
                 let now_ms = crate::util::unix_ms();
                 for (field, v) in all {
@@ -147,15 +150,29 @@ impl HaltWatch {
         }
     }
 
-    /// Releases asked through Redis of threads this instance holds.
-    async fn serve_requests(&self) {
+    /// Releases asked through Redis of threads this instance holds. Every
+    /// instance that holds the thread releases its part (halts restored from
+    /// Redis at a rebalance are held by several); the asker removes the
+    /// request when it is done, and one older than `REQUEST_TTL_MS` is stale.
+    async fn serve_requests(&self, served: &mut BTreeSet<(String, i64)>) {
         let Ok(all) = self.redis.hash_all(REQUESTS).await else {
             return;
         };
-        for (thread, _) in all {
-            if !self.status.holds(&thread) {
+        let now_ms = crate::util::unix_ms();
+        let live: BTreeSet<(String, i64)> = all
+            .into_iter()
+            .filter_map(|(t, v)| Some((t, v.parse::<i64>().ok()?)))
+            .collect();
+        served.retain(|k| live.contains(k));
+        for (thread, asked) in live {
+            if asked < now_ms - REQUEST_TTL_MS {
+                let _ = self.redis.hash_del(REQUESTS, &thread).await;
                 continue;
             }
+            if served.contains(&(thread.clone(), asked)) || !self.status.holds(&thread) {
+                continue;
+            }
+            served.insert((thread.clone(), asked));
             let (reply, rx) = oneshot::channel();
             let cmd = AdminCommand::ReleaseThread {
                 thread: thread.clone(),
@@ -166,12 +183,11 @@ impl HaltWatch {
             }
             match rx.await {
                 Ok(Ok(n)) => {
-                    tracing::info!(thread_id = ?thread, released = n, "thread released at another instance's request")
+                    tracing::info!(thread_id = ?thread, released = n, "thread released at an operator's request to another instance")
                 }
                 Ok(Err(e)) => tracing::debug!(thread_id = ?thread, error = %e, "release request"),
                 Err(_) => return,
             }
-            let _ = self.redis.hash_del(REQUESTS, &thread).await;
         }
     }
 
@@ -234,40 +250,48 @@ impl HaltWatch {
     }
 }
 
-/// An operator asked this instance to release a thread it does not hold:
-/// if another instance does (Redis says it is halted), asks it through
-/// Redis and waits for its release. `Ok(None)`: halted nowhere; `Ok(Some(n))`:
-/// released, `n` records; `Err`: the owner did not answer in time.
-pub(crate) async fn release_elsewhere(
+/// An operator's release at this instance, for every instance: `local` is
+/// what this instance released itself (`None`: it did not hold the thread).
+/// The request goes through Redis to every instance that holds the thread
+/// (one found the gap; others restored the halt at a rebalance), and this
+/// waits until no instance lists it as halted and each had a chance to see
+/// the request. `Ok(None)`: halted nowhere; `Ok(Some(n))`: `n` records
+/// released in all; `Err`: an instance that holds it did not release it in
+/// time (`local` released records are released all the same).
+pub(crate) async fn release_everywhere(
     redis: &RedisTier,
     thread: &str,
+    local: Option<usize>,
+    origin: &str,
 ) -> anyhow::Result<Option<usize>> {
     let halted = redis.hash_all(HASH).await?;
-    if !halted.iter().any(|(t, _)| t == thread) {
+    if local.is_none() && !halted.iter().any(|(t, _)| t == thread) {
         return Ok(None);
     }
     let asked = crate::util::unix_ms();
     redis.hash_set(REQUESTS, thread, &asked.to_string()).await?;
-    let deadline = tokio::time::Instant::now() + FORWARD_WAIT;
+    let started = tokio::time::Instant::now();
     let prefix = format!("{thread}:");
-    loop {
+    let result = loop {
         tokio::time::sleep(WATCH_EVERY / 2).await;
         let still = redis.hash_all(HASH).await?.iter().any(|(t, _)| t == thread);
-        let released: usize = redis
-            .hash_all(RELEASED)
-            .await?
-            .into_iter()
-            .filter(|(f, _)| f.starts_with(&prefix))
-            .filter_map(|(_, v)| serde_json::from_str::<Released>(&v).ok())
-            .filter(|r| r.at_ms >= asked)
-            .map(|r| r.offsets.len())
-            .sum();
-        if !still {
-            return Ok(Some(released));
+        // Every watcher polls at WATCH_EVERY: two rounds let each see the request.
+        if !still && started.elapsed() >= WATCH_EVERY * 2 {
+            let others: usize = redis
+                .hash_all(RELEASED)
+                .await?
+                .into_iter()
+                .filter(|(f, _)| f.starts_with(&prefix))
+                .filter_map(|(_, v)| serde_json::from_str::<Released>(&v).ok())
+                .filter(|r| r.at_ms >= asked && r.origin != origin)
+                .map(|r| r.offsets.len())
+                .sum();
+            break Ok(Some(local.unwrap_or(0) + others));
         }
-        if tokio::time::Instant::now() >= deadline {
-            let _ = redis.hash_del(REQUESTS, thread).await;
-            anyhow::bail!("the instance that holds thread '{thread}' did not release it within {FORWARD_WAIT:?}");
+        if started.elapsed() >= FORWARD_WAIT {
+            break Err(anyhow::anyhow!("an instance that holds thread '{thread}' did not release it within {FORWARD_WAIT:?}"));
         }
-    }
+    };
+    let _ = redis.hash_del(REQUESTS, thread).await;
+    result
 }

@@ -164,35 +164,34 @@ pub(crate) async fn release_thread(
         reply,
     })
     .await;
-    match answer {
-        Ok(Ok(released)) => {
-            Json(json!({"thread_id": thread_id, "resumed": true, "released": released}))
-                .into_response()
+    let local = match answer {
+        Ok(Ok(released)) => Some(released),
+        Ok(Err(ReleaseError::NotHalted(_))) => None,
+        Err(r) => return *r,
+    };
+    // Other instances may hold it too (the one that owns the records, or ones
+    // that restored the halt at a rebalance): ask them all through Redis.
+    let everywhere = match &app.health.redis {
+        Some(r) => {
+            let origin = format!("{:016x}", app.sessions.hub.notices.boot());
+            crate::follow::halts::release_everywhere(r, &thread_id, local, &origin).await
         }
-        Ok(Err(ReleaseError::NotHalted(t))) => {
-            // Another instance may hold it: ask it through Redis.
-            let elsewhere = match &app.health.redis {
-                Some(r) => crate::follow::halts::release_elsewhere(r, &t).await,
-                None => Ok(None),
-            };
-            match elsewhere {
-                Ok(Some(released)) => Json(json!({
-                    "thread_id": thread_id, "resumed": true, "released": released,
-                    "released_by": "another instance"
-                }))
-                .into_response(),
-                Ok(None) => error(
-                    StatusCode::NOT_FOUND,
-                    "not_halted",
-                    &format!("thread '{t}' is not halted"),
-                ),
-                Err(e) => error(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "owner_did_not_answer",
-                    &e.to_string(),
-                ),
-            }
-        }
-        Err(r) => *r,
+        None => Ok(local),
+    };
+    match everywhere {
+        Ok(Some(released)) => Json(json!({
+            "thread_id": thread_id, "resumed": true, "released": released,
+        }))
+        .into_response(),
+        Ok(None) => error(
+            StatusCode::NOT_FOUND,
+            "not_halted",
+            &format!("thread '{thread_id}' is not halted"),
+        ),
+        Err(e) => error(
+            StatusCode::GATEWAY_TIMEOUT,
+            "owner_did_not_answer",
+            &e.to_string(),
+        ),
     }
 }

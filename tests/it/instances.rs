@@ -430,6 +430,8 @@ async fn a_halt_on_the_owner_holds_the_thread_everywhere_and_one_release_at_anot
     };
     let (mut on_owner, _) = connect(&owner.ws_url("?format=json&threads=a")).await;
     let (mut on_other, _) = connect(&other.ws_url("?format=json&threads=a")).await;
+    let (mut b_on_owner, _) = connect(&owner.ws_url("?format=json&threads=b")).await;
+    let (mut b_on_other, _) = connect(&other.ws_url("?format=json&threads=b")).await;
     tokio::time::sleep(Duration::from_millis(400)).await;
 
     // a: 1 2 [gap] 5 6 7: the owner halts it and holds 5..7.
@@ -477,6 +479,70 @@ async fn a_halt_on_the_owner_holds_the_thread_everywhere_and_one_release_at_anot
         .await
         .expect("http");
     assert_eq!(code, 404, "halted nowhere any more");
+
+    // A halt every instance restored at a rebalance (a third instance joins): one
+    // release at any instance reaches every one that holds the thread.
+    let recs: Vec<_> = [1, 2, 5, 6, 7].iter().map(|s| record("b", *s)).collect();
+    produce(&p, &topic, &recs).await;
+    for ws in [&mut b_on_owner, &mut b_on_other] {
+        let (data, _) = drain(ws, Duration::from_secs(2)).await;
+        assert_eq!(data.iter().map(|(_, s)| *s).collect::<Vec<_>>(), vec![1, 2]);
+    }
+    let redis = std::env::var("KWB_TEST_REDIS_URL").expect("KWB_TEST_REDIS_URL");
+    let third = Bridge::spawn(
+        &topic,
+        &owner.group,
+        &[("GAP_POLICY", "halt"), ("REDIS_URL", redis.as_str())],
+    );
+    third.wait_ready(Duration::from_secs(30)).await;
+    // Settled: the partition's (maybe new) owner holds b's records again, and
+    // every instance restored the halt.
+    let all = [owner, other, &third];
+    let deadline = Instant::now() + Duration::from_secs(40);
+    // The rebalance the third instance started has ended (it was assigned, if nothing).
+    while !third.log_text().contains("partitions assigned") {
+        assert!(Instant::now() < deadline, "the third instance never joined");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    loop {
+        let mut holding = 0;
+        for br in all {
+            let h = br.health().await;
+            if h["assigned_partitions"] == 1 && h["held_messages"] == 3 {
+                holding += 1;
+            }
+        }
+        if holding == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the group did not settle with 3 instances"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (code, body) = admin(other.port, "POST", "/admin/threads/b/resume")
+        .await
+        .expect("http");
+    assert_eq!(code, 200, "{body}");
+    for (name, ws) in [("owner", &mut b_on_owner), ("other", &mut b_on_other)] {
+        let (data, kinds) = drain(ws, Duration::from_secs(4)).await;
+        let seqs: Vec<u64> = data.iter().map(|(_, s)| *s).collect();
+        assert_eq!(
+            seqs,
+            vec![5, 6, 7],
+            "{name}: b released after the rebalance"
+        );
+        assert!(
+            kinds.contains(&"thread_resumed".to_string()),
+            "{name}: {kinds:?}"
+        );
+    }
+    let (code, _) = admin(third.port, "POST", "/admin/threads/b/resume")
+        .await
+        .expect("http");
+    assert_eq!(code, 404, "b halted nowhere any more");
 
     // A tenant's rate limit set at one instance applies at the other; cleared there, gone here.
     let (code, body) = crate::security::http_put_json(
