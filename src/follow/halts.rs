@@ -21,7 +21,7 @@ use crate::ingest::consume::AdminCommand;
 use crate::ingest::halt_store::{Released, SavedHalt, HASH, RELEASED, REQUESTS};
 use crate::ingest::status::{HaltedThread, IngestStatus};
 use crate::record::decode::DecodeLimits;
-use crate::record::frame::{control, parse_envelope};
+use crate::record::frame::control;
 use crate::replay::config::PageLimit;
 use crate::replay::redis::RedisTier;
 
@@ -215,19 +215,9 @@ impl HaltWatch {
                 if !want.contains(&o) {
                     continue;
                 }
-                let frame = v.as_deref().filter(|v| !v.is_empty()).and_then(|v| {
-                    let env = parse_envelope(v).ok()?;
-                    let d = crate::record::decode::unframe(Some(env.value), &self.limits)
-                        .and_then(|u| u.decode(&self.limits))
-                        .ok()?;
-                    Some(crate::record::frame::Frame::new(
-                        env.cursor,
-                        env.kafka_timestamp_ms,
-                        env.value,
-                        crate::record::summary::Summary::of(&d),
-                        None,
-                    ))
-                });
+                let frame = v
+                    .as_deref()
+                    .and_then(|v| super::frame_of_envelope(&self.limits, v));
                 if let Some(f) = frame {
                     f.mark_late();
                     frames.push(Arc::new(f));

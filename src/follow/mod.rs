@@ -113,6 +113,13 @@ async fn start_of<T: Tiers>(hub: &Hub, tiers: &T, p: i32, at_start: bool) -> i64
     }
 }
 
+/// A frame from a value as Redis holds it (a binary envelope), if it
+/// decodes; `None` for a tombstone or anything else.
+pub(crate) fn frame_of_envelope(limits: &DecodeLimits, bytes: &[u8]) -> Option<Frame> {
+    let env = parse_envelope(bytes).ok()?;
+    frame_of(limits, env.cursor, env.kafka_timestamp_ms, env.value)
+}
+
 /// A frame from a record value, if it decodes.
 fn frame_of(limits: &DecodeLimits, cursor: Cursor, ts: Option<i64>, value: &[u8]) -> Option<Frame> {
     let d = decode::unframe(Some(value), limits)
@@ -257,21 +264,16 @@ impl<T: Tiers> Follower<T> {
                     self.hub.skip_at(p, o, now_ms);
                     counts.skipped.increment(1);
                 }
-                Some(bytes) => {
-                    let frame = parse_envelope(bytes).ok().and_then(|env| {
-                        frame_of(&self.limits, env.cursor, env.kafka_timestamp_ms, env.value)
-                    });
-                    match frame {
-                        Some(fr) => {
-                            self.hub.publish_at(&Arc::new(fr), now_ms);
-                            counts.frames.increment(1);
-                        }
-                        None => {
-                            self.hub.skip_at(p, o, now_ms);
-                            counts.undecodable.increment(1);
-                        }
+                Some(bytes) => match frame_of_envelope(&self.limits, bytes) {
+                    Some(fr) => {
+                        self.hub.publish_at(&Arc::new(fr), now_ms);
+                        counts.frames.increment(1);
                     }
-                }
+                    None => {
+                        self.hub.skip_at(p, o, now_ms);
+                        counts.undecodable.increment(1);
+                    }
+                },
             }
             f.next = o + 1;
             n += 1;

@@ -98,11 +98,7 @@ impl AdminAuth {
                     "admin endpoints are disabled on a non-loopback bind until ADMIN_TOKEN is set",
             }),
             Mode::Token(expected) => {
-                let given = headers
-                    .get(header::AUTHORIZATION)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.strip_prefix("Bearer "))
-                    .unwrap_or("");
+                let given = crate::http::auth::bearer(headers).unwrap_or("");
                 if constant_time_eq(given.as_bytes(), expected.as_bytes()) {
                     Ok(())
                 } else {

@@ -84,11 +84,7 @@ async fn index() -> impl IntoResponse {
 /// required and, for a valid one, its claims and expiry; else the 401 or
 /// 403 `/ws` would give.
 async fn token_check(State(app): State<AppState>, headers: axum::http::HeaderMap) -> Response {
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match app.auth.verify_refreshing(token).await {
+    match app.auth.verify_refreshing(auth::bearer(&headers)).await {
         Ok(c) => Json(json!({
             "required": app.auth.required(),
             "tenant": c.tenant,

@@ -43,10 +43,7 @@ const TOKEN_SUBPROTOCOL_PREFIX: &str = "dashstream.bearer.";
 /// The token a client gave: `Authorization: Bearer`, else a
 /// `dashstream.bearer.<token>` subprotocol offer, else `?token=`.
 pub(crate) fn request_token<'a>(headers: &'a HeaderMap, query: Option<&'a str>) -> Option<&'a str> {
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+    let bearer = auth::bearer(headers);
     let offered = || {
         headers
             .get_all(header::SEC_WEBSOCKET_PROTOCOL)

@@ -421,3 +421,30 @@ impl Drop for PrivateBroker {
         let _ = self.child.wait();
     }
 }
+
+/// An `event` record of `thread` at `seq` (tenant `acme`) with this schema version.
+pub fn event(thread: &str, seq: u64, schema: u32) -> kafka_ws_bridge::proto::DashStreamMessage {
+    use kafka_ws_bridge::proto::dash_stream_message::Message;
+    use kafka_ws_bridge::proto::{DashStreamMessage, Event, Header};
+    DashStreamMessage {
+        message: Some(Message::Event(Event {
+            header: Some(Header {
+                thread_id: thread.into(),
+                sequence: seq,
+                schema_version: schema,
+                tenant_id: "acme".into(),
+                ..Default::default()
+            }),
+            node_id: "n".into(),
+            ..Default::default()
+        })),
+    }
+}
+
+/// A good record of `thread` at `seq`, keyed by its thread.
+pub fn good(thread: &str, seq: u64) -> (Option<String>, Vec<u8>) {
+    (
+        Some(thread.into()),
+        kafka_ws_bridge::encode_record(&event(thread, seq, 1), None),
+    )
+}

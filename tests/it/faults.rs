@@ -10,29 +10,6 @@ use kafka_ws_bridge::proto::dash_stream_message::Message;
 use kafka_ws_bridge::proto::{DashStreamMessage, Event, EventBatch, Header};
 use kafka_ws_bridge::{Generator, SynthConfig};
 
-fn event(thread: &str, seq: u64, schema: u32) -> DashStreamMessage {
-    DashStreamMessage {
-        message: Some(Message::Event(Event {
-            header: Some(Header {
-                thread_id: thread.into(),
-                sequence: seq,
-                schema_version: schema,
-                tenant_id: "acme".into(),
-                ..Default::default()
-            }),
-            node_id: "n".into(),
-            ..Default::default()
-        })),
-    }
-}
-
-fn good(thread: &str, seq: u64) -> (Option<String>, Vec<u8>) {
-    (
-        Some(thread.into()),
-        encode_record(&event(thread, seq, 1), None),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn injected_gaps_duplicates_reorders_and_garbage_give_exact_counters() {
     let topic = unique("inject");

@@ -360,28 +360,6 @@ async fn a_client_resumes_on_another_instance_and_survives_a_kill_9_of_an_owner(
     );
 }
 
-fn record(thread: &str, seq: u64) -> (Option<String>, Vec<u8>) {
-    use kafka_ws_bridge::proto::dash_stream_message::Message;
-    use kafka_ws_bridge::proto::{DashStreamMessage, Event, Header};
-    let m = DashStreamMessage {
-        message: Some(Message::Event(Event {
-            header: Some(Header {
-                thread_id: thread.into(),
-                tenant_id: "acme".into(),
-                sequence: seq,
-                schema_version: 1,
-                ..Default::default()
-            }),
-            node_id: "n".into(),
-            ..Default::default()
-        })),
-    };
-    (
-        Some(thread.into()),
-        kafka_ws_bridge::encode_record(&m, None),
-    )
-}
-
 /// Data frames' (thread, sequence) and control frame types, until `idle`.
 async fn drain(ws: &mut Ws, idle: Duration) -> (Vec<(String, u64)>, Vec<String>) {
     let (frames, control) = collect(ws, usize::MAX, idle).await;
@@ -410,7 +388,7 @@ async fn a_halt_on_the_owner_holds_the_thread_everywhere_and_one_release_at_anot
     let bridges = spawn_instances(&topic, 2, &[("GAP_POLICY", "halt")]);
     wait_owned(&bridges, 1).await;
     let p = producer();
-    produce(&p, &topic, &[record("warmup", 1)]).await;
+    produce(&p, &topic, &[good("warmup", 1)]).await;
     for b in &bridges {
         b.wait_ready(Duration::from_secs(30)).await;
     }
@@ -435,7 +413,7 @@ async fn a_halt_on_the_owner_holds_the_thread_everywhere_and_one_release_at_anot
     tokio::time::sleep(Duration::from_millis(400)).await;
 
     // a: 1 2 [gap] 5 6 7: the owner halts it and holds 5..7.
-    let recs: Vec<_> = [1, 2, 5, 6, 7].iter().map(|s| record("a", *s)).collect();
+    let recs: Vec<_> = [1, 2, 5, 6, 7].iter().map(|s| good("a", *s)).collect();
     produce(&p, &topic, &recs).await;
     for (name, ws) in [("owner", &mut on_owner), ("other", &mut on_other)] {
         let (data, kinds) = drain(ws, Duration::from_secs(2)).await;
@@ -470,7 +448,7 @@ async fn a_halt_on_the_owner_holds_the_thread_everywhere_and_one_release_at_anot
             "{name}: {kinds:?}"
         );
     }
-    produce(&p, &topic, &[record("a", 8)]).await;
+    produce(&p, &topic, &[good("a", 8)]).await;
     for ws in [&mut on_owner, &mut on_other] {
         let (data, _) = drain(ws, Duration::from_secs(2)).await;
         assert_eq!(data, vec![("a".to_string(), 8)], "live again everywhere");
@@ -482,7 +460,7 @@ async fn a_halt_on_the_owner_holds_the_thread_everywhere_and_one_release_at_anot
 
     // A halt every instance restored at a rebalance (a third instance joins): one
     // release at any instance reaches every one that holds the thread.
-    let recs: Vec<_> = [1, 2, 5, 6, 7].iter().map(|s| record("b", *s)).collect();
+    let recs: Vec<_> = [1, 2, 5, 6, 7].iter().map(|s| good("b", *s)).collect();
     produce(&p, &topic, &recs).await;
     for ws in [&mut b_on_owner, &mut b_on_other] {
         let (data, _) = drain(ws, Duration::from_secs(2)).await;
