@@ -7,7 +7,7 @@
 //! what this loop stored: the pipeline's commit point, i.e. the next record
 //! that has not been handed to delivery. At-least-once, no off-by-one.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -17,8 +17,8 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
-use rdkafka::error::KafkaError;
-use rdkafka::message::{Headers, Message};
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaErrorCode;
 use tokio::sync::{mpsc, oneshot};
@@ -184,6 +184,11 @@ pub(crate) enum AdminCommand {
 /// Records handled between two yields of the consume loop.
 const YIELD_EVERY: u32 = 64;
 
+/// Records taken from librdkafka at once, when that many are waiting: the
+/// loop's other inputs (shutdown, rebalances, operator commands, the DLQ)
+/// are looked at once per batch rather than once per record.
+const BATCH: usize = 64;
+
 /// While ingest waits for a reader, it looks again at least this often (a
 /// reader may stop reading without telling).
 const READER_RECHECK: Duration = Duration::from_millis(50);
@@ -260,6 +265,11 @@ pub(crate) async fn run(r: Runner) -> Instant {
     // waiting in librdkafka's queue, and again after anything else.
     let mut clock = Clock::now();
     let mut last_record_ms: Option<i64> = None;
+    // Records taken from librdkafka and not handled yet (a batch, or what
+    // is left of it while a reader or the DLQ holds ingest back).
+    let mut pending: VecDeque<KafkaResult<BorrowedMessage<'_>>> = VecDeque::with_capacity(BATCH);
+    // The first pending record was checked against the readers already.
+    let mut pending_checked = false;
 
     let stop_started = loop {
         if since_yield >= YIELD_EVERY {
@@ -304,6 +314,7 @@ pub(crate) async fn run(r: Runner) -> Instant {
             }},
             Some(ev) = rebalance_rx.recv() => { clock = Clock::now(); match ev {
                 RebalanceEvent::Assigned(ps) => {
+                    pending.retain(|r| r.as_ref().is_ok_and(|m| !ps.contains(&m.partition())));
                     for p in ps {
                         pipeline.forget_partition(p);
                         stored.remove(&p);
@@ -312,6 +323,8 @@ pub(crate) async fn run(r: Runner) -> Instant {
                     restore_halts(&mut pipeline).await;
                 }
                 RebalanceEvent::Revoked(ps) => {
+                    // Taken before the revocation: the next owner reads them again.
+                    pending.retain(|r| r.as_ref().is_ok_and(|m| !ps.contains(&m.partition())));
                     for p in ps {
                         pipeline.forget_partition(p);
                         stored.remove(&p);
@@ -365,59 +378,41 @@ pub(crate) async fn run(r: Runner) -> Instant {
             }
             _ = hub.readers.wait_for_room(&hub.log, READER_RECHECK, live), if wait => clock = Clock::now(),
             // Fail-closed: no record is taken while every DLQ permit has one waiting.
-            r = next_record(&mut stream, &mut clock, &hub), if !wait && fc_pending < dlq.max_in_flight() => match r {
-                Some(Ok(msg)) => {
+            more = next_batch(&mut stream, &mut clock, &hub, &mut pending, BATCH.min(dlq.max_in_flight() - fc_pending)), if pending.is_empty() && !wait && fc_pending < dlq.max_in_flight() => {
+                if !more {
+                    break Instant::now();
+                }
+                pending_checked = true;
+            }
+        }
+        // The records taken, one by one, while neither a reader nor the DLQ holds ingest back.
+        while !pending.is_empty() {
+            if fc_pending >= dlq.max_in_flight() {
+                break;
+            }
+            if !pending_checked && hub.readers.must_wait(&hub.log, clock.unix_ms) {
+                break;
+            }
+            pending_checked = false;
+            let r = pending.pop_front().expect("front exists");
+            match r {
+                Ok(msg) => {
                     since_yield += 1;
-                    let traceparent = msg.headers().and_then(|h| {
-                        h.iter().find(|x| x.key.eq_ignore_ascii_case("traceparent")).and_then(|x| x.value)
-                    });
-                    let view = RecordView {
-                        partition: msg.partition(),
-                        offset: msg.offset(),
-                        timestamp_ms: msg.timestamp().to_millis(),
-                        key: msg.key(),
-                        value: msg.payload(),
-                        traceparent,
+                    last_record_ms = msg.timestamp().to_millis();
+                    let step = Step {
+                        pipeline: &mut pipeline,
+                        dlq: &dlq,
+                        topic: &topic,
+                        group_id: &group_id,
+                        fc_tx: &fc_tx,
+                        fc_pending,
+                        paused,
                     };
-                    last_record_ms = view.timestamp_ms;
-                    resets.observe(view.partition, view.offset, clock.at);
-                    let outcome = pipeline.handle(view, clock.at, clock.unix_ms);
-                    if let Some(failure) = Failure::of(outcome) {
-                        let held = dlq.fail_closed();
-                        // Fail-open: capacity first; without it the record costs nothing more.
-                        let permit = if held { None } else {
-                            match dlq.reserve(view.partition, view.offset, failure.error_type) {
-                                Some(p) => Some(p),
-                                None => continue,
-                            }
-                        };
-                        let trace = traceparent.and_then(trace_id_from_traceparent);
-                        let src = SourceRecord {
-                            topic: &topic,
-                            partition: view.partition,
-                            offset: view.offset,
-                            timestamp_ms: view.timestamp_ms,
-                            key: view.key,
-                            value: view.value,
-                            headers: msg.headers().map(|h| h.iter().map(|x| (x.key, x.value)).collect()).unwrap_or_default(),
-                            trace_id: trace.as_deref(),
-                        };
-                        let rec = build_record(&src, &failure, dlq.config(), &group_id);
-                        match permit {
-                            Some(permit) => dlq.send_fail_open(rec, permit),
-                            None => {
-                                pipeline.offsets_mut().hold(view.partition, view.offset);
-                                fc_pending += 1;
-                                dlq.send_fail_closed(rec, fc_tx.clone());
-                                if fc_pending >= dlq.max_in_flight() && !paused {
-                                    tracing::warn!(pending = fc_pending, "DLQ_FAIL_CLOSED: MAX_CONCURRENT_DLQ_SENDS records wait for the DLQ: no record is taken until one is acknowledged");
-                                }
-                            }
-                        }
+                    if step.handle(&msg, &mut resets, clock) {
+                        fc_pending += 1;
                     }
                 }
-                None => break Instant::now(),
-                Some(Err(e)) => {
+                Err(e) => {
                     metrics::counter!(telemetry::INFRA_ERRORS, "kind" => "kafka").increment(1);
                     let now = Instant::now();
                     if last_error_log.is_none_or(|t| now.duration_since(t) > Duration::from_secs(5)) {
@@ -425,11 +420,13 @@ pub(crate) async fn run(r: Runner) -> Instant {
                         last_error_log = Some(now);
                     }
                     tokio::time::sleep(Duration::from_millis(100)).await;
+                    clock = Clock::now();
                 }
             }
         }
     };
 
+    drop(pending);
     drop(stream);
     status.set_consuming(false);
     // In-flight DLQ sends get part of the budget first; fail-closed records
@@ -481,30 +478,124 @@ impl Clock {
     }
 }
 
-/// The next record; if none is ready, wakes the sessions for the batch just
-/// appended, and reads the clock again once one arrives (so a record never
-/// carries a moment from before an idle spell).
-async fn next_record<'a>(
+/// Takes up to `max` records that librdkafka holds ready (at least one,
+/// waiting for it if none is). If it had to wait, wakes the sessions for the
+/// batch just appended first, and reads the clock again once a record
+/// arrives (so a record never carries a moment from before an idle spell).
+/// False when the stream ended.
+async fn next_batch<'a>(
     stream: &mut rdkafka::consumer::MessageStream<'a, BridgeContext>,
     clock: &mut Clock,
     hub: &Hub,
-) -> Option<Result<rdkafka::message::BorrowedMessage<'a>, KafkaError>> {
+    into: &mut VecDeque<KafkaResult<BorrowedMessage<'a>>>,
+    max: usize,
+) -> bool {
     use futures_util::StreamExt;
+    use std::task::Poll;
     let mut waited = false;
-    let r = std::future::poll_fn(|cx| {
-        let p = stream.poll_next_unpin(cx);
-        if p.is_pending() && !waited {
-            waited = true;
-            // The batch ended: sessions get what was appended.
-            hub.wake();
+    let more = std::future::poll_fn(|cx| loop {
+        if into.len() >= max.max(1) {
+            return Poll::Ready(true);
         }
-        p
+        match stream.poll_next_unpin(cx) {
+            Poll::Ready(Some(r)) => into.push_back(r),
+            Poll::Ready(None) => return Poll::Ready(false),
+            Poll::Pending if !into.is_empty() => return Poll::Ready(true),
+            Poll::Pending => {
+                if !waited {
+                    waited = true;
+                    // The batch ended: sessions get what was appended.
+                    hub.wake();
+                }
+                return Poll::Pending;
+            }
+        }
     })
     .await;
     if waited {
         *clock = Clock::now();
     }
-    r
+    more
+}
+
+/// What handling one record needs besides the record.
+struct Step<'s> {
+    pipeline: &'s mut Pipeline,
+    dlq: &'s DlqSink,
+    topic: &'s str,
+    group_id: &'s str,
+    fc_tx: &'s mpsc::UnboundedSender<FailClosedEvent>,
+    /// Records already waiting for a fail-closed DLQ send.
+    fc_pending: usize,
+    paused: bool,
+}
+
+impl Step<'_> {
+    /// Hands one record to the pipeline and what it could not use to the
+    /// DLQ. True when the record now waits for a fail-closed DLQ send.
+    fn handle(self, msg: &BorrowedMessage<'_>, resets: &mut ResetWatch, clock: Clock) -> bool {
+        let traceparent = msg.headers().and_then(|h| {
+            h.iter()
+                .find(|x| x.key.eq_ignore_ascii_case("traceparent"))
+                .and_then(|x| x.value)
+        });
+        let view = RecordView {
+            partition: msg.partition(),
+            offset: msg.offset(),
+            timestamp_ms: msg.timestamp().to_millis(),
+            key: msg.key(),
+            value: msg.payload(),
+            traceparent,
+        };
+        resets.observe(view.partition, view.offset, clock.at);
+        let outcome = self.pipeline.handle(view, clock.at, clock.unix_ms);
+        let Some(failure) = Failure::of(outcome) else {
+            return false;
+        };
+        let dlq = self.dlq;
+        let held = dlq.fail_closed();
+        // Fail-open: capacity first; without it the record costs nothing more.
+        let permit = if held {
+            None
+        } else {
+            match dlq.reserve(view.partition, view.offset, failure.error_type) {
+                Some(p) => Some(p),
+                None => return false,
+            }
+        };
+        let trace = traceparent.and_then(trace_id_from_traceparent);
+        let src = SourceRecord {
+            topic: self.topic,
+            partition: view.partition,
+            offset: view.offset,
+            timestamp_ms: view.timestamp_ms,
+            key: view.key,
+            value: view.value,
+            headers: msg
+                .headers()
+                .map(|h| h.iter().map(|x| (x.key, x.value)).collect())
+                .unwrap_or_default(),
+            trace_id: trace.as_deref(),
+        };
+        let rec = build_record(&src, &failure, dlq.config(), self.group_id);
+        match permit {
+            Some(permit) => {
+                dlq.send_fail_open(rec, permit);
+                false
+            }
+            None => {
+                self.pipeline
+                    .offsets_mut()
+                    .hold(view.partition, view.offset);
+                let pending = self.fc_pending + 1;
+                dlq.send_fail_closed(rec, self.fc_tx.clone());
+                if pending >= dlq.max_in_flight() && !self.paused {
+                    tracing::warn!(pending, "DLQ_FAIL_CLOSED: MAX_CONCURRENT_DLQ_SENDS records wait for the DLQ: no record is taken until one is acknowledged");
+                }
+                true
+            }
+        }
+    }
 }
 
 /// Pauses or resumes every assigned partition. Returns true on success.
