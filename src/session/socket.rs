@@ -112,10 +112,27 @@ async fn bounded<E>(
     slow_disconnects: &Counter,
     write: impl std::future::Future<Output = Result<(), E>>,
 ) -> Result<(), Gone> {
-    match tokio::time::timeout(limit, write).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(_)) => Err(Gone),
-        Err(_) => {
+    use std::task::Poll;
+    // Most writes only fill the buffer and are done at once: no timer for those.
+    let mut write = std::pin::pin!(write);
+    let first = std::future::poll_fn(|cx| {
+        Poll::Ready(match write.as_mut().poll(cx) {
+            Poll::Ready(r) => Some(r.is_ok()),
+            Poll::Pending => None,
+        })
+    })
+    .await;
+    let done = match first {
+        Some(ok) => Some(ok),
+        None => tokio::time::timeout(limit, write)
+            .await
+            .ok()
+            .map(|r| r.is_ok()),
+    };
+    match done {
+        Some(true) => Ok(()),
+        Some(false) => Err(Gone),
+        None => {
             // The client stopped reading: its session ends (close 1008).
             slow_disconnects.increment(1);
             Err(Gone)
