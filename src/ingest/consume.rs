@@ -415,7 +415,8 @@ pub(crate) async fn run(r: Runner) -> Instant {
                 Err(e) => {
                     metrics::counter!(telemetry::INFRA_ERRORS, "kind" => "kafka").increment(1);
                     let now = Instant::now();
-                    if last_error_log.is_none_or(|t| now.duration_since(t) > Duration::from_secs(5)) {
+                    if last_error_log.is_none_or(|t| now.duration_since(t) > Duration::from_secs(5))
+                    {
                         tracing::warn!(error = %e, "kafka consume error");
                         last_error_log = Some(now);
                     }

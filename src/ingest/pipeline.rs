@@ -19,6 +19,7 @@ use crate::ingest::status::IngestStatus;
 use crate::record::decode::{self, DecodeLimits, Framing, OriginalInfo, Rejected};
 use crate::record::frame::{control, Cursor, Frame};
 use crate::record::summary::Summary;
+use crate::record::wire;
 use crate::replay::redis::RedisTier;
 use crate::telemetry::{self, PipelineMetrics};
 use crate::util::LogThrottle;
@@ -229,8 +230,45 @@ impl Pipeline {
 
     fn process(&mut self, rec: RecordView<'_>, now: Instant) -> Outcome {
         let trace_id = rec.traceparent.and_then(trace_id_from_traceparent);
-        let decoded = match decode::decode_or_reject(rec.value, &self.cfg.limits) {
-            Ok(d) => d,
+        let read = decode::unframe(rec.value, &self.cfg.limits).map_err(|error| Rejected {
+            error,
+            original: None,
+        });
+        let mut newly_halted: Vec<(String, String, u64, u64)> = Vec::new();
+        // Read on the wire when it can be vouched for; else decoded in full.
+        let read = read.and_then(|u| match wire::light(u.body()) {
+            Some(l) => {
+                if l.sequence != 0 {
+                    self.observe(l.thread, l.tenant, l.sequence, rec, now, &mut newly_halted);
+                }
+                Ok((Summary::of_light(&l), u.framing()))
+            }
+            None => {
+                let d = u.decode_or_reject(&self.cfg.limits)?;
+                // Validate every (thread, sequence) the record carries.
+                for unit in d.sequence_units() {
+                    self.observe(
+                        unit.thread_id,
+                        unit.tenant_id,
+                        unit.sequence,
+                        rec,
+                        now,
+                        &mut newly_halted,
+                    );
+                }
+                Ok((Summary::of(&d), d.framing))
+            }
+        });
+        let summary = match read {
+            Ok((summary, framing)) => {
+                self.m.success.increment(1);
+                match framing {
+                    Framing::LegacyBare => self.m.legacy_bare.increment(1),
+                    Framing::LegacyZstd => self.m.legacy_zstd.increment(1),
+                    _ => {}
+                }
+                summary
+            }
             Err(Rejected { error: e, original }) => {
                 let error_type = e.error_type();
                 self.m.error.increment(1);
@@ -250,85 +288,8 @@ impl Pipeline {
                 return Outcome::Rejected { error: e, original };
             }
         };
-        self.m.success.increment(1);
-        match decoded.framing {
-            Framing::LegacyBare => self.m.legacy_bare.increment(1),
-            Framing::LegacyZstd => self.m.legacy_zstd.increment(1),
-            _ => {}
-        }
+        self.halt_new(newly_halted);
 
-        // Validate every (thread, sequence) the record carries.
-        let mut newly_halted: Vec<(String, String, u64, u64)> = Vec::new();
-        for unit in decoded.sequence_units() {
-            let (verdict, ev) = self.validator.observe(unit.thread_id, unit.sequence, now);
-            if ev.capacity > 0 {
-                metrics::counter!(telemetry::SEQ_EVICTED_THREADS, "reason" => "capacity")
-                    .increment(ev.capacity);
-            }
-            match verdict {
-                Verdict::Gap { missing } => {
-                    self.m.gaps.increment(1);
-                    self.m.gap_size.record(missing as f64);
-                    match self.cfg.gap_policy {
-                        GapPolicy::Continue => {}
-                        GapPolicy::Warn => {
-                            if let Some(suppressed) = self.gap_log.allow(self.now_ms) {
-                                tracing::warn!(
-                                    thread_id = ?unit.thread_id,
-                                    sequence = unit.sequence,
-                                    missing,
-                                    partition = rec.partition,
-                                    offset = rec.offset,
-                                    suppressed,
-                                    "sequence gap (at most one line per second; `suppressed` gaps since the last)"
-                                )
-                            }
-                        }
-                        GapPolicy::Halt => {
-                            if !self.halts.is_halted(unit.thread_id) {
-                                newly_halted.push((
-                                    unit.thread_id.to_string(),
-                                    unit.tenant_id.to_string(),
-                                    missing,
-                                    unit.sequence,
-                                ));
-                            }
-                        }
-                    }
-                }
-                Verdict::Duplicate => self.m.duplicates.increment(1),
-                Verdict::Reorder => self.m.reorders.increment(1),
-                Verdict::Baseline | Verdict::InOrder => {}
-            }
-        }
-        for (thread, tenant, missing, seq) in newly_halted {
-            if self
-                .halts
-                .halt(thread.clone(), &tenant, missing, seq)
-                .is_err()
-            {
-                self.m.halts_refused.increment(1);
-                if let Some(suppressed) = self.halt_log.allow(self.now_ms) {
-                    tracing::error!(thread_id = ?thread, sequence = seq, missing, suppressed, "sequence gap NOT halted: HALT_MAX_THREADS threads are halted already; the thread is delivered as under GAP_POLICY=warn (at most one line per second; `suppressed` since the last)");
-                }
-                continue;
-            }
-            if let Some(suppressed) = self.halt_log.allow(self.now_ms) {
-                tracing::error!(thread_id = ?thread, sequence = seq, missing, suppressed, "HALTED thread due to sequence gap (GAP_POLICY=halt); resume with POST /admin/threads/{{thread}}/resume (at most one line per second; `suppressed` since the last)");
-            }
-            self.hub.notify_thread(
-                &thread,
-                &tenant,
-                &control::thread_halted(&thread, missing, seq),
-            );
-            if let Some(info) = self.halts.info(&thread) {
-                self.status.put_halted(info);
-            }
-            self.export_halt_gauges();
-        }
-
-        let summary = Summary::of(&decoded);
-        drop(decoded);
         let cursor = Cursor {
             partition: rec.partition,
             offset: rec.offset,
@@ -384,6 +345,88 @@ impl Pipeline {
         }
         self.deliver(&frame);
         Outcome::Delivered
+    }
+
+    /// Validates one (thread, sequence) of the record; a thread that a gap
+    /// halts is added to `newly_halted`.
+    fn observe(
+        &mut self,
+        thread: &str,
+        tenant: &str,
+        sequence: u64,
+        rec: RecordView<'_>,
+        now: Instant,
+        newly_halted: &mut Vec<(String, String, u64, u64)>,
+    ) {
+        let (verdict, ev) = self.validator.observe(thread, sequence, now);
+        if ev.capacity > 0 {
+            metrics::counter!(telemetry::SEQ_EVICTED_THREADS, "reason" => "capacity")
+                .increment(ev.capacity);
+        }
+        match verdict {
+            Verdict::Gap { missing } => {
+                self.m.gaps.increment(1);
+                self.m.gap_size.record(missing as f64);
+                match self.cfg.gap_policy {
+                    GapPolicy::Continue => {}
+                    GapPolicy::Warn => {
+                        if let Some(suppressed) = self.gap_log.allow(self.now_ms) {
+                            tracing::warn!(
+                                thread_id = ?thread,
+                                sequence,
+                                missing,
+                                partition = rec.partition,
+                                offset = rec.offset,
+                                suppressed,
+                                "sequence gap (at most one line per second; `suppressed` gaps since the last)"
+                            )
+                        }
+                    }
+                    GapPolicy::Halt => {
+                        if !self.halts.is_halted(thread) {
+                            newly_halted.push((
+                                thread.to_string(),
+                                tenant.to_string(),
+                                missing,
+                                sequence,
+                            ));
+                        }
+                    }
+                }
+            }
+            Verdict::Duplicate => self.m.duplicates.increment(1),
+            Verdict::Reorder => self.m.reorders.increment(1),
+            Verdict::Baseline | Verdict::InOrder => {}
+        }
+    }
+
+    /// Halts the threads a gap of this record halted (`GAP_POLICY=halt`).
+    fn halt_new(&mut self, newly_halted: Vec<(String, String, u64, u64)>) {
+        for (thread, tenant, missing, seq) in newly_halted {
+            if self
+                .halts
+                .halt(thread.clone(), &tenant, missing, seq)
+                .is_err()
+            {
+                self.m.halts_refused.increment(1);
+                if let Some(suppressed) = self.halt_log.allow(self.now_ms) {
+                    tracing::error!(thread_id = ?thread, sequence = seq, missing, suppressed, "sequence gap NOT halted: HALT_MAX_THREADS threads are halted already; the thread is delivered as under GAP_POLICY=warn (at most one line per second; `suppressed` since the last)");
+                }
+                continue;
+            }
+            if let Some(suppressed) = self.halt_log.allow(self.now_ms) {
+                tracing::error!(thread_id = ?thread, sequence = seq, missing, suppressed, "HALTED thread due to sequence gap (GAP_POLICY=halt); resume with POST /admin/threads/{{thread}}/resume (at most one line per second; `suppressed` since the last)");
+            }
+            self.hub.notify_thread(
+                &thread,
+                &tenant,
+                &control::thread_halted(&thread, missing, seq),
+            );
+            if let Some(info) = self.halts.info(&thread) {
+                self.status.put_halted(info);
+            }
+            self.export_halt_gauges();
+        }
     }
 
     /// Holds `frame` for its halted thread; false when the thread's buffer is

@@ -364,18 +364,6 @@ pub fn decode(value: Option<&[u8]>, limits: &DecodeLimits) -> Result<Decoded, De
     decode_inner(value, limits).map_err(|(e, _)| e)
 }
 
-/// [`decode`], keeping what could be read of a record that failed a check
-/// after it decoded (no second decode for its DLQ document).
-pub(crate) fn decode_or_reject(
-    value: Option<&[u8]>,
-    limits: &DecodeLimits,
-) -> Result<Decoded, Rejected> {
-    decode_inner(value, limits).map_err(|(error, body)| Rejected {
-        error,
-        original: body.map(|b| Box::new(OriginalInfo::of(*b))),
-    })
-}
-
 type Failed = (DecodeError, Option<Box<Message>>);
 
 fn decode_inner(value: Option<&[u8]>, limits: &DecodeLimits) -> Result<Decoded, Failed> {
@@ -453,6 +441,22 @@ impl Unframed<'_> {
     /// The protobuf body.
     pub(crate) fn body(&self) -> &[u8] {
         &self.body
+    }
+
+    pub(crate) fn framing(&self) -> Framing {
+        self.framing
+    }
+
+    /// [`decode`] of the body, keeping what could be read of a body that
+    /// failed a check after it decoded (no second decode for its DLQ document).
+    pub(crate) fn decode_or_reject(&self, limits: &DecodeLimits) -> Result<Decoded, Rejected> {
+        self.parse(limits)
+            .map_err(|e| (e, None))
+            .and_then(Parsed::check)
+            .map_err(|(error, body)| Rejected {
+                error,
+                original: body.map(|b| Box::new(OriginalInfo::of(*b))),
+            })
     }
 
     /// Decodes and checks the body, as [`decode`] does.
@@ -624,6 +628,15 @@ pub fn encode_record(message: &DashStreamMessage, zstd_level: Option<i32>) -> Ve
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn decode_or_reject(value: Option<&[u8]>, limits: &DecodeLimits) -> Result<Decoded, Rejected> {
+        unframe(value, limits)
+            .map_err(|error| Rejected {
+                error,
+                original: None,
+            })?
+            .decode_or_reject(limits)
+    }
     use crate::proto::{EventBatch, TokenChunk};
 
     fn header(thread: &str, seq: u64, schema: u32) -> Option<Header> {

@@ -8,3 +8,4 @@ pub(crate) mod scan;
 pub(crate) mod summary;
 #[cfg(test)]
 pub(crate) mod testing;
+pub(crate) mod wire;

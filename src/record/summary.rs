@@ -51,6 +51,21 @@ impl Summary {
         }
     }
 
+    /// The summary [`Summary::of`] gives, from a record read on the wire
+    /// (never a batch: `wire::light` leaves those to the full decode).
+    pub(crate) fn of_light(l: &crate::record::wire::Light<'_>) -> Self {
+        Self {
+            kind: l.kind.unwrap_or(MessageKind::Event),
+            event_type: l.event_type,
+            thread: l.thread.into(),
+            tenant: l.tenant.into(),
+            other_threads: Box::default(),
+            timestamp_us: (l.timestamp_us > 0).then_some(l.timestamp_us),
+            sequence: l.sequence,
+            schema_version: l.schema_version.max(1),
+        }
+    }
+
     /// Every thread the record touches (its own first), without duplicates.
     pub(crate) fn threads(&self) -> impl Iterator<Item = &str> {
         std::iter::once(&*self.thread)
