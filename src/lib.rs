@@ -54,6 +54,25 @@ pub mod fuzzing {
         crate::session::handle_client_text(text)
     }
 
+    /// A record value read on the wire (as ingest reads it) and decoded in
+    /// full: panics if the wire check vouches for a body the decoder
+    /// refuses, or reads it differently.
+    pub fn wire_agrees(value: &[u8]) {
+        let limits = crate::record::decode::DecodeLimits::default();
+        let Ok(u) = crate::record::decode::unframe(Some(value), &limits) else {
+            return;
+        };
+        if let Some(l) = crate::record::wire::light(u.body()) {
+            let d = u
+                .decode(&limits)
+                .expect("the decoder accepts what the wire check vouches for");
+            assert_eq!(
+                crate::record::summary::Summary::of_light(&l),
+                crate::record::summary::Summary::of(&d)
+            );
+        }
+    }
+
     /// A `/ws` query string through the checks the upgrade runs (filter,
     /// format, resume); `Err` carries the reason a client would read.
     pub fn ws_query(query: &str) -> Result<(), String> {

@@ -1,6 +1,7 @@
 //! Record decode: any Kafka record value gives a decoded message or a
 //! classified error, never a panic, within the default limits; and a
-//! replay's look at it on the wire agrees with its decoded filter.
+//! replay's look at it on the wire agrees with its decoded filter, and
+//! ingest's check on the wire vouches only for what the decoder accepts.
 #![no_main]
 
 use kafka_ws_bridge::{decode, DecodeLimits};
@@ -18,4 +19,5 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     kafka_ws_bridge::fuzzing::replay_filter(data);
+    kafka_ws_bridge::fuzzing::wire_agrees(data);
 });

@@ -60,6 +60,11 @@ fn varint(b: &[u8], i: &mut usize) -> Option<u64> {
     None
 }
 
+/// A UTF-8 string field.
+fn text<'a>(b: &'a [u8], i: &mut usize) -> Option<&'a str> {
+    std::str::from_utf8(delimited(b, i)?).ok()
+}
+
 /// A field key: (field number, wire type).
 fn key(b: &[u8], i: &mut usize) -> Option<(u32, u64)> {
     let k = varint(b, i)?;
@@ -178,54 +183,62 @@ fn kind_of(field: u32) -> Option<MessageKind> {
 /// its checks (schema version, id lengths), and its shape is the usual one:
 /// one body, not a batch, at most one header. `None` leaves the record to
 /// the full decode, which gives the verdict (and the error, if any).
-pub(crate) fn light(body: &[u8]) -> Option<Light<'_>> {
-    if !valid(body, ROOT, RECURSION_LIMIT) {
-        return None;
-    }
-    // Valid: every read below succeeds.
+///
+/// One pass: the levels it reads (the record, its body, the body's header)
+/// are checked as they are read, everything below them by [`valid`].
+pub(crate) fn light(b: &[u8]) -> Option<Light<'_>> {
     let mut out = Light::default();
-    let mut inner: Option<&[u8]> = None;
+    // The record: one body message, and fields this build does not know.
+    let mut body: Option<(&[u8], usize)> = None;
     let mut i = 0;
-    while i < body.len() {
-        let (tag, wire) = key(body, &mut i)?;
-        match kind_of(tag) {
-            Some(kind) if inner.is_none() => {
-                out.kind = Some(kind);
-                inner = Some(delimited(body, &mut i)?);
+    while i < b.len() {
+        let (tag, wire) = key(b, &mut i)?;
+        match MESSAGES[ROOT].iter().find(|(n, _)| *n == tag) {
+            Some((_, Kind::Msg(m))) if wire == LEN && body.is_none() => {
+                out.kind = kind_of(tag);
+                body = Some((delimited(b, &mut i)?, *m));
             }
-            // A second body: the decoder's merge rules decide.
+            // A second body (the decoder's merge rules decide) or a wrong wire type.
             Some(_) => return None,
-            None => skip(body, &mut i, tag, wire, RECURSION_LIMIT)?,
+            None => skip(b, &mut i, tag, wire, RECURSION_LIMIT)?,
         }
     }
-    let inner = inner?;
+    let (b, m) = body?;
     if out.kind == Some(MessageKind::EventBatch) {
         return None;
     }
-    let mut header: Option<&[u8]> = None;
+    let depth = RECURSION_LIMIT - 1;
+    let mut header: Option<(&[u8], usize)> = None;
     let mut i = 0;
-    while i < inner.len() {
-        let (tag, wire) = key(inner, &mut i)?;
-        match (tag, wire) {
-            (1, LEN) if header.is_none() => header = Some(delimited(inner, &mut i)?),
-            (1, _) => return None,
-            (2, VARINT) if out.kind == Some(MessageKind::Event) => {
-                out.event_type = varint(inner, &mut i)? as i32;
+    while i < b.len() {
+        let (tag, wire) = key(b, &mut i)?;
+        match (MESSAGES[m].iter().find(|(n, _)| *n == tag), tag, wire) {
+            (Some((_, Kind::Msg(h))), 1, LEN) if header.is_none() => {
+                header = Some((delimited(b, &mut i)?, *h));
             }
-            _ => skip(inner, &mut i, tag, wire, RECURSION_LIMIT)?,
+            (_, 1, _) => return None,
+            (Some(_), 2, VARINT) if out.kind == Some(MessageKind::Event) => {
+                out.event_type = varint(b, &mut i)? as i32;
+            }
+            (Some((_, kind)), _, _) => field(b, &mut i, wire, *kind, depth)?,
+            (None, _, _) => skip(b, &mut i, tag, wire, depth)?,
         }
     }
-    if let Some(h) = header {
+    if let Some((b, h)) = header {
+        let depth = depth - 1;
         let mut i = 0;
-        while i < h.len() {
-            let (tag, wire) = key(h, &mut i)?;
+        while i < b.len() {
+            let (tag, wire) = key(b, &mut i)?;
             match (tag, wire) {
-                (2, VARINT) => out.timestamp_us = varint(h, &mut i)? as i64,
-                (3, LEN) => out.tenant = std::str::from_utf8(delimited(h, &mut i)?).ok()?,
-                (4, LEN) => out.thread = std::str::from_utf8(delimited(h, &mut i)?).ok()?,
-                (5, VARINT) => out.sequence = varint(h, &mut i)?,
-                (9, VARINT) => out.schema_version = varint(h, &mut i)? as u32,
-                _ => skip(h, &mut i, tag, wire, RECURSION_LIMIT)?,
+                (2, VARINT) => out.timestamp_us = varint(b, &mut i)? as i64,
+                (3, LEN) => out.tenant = text(b, &mut i)?,
+                (4, LEN) => out.thread = text(b, &mut i)?,
+                (5, VARINT) => out.sequence = varint(b, &mut i)?,
+                (9, VARINT) => out.schema_version = varint(b, &mut i)? as u32,
+                _ => match MESSAGES[h].iter().find(|(n, _)| *n == tag) {
+                    Some((_, kind)) => field(b, &mut i, wire, *kind, depth)?,
+                    None => skip(b, &mut i, tag, wire, depth)?,
+                },
             }
         }
     }

@@ -33,6 +33,7 @@ fn decoded(body: &[u8]) -> Option<Summary> {
 /// `light` never vouches for what the decoder refuses, and reads what it reads.
 fn agrees(body: &[u8]) -> Result<(), TestCaseError> {
     if let Some(l) = light(body) {
+        prop_assert!(valid(body, ROOT, RECURSION_LIMIT));
         let full = decoded(body);
         prop_assert!(
             full.is_some(),
