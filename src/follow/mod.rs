@@ -122,10 +122,10 @@ pub(crate) fn frame_of_envelope(limits: &DecodeLimits, bytes: &[u8]) -> Option<F
 
 /// A frame from a record value, if it decodes.
 fn frame_of(limits: &DecodeLimits, cursor: Cursor, ts: Option<i64>, value: &[u8]) -> Option<Frame> {
-    let d = decode::unframe(Some(value), limits)
-        .and_then(|u| u.decode(limits))
+    let summary = decode::unframe(Some(value), limits)
+        .and_then(|u| Summary::read(&u, limits))
         .ok()?;
-    Some(Frame::new(cursor, ts, value, Summary::of(&d), None))
+    Some(Frame::new(cursor, ts, value, summary, None))
 }
 
 impl<T: Tiers> Follower<T> {

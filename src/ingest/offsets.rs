@@ -6,7 +6,7 @@
 //! else last processed + 1. Storing only that point keeps at-least-once
 //! delivery: a restart re-reads everything not yet handed to clients.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 #[derive(Debug, Default)]
 struct PartitionBook {
@@ -18,7 +18,8 @@ struct PartitionBook {
 
 #[derive(Debug, Default)]
 pub(crate) struct OffsetBook {
-    partitions: HashMap<i32, PartitionBook>,
+    /// A few partitions per instance: ordered, no hashing per record.
+    partitions: BTreeMap<i32, PartitionBook>,
 }
 
 /// Progress of one partition, for lag computation.

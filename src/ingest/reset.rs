@@ -12,7 +12,7 @@
 //! restarted at the first offset of the new history, which they catch up
 //! from Kafka). Detected while the new history is shorter than the old one.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
 struct Suspect {
@@ -28,14 +28,18 @@ struct Suspect {
 #[derive(Default)]
 pub(crate) struct ResetWatch {
     /// Highest offset seen per partition (kept across rebalances).
-    highest: HashMap<i32, i64>,
-    suspects: HashMap<i32, Suspect>,
+    highest: BTreeMap<i32, i64>,
+    suspects: BTreeMap<i32, Suspect>,
 }
 
 impl ResetWatch {
     /// A record at `offset` of `partition` was read at `now`.
     pub(crate) fn observe(&mut self, partition: i32, offset: i64, now: Instant) {
-        if let Some(s) = self.suspects.get_mut(&partition) {
+        // Usually empty: no lookup then.
+        if let Some(s) = (!self.suspects.is_empty())
+            .then(|| self.suspects.get_mut(&partition))
+            .flatten()
+        {
             s.first = s.first.min(offset);
             s.last = s.last.max(offset);
             if offset > s.head {

@@ -51,6 +51,19 @@ impl Summary {
         }
     }
 
+    /// The summary of an unframed record: read on the wire when the wire
+    /// check vouches for it, else decoded in full (which also says why a
+    /// record does not decode).
+    pub(crate) fn read(
+        u: &crate::record::decode::Unframed<'_>,
+        limits: &crate::record::decode::DecodeLimits,
+    ) -> Result<Self, crate::record::decode::DecodeError> {
+        match crate::record::wire::light(u.body()) {
+            Some(l) => Ok(Self::of_light(&l)),
+            None => u.decode(limits).map(|d| Self::of(&d)),
+        }
+    }
+
     /// The summary [`Summary::of`] gives, from a record read on the wire
     /// (never a batch: `wire::light` leaves those to the full decode).
     pub(crate) fn of_light(l: &crate::record::wire::Light<'_>) -> Self {

@@ -333,12 +333,12 @@ impl<'a, T: Tiers, O: ReplayOut> Run<'a, T, O> {
         }
         self.decoded += 1;
         self.decodes.increment(1);
-        let d = unframed.decode(&self.rc.limits)?;
+        let summary = Summary::read(&unframed, &self.rc.limits)?;
         Ok(Some(Frame::new(
             cursor,
             kafka_timestamp_ms,
             value,
-            Summary::of(&d),
+            summary,
             None,
         )))
     }
