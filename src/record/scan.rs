@@ -3,6 +3,10 @@
 //! (the kind and the ids) from the headers, without allocating.
 
 use crate::record::decode::MessageKind;
+use crate::record::wire::{
+    varint, END_GROUP as WIRE_END_GROUP, I32 as WIRE_I32, I64 as WIRE_I64, LEN as WIRE_LEN,
+    START_GROUP as WIRE_START_GROUP, VARINT as WIRE_VARINT,
+};
 
 /// `DashStreamMessage.event_batch`.
 const FIELD_EVENT_BATCH: u64 = 8;
@@ -13,26 +17,6 @@ const FIELD_HEADER: u64 = 1;
 /// `Header.tenant_id` and `Header.thread_id`.
 const FIELD_TENANT: u64 = 3;
 const FIELD_THREAD: u64 = 4;
-const WIRE_VARINT: u64 = 0;
-const WIRE_I64: u64 = 1;
-const WIRE_LEN: u64 = 2;
-const WIRE_START_GROUP: u64 = 3;
-const WIRE_END_GROUP: u64 = 4;
-const WIRE_I32: u64 = 5;
-
-fn varint(b: &[u8], i: &mut usize) -> Option<u64> {
-    let mut v = 0u64;
-    for shift in (0..64).step_by(7) {
-        let byte = *b.get(*i)?;
-        *i += 1;
-        v |= u64::from(byte & 0x7f) << shift;
-        if byte & 0x80 == 0 {
-            return Some(v);
-        }
-    }
-    None
-}
-
 /// One field of one message level.
 enum Field<'a> {
     /// Length-delimited: its number and bytes.

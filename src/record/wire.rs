@@ -39,15 +39,16 @@ include!(concat!(env!("OUT_DIR"), "/wire_schema.rs"));
 /// The decoder's nesting limit (prost's `RECURSION_LIMIT`).
 const RECURSION_LIMIT: u32 = 100;
 
-const VARINT: u64 = 0;
-const I64: u64 = 1;
-const LEN: u64 = 2;
-const START_GROUP: u64 = 3;
-const END_GROUP: u64 = 4;
-const I32: u64 = 5;
+/// Wire types (also read by `record::scan`).
+pub(crate) const VARINT: u64 = 0;
+pub(crate) const I64: u64 = 1;
+pub(crate) const LEN: u64 = 2;
+pub(crate) const START_GROUP: u64 = 3;
+pub(crate) const END_GROUP: u64 = 4;
+pub(crate) const I32: u64 = 5;
 
 /// A varint as the decoder reads it: at most ten bytes, the tenth at most 1.
-fn varint(b: &[u8], i: &mut usize) -> Option<u64> {
+pub(crate) fn varint(b: &[u8], i: &mut usize) -> Option<u64> {
     let mut v = 0u64;
     for n in 0..10 {
         let byte = *b.get(*i)?;

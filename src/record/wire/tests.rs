@@ -117,24 +117,12 @@ fn deep_nesting_stops_where_the_decoder_stops() {
             // `inner` inside `depth` arrays.
             let mut v: Vec<u8> = inner.to_vec();
             for _ in 0..depth {
-                let mut arr = vec![0x0a];
-                arr.extend(varint_bytes(v.len() as u64));
-                arr.extend_from_slice(&v);
-                let mut val = vec![0x32];
-                val.extend(varint_bytes(arr.len() as u64));
-                val.extend_from_slice(&arr);
-                v = val;
+                // AttributeValue { array_value: AttributeArray { values: [v] } }
+                v = field(0x32, &field(0x0a, &v));
             }
             // Event.attributes(4): entry { key(1) = "k", value(2) = v }
-            let mut entry = vec![0x0a, 0x01, b'k', 0x12];
-            entry.extend(varint_bytes(v.len() as u64));
-            entry.extend_from_slice(&v);
-            let mut ev = vec![0x22];
-            ev.extend(varint_bytes(entry.len() as u64));
-            ev.extend_from_slice(&entry);
-            let mut body = vec![0x0a];
-            body.extend(varint_bytes(ev.len() as u64));
-            body.extend_from_slice(&ev);
+            let entry = [&[0x0a, 0x01, b'k'][..], &field(0x12, &v)].concat();
+            let body = field(0x0a, &field(0x22, &entry));
             agrees(&body).unwrap();
             verdicts.push(valid(&body, ROOT, RECURSION_LIMIT));
         }
@@ -145,6 +133,11 @@ fn deep_nesting_stops_where_the_decoder_stops() {
         Some(&false),
         "the limit is reached: {verdicts:?}"
     );
+}
+
+/// A length-delimited field: its key byte, the length, the bytes.
+fn field(key: u8, bytes: &[u8]) -> Vec<u8> {
+    [&[key][..], &varint_bytes(bytes.len() as u64), bytes].concat()
 }
 
 fn varint_bytes(mut v: u64) -> Vec<u8> {
