@@ -394,7 +394,7 @@ pub(crate) async fn run(r: Runner) -> Instant {
                 break;
             }
             pending_checked = false;
-            let r = pending.pop_front().expect("front exists");
+            let Some(r) = pending.pop_front() else { break };
             match r {
                 Ok(msg) => {
                     since_yield += 1;

@@ -448,3 +448,17 @@ pub fn good(thread: &str, seq: u64) -> (Option<String>, Vec<u8>) {
         kafka_ws_bridge::encode_record(&event(thread, seq, 1), None),
     )
 }
+
+/// (thread, sequence) of the data frames among `frames`, in order.
+pub fn sequences(frames: &[Frame]) -> Vec<(String, u64)> {
+    frames
+        .iter()
+        .filter_map(|f| match f {
+            Frame::Data { json, .. } => Some((
+                json["thread_id"].as_str()?.to_string(),
+                json["sequence"].as_u64()?,
+            )),
+            _ => None,
+        })
+        .collect()
+}

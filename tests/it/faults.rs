@@ -214,16 +214,7 @@ async fn halt_policy_holds_a_thread_and_the_admin_call_releases_it_with_nothing_
     ];
     produce(&p, &topic, &recs).await;
     let (frames, control) = collect(&mut ws, 5, Duration::from_secs(10)).await;
-    let got: Vec<(String, u64)> = frames
-        .iter()
-        .filter_map(|f| match f {
-            Frame::Data { json, .. } => Some((
-                json["thread_id"].as_str()?.to_string(),
-                json["sequence"].as_u64()?,
-            )),
-            _ => None,
-        })
-        .collect();
+    let got = sequences(&frames);
     assert_eq!(
         got,
         vec![
@@ -352,20 +343,6 @@ async fn halted_records_survive_a_restart_because_their_offsets_are_not_committe
         h["records_processed"], 3,
         "restart re-read exactly the held records: {h}"
     );
-}
-
-/// Sequence numbers of the data frames among `frames`.
-fn sequences(frames: &[Frame]) -> Vec<(String, u64)> {
-    frames
-        .iter()
-        .filter_map(|f| match f {
-            Frame::Data { json, .. } => Some((
-                json["thread_id"].as_str()?.to_string(),
-                json["sequence"].as_u64()?,
-            )),
-            _ => None,
-        })
-        .collect()
 }
 
 /// The late-records contract (docs/PROTOCOL.md, Late records): a held record

@@ -363,16 +363,7 @@ async fn a_client_resumes_on_another_instance_and_survives_a_kill_9_of_an_owner(
 /// Data frames' (thread, sequence) and control frame types, until `idle`.
 async fn drain(ws: &mut Ws, idle: Duration) -> (Vec<(String, u64)>, Vec<String>) {
     let (frames, control) = collect(ws, usize::MAX, idle).await;
-    let data = frames
-        .iter()
-        .filter_map(|f| match f {
-            Frame::Data { json, .. } => Some((
-                json["thread_id"].as_str()?.to_string(),
-                json["sequence"].as_u64()?,
-            )),
-            _ => None,
-        })
-        .collect();
+    let data = sequences(&frames);
     let kinds = control
         .iter()
         .filter_map(|c| c["type"].as_str().map(str::to_string))

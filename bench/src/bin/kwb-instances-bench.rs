@@ -17,7 +17,7 @@
 //! and needs `redis-cli` for the command counts.
 
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -53,16 +53,10 @@ struct Args {
 
 const PARTITIONS: i32 = 3;
 
+/// A bridge process (killed when dropped) and its port.
 struct Bridge {
-    child: Child,
+    child: kwb_testkit::process::Logged,
     port: u16,
-}
-
-impl Drop for Bridge {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 async fn get(port: u16, path: &str) -> String {
@@ -79,9 +73,7 @@ async fn metric(port: u16, name: &str) -> f64 {
 fn start(a: &Args, topic: &str, group: &str) -> Result<Bridge> {
     let bin = std::env::current_exe()?.with_file_name("kafka-ws-bridge");
     let port = kwb_testkit::net::free_port()?;
-    let log = std::fs::File::create(
-        std::env::temp_dir().join(format!("kwb-instances-bench-{port}.log")),
-    )?;
+    let log = std::env::temp_dir().join(format!("kwb-instances-bench-{port}.log"));
     let mut cmd = Command::new(bin);
     cmd.arg("serve")
         .env("KAFKA_BROKERS", &a.brokers)
@@ -90,12 +82,9 @@ fn start(a: &Args, topic: &str, group: &str) -> Result<Bridge> {
         .env("WEBSOCKET_HOST", "127.0.0.1")
         .env("WEBSOCKET_PORT", port.to_string())
         .env("REDIS_URL", &a.redis)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::from(log.try_clone()?))
-        .stderr(Stdio::from(log));
+        .env("RUST_LOG", "warn");
     Ok(Bridge {
-        child: cmd
-            .spawn()
+        child: kwb_testkit::process::Logged::spawn(&mut cmd, &log)
             .context("start kafka-ws-bridge (build it with --release)")?,
         port,
     })
@@ -249,7 +238,7 @@ async fn run(a: &Args, n: usize) -> Result<serde_json::Value> {
                 metric(b.port, "websocket_kafka_received_bytes").await,
                 metric(b.port, "websocket_kafka_messages_total").await,
                 metric(b.port, "websocket_followed_records_total").await,
-                cpu_secs(b.child.id()),
+                cpu_secs(b.child.pid()),
             ));
         }
         v
@@ -290,7 +279,7 @@ async fn run(a: &Args, n: usize) -> Result<serde_json::Value> {
             "kafka_received_bytes": metric(b.port, "websocket_kafka_received_bytes").await - rx0,
             "records_consumed": metric(b.port, "websocket_kafka_messages_total").await - con0,
             "records_followed": metric(b.port, "websocket_followed_records_total").await - fol0,
-            "cpu_secs": cpu_secs(b.child.id()) - cpu0,
+            "cpu_secs": cpu_secs(b.child.pid()) - cpu0,
         }));
     }
     let (writes, reads) = split(&calls);

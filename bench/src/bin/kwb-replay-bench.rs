@@ -10,7 +10,7 @@
 //!
 //! It starts the release `kafka-ws-bridge` itself (path: next to this binary).
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -63,16 +63,10 @@ const STORM_DEADLINE_SECS: u64 = 120;
 
 use kwb_testkit::ws::Ws;
 
+/// A bridge process (killed when dropped) and its port.
 struct Bridge {
-    child: Child,
+    child: kwb_testkit::process::Logged,
     port: u16,
-}
-
-impl Drop for Bridge {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn free_port() -> Result<u16> {
@@ -92,8 +86,7 @@ async fn metric(port: u16, name: &str) -> f64 {
 fn start_bridge(a: &Args, topic: &str, extra: &[(&str, &str)]) -> Result<Bridge> {
     let bin = std::env::current_exe()?.with_file_name("kafka-ws-bridge");
     let port = free_port()?;
-    let log =
-        std::fs::File::create(std::env::temp_dir().join(format!("kwb-replay-bench-{port}.log")))?;
+    let log = std::env::temp_dir().join(format!("kwb-replay-bench-{port}.log"));
     let mut cmd = Command::new(bin);
     cmd.arg("serve")
         .env("KAFKA_BROKERS", &a.brokers)
@@ -103,15 +96,12 @@ fn start_bridge(a: &Args, topic: &str, extra: &[(&str, &str)]) -> Result<Bridge>
         .env("WEBSOCKET_HOST", "127.0.0.1")
         .env("WEBSOCKET_PORT", port.to_string())
         .env("REDIS_URL", &a.redis)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::from(log.try_clone()?))
-        .stderr(Stdio::from(log));
+        .env("RUST_LOG", "warn");
     for (k, v) in extra {
         cmd.env(k, v);
     }
     Ok(Bridge {
-        child: cmd
-            .spawn()
+        child: kwb_testkit::process::Logged::spawn(&mut cmd, &log)
             .context("start kafka-ws-bridge (build it with --release)")?,
         port,
     })
@@ -222,7 +212,7 @@ fn produce_at(
 /// One client replays everything (`resume=earliest`, binary): time, rate,
 /// the bridge's RSS before and at peak, and where the records came from.
 async fn replay_once(bridge: &Bridge) -> Result<serde_json::Value> {
-    let (pid, port) = (bridge.child.id(), bridge.port);
+    let (pid, port) = (bridge.child.pid(), bridge.port);
     let rss_before = rss_kb(pid);
     let mut ws = connect(port, "?resume=earliest").await?;
     let t0 = Instant::now();
@@ -442,7 +432,7 @@ async fn main() -> Result<()> {
             }
             let sent = prod.join().unwrap_or(0);
             let per_reader = all.len() as f64 / a.readers as f64;
-            let rss = rss_kb(bridge.child.id());
+            let rss = rss_kb(bridge.child.pid());
             let dropped =
                 metric(bridge.port, "websocket_dropped_messages_total").await - dropped_before;
             let mut v = serde_json::json!({
