@@ -5,6 +5,8 @@
 //! (bounded by `MAX_ID_BYTES` and the batch limit), whatever it decodes to.
 
 use crate::proto::dash_stream_message::Message;
+use compact_str::CompactString;
+
 use crate::record::decode::{Decoded, MessageKind};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -13,9 +15,9 @@ pub(crate) struct Summary {
     /// `Event.event_type` of an `event` record, else 0.
     pub(crate) event_type: i32,
     /// The record's thread: its header's, else the first batch event's.
-    pub(crate) thread: Box<str>,
+    pub(crate) thread: CompactString,
     /// The record's tenant, found the same way.
-    pub(crate) tenant: Box<str>,
+    pub(crate) tenant: CompactString,
     /// Every other thread a batch's events carry, sorted, without duplicates.
     pub(crate) other_threads: Box<[Box<str>]>,
     pub(crate) timestamp_us: Option<i64>,
@@ -26,7 +28,7 @@ pub(crate) struct Summary {
 
 impl Summary {
     pub(crate) fn of(d: &Decoded) -> Self {
-        let thread: Box<str> = d.thread_id().into();
+        let thread = CompactString::from(d.thread_id());
         let mut others: Vec<&str> = d
             .batch_events()
             .iter()
@@ -86,10 +88,17 @@ impl Summary {
             .chain(self.other_threads.iter().map(|t| &**t))
     }
 
-    /// Heap bytes this summary holds.
+    /// Heap bytes this summary holds (an id of up to 24 bytes is inline).
     pub(crate) fn heap_bytes(&self) -> usize {
-        self.thread.len()
-            + self.tenant.len()
+        let heap = |t: &CompactString| {
+            if t.is_heap_allocated() {
+                t.capacity()
+            } else {
+                0
+            }
+        };
+        heap(&self.thread)
+            + heap(&self.tenant)
             + self.other_threads.len() * std::mem::size_of::<Box<str>>()
             + self.other_threads.iter().map(|t| t.len()).sum::<usize>()
     }
@@ -133,6 +142,35 @@ mod tests {
         assert_eq!(&*s.tenant, "x");
         assert_eq!(s.threads().collect::<Vec<_>>(), ["b", "a", "c"]);
         assert_eq!(s.kind, MessageKind::EventBatch);
-        assert_eq!(s.heap_bytes(), 2 + 2 * (16 + 1));
+        // Ids this short are held inline; the other threads' list is on the heap.
+        assert_eq!(s.heap_bytes(), 2 * (16 + 1));
+    }
+
+    #[test]
+    fn a_long_id_counts_on_the_heap() {
+        let long = "t".repeat(40);
+        let m = DashStreamMessage {
+            message: Some(Message::Event(ev(&long, "x"))),
+        };
+        let d = decode(Some(&encode_record(&m, None)), &DecodeLimits::default()).unwrap();
+        let s = Summary::of(&d);
+        assert_eq!(&*s.thread, long);
+        assert!(s.heap_bytes() >= 40, "{}", s.heap_bytes());
+        assert_eq!(
+            Summary::of(
+                &decode(
+                    Some(&encode_record(
+                        &DashStreamMessage {
+                            message: Some(Message::Event(ev("short", "x")))
+                        },
+                        None
+                    )),
+                    &DecodeLimits::default()
+                )
+                .unwrap()
+            )
+            .heap_bytes(),
+            0
+        );
     }
 }

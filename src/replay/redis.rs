@@ -61,7 +61,7 @@ struct Write {
     offset: i64,
     /// Empty for a tombstone.
     value: bytes::Bytes,
-    thread: Option<(Box<str>, u64)>,
+    thread: Option<(compact_str::CompactString, u64)>,
     /// Not a record: the partition's offsets restarted; drop its index.
     reset: bool,
 }
