@@ -17,6 +17,7 @@ use crate::ingest::ratelimit::TenantRateLimiter;
 use crate::ingest::sequence::{GapPolicy, SequenceValidator, ValidatorConfig, Verdict};
 use crate::ingest::status::IngestStatus;
 use crate::record::decode::{self, DecodeLimits, Framing, OriginalInfo, Rejected};
+use crate::record::envelope::Envelopes;
 use crate::record::frame::{control, Cursor, Frame};
 use crate::record::summary::Summary;
 use crate::record::wire;
@@ -73,6 +74,8 @@ pub(crate) struct Pipeline {
     validator: SequenceValidator,
     halts: Halts,
     offsets: OffsetBook,
+    /// Where the envelopes of delivered frames are written, per partition.
+    envelopes: Envelopes,
     hub: Arc<Hub>,
     status: Arc<IngestStatus>,
     m: PipelineMetrics,
@@ -95,6 +98,7 @@ impl Pipeline {
             halts: Halts::new(cfg.halt),
             cfg,
             offsets: OffsetBook::default(),
+            envelopes: Envelopes::default(),
             hub,
             status,
             m: PipelineMetrics::new(),
@@ -311,13 +315,13 @@ impl Pipeline {
                 summary: Box::new(summary),
             };
         }
-        let frame = Arc::new(Frame::new(
-            cursor,
-            rec.timestamp_ms,
-            value,
-            summary,
-            trace_id,
-        ));
+        // A held frame may stay long: it gets its own allocation.
+        let frame = Arc::new(match halted {
+            None => self
+                .envelopes
+                .frame(cursor, rec.timestamp_ms, value, summary, trace_id),
+            Some(_) => Frame::new(cursor, rec.timestamp_ms, value, summary, trace_id),
+        });
         if let Some(thread) = halted {
             self.skip(frame.cursor.partition, frame.cursor.offset);
             // Every halted thread it touches withholds it (a release of one
@@ -566,6 +570,7 @@ impl Pipeline {
         self.heads_sent.remove(&partition);
         self.halts.forget_partition(partition);
         self.offsets.reset(partition);
+        self.envelopes.forget(partition);
         self.publish_halts();
     }
 }

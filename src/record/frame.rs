@@ -75,6 +75,28 @@ impl Frame {
         trace_id: Option<Box<str>>,
     ) -> Self {
         let mut buf = BytesMut::with_capacity(ENVELOPE_HEADER_LEN + value.len());
+        Self::written_into(
+            &mut buf,
+            cursor,
+            kafka_timestamp_ms,
+            value,
+            summary,
+            trace_id,
+        )
+    }
+
+    /// Like [`Frame::new`], the envelope written at the end of `buf` (empty:
+    /// every earlier envelope taken) and taken from it: frames built from
+    /// one buffer share its allocation, freed with the last of them.
+    pub(crate) fn written_into(
+        buf: &mut BytesMut,
+        cursor: Cursor,
+        kafka_timestamp_ms: Option<i64>,
+        value: &[u8],
+        summary: Summary,
+        trace_id: Option<Box<str>>,
+    ) -> Self {
+        debug_assert!(buf.is_empty());
         buf.put_u8(ENVELOPE_VERSION);
         buf.put_i32(cursor.partition);
         buf.put_i64(cursor.offset);
@@ -85,7 +107,7 @@ impl Frame {
             kafka_timestamp_ms,
             summary,
             trace_id,
-            binary: buf.freeze(),
+            binary: buf.split().freeze(),
             json: OnceLock::new(),
             meter: OnceLock::new(),
             held: AtomicU8::new(OUTSIDE),

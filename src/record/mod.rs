@@ -3,6 +3,7 @@
 //! ingest (hub, replay tiers, sessions), with the control frames clients get.
 
 pub(crate) mod decode;
+pub(crate) mod envelope;
 pub(crate) mod frame;
 pub(crate) mod scan;
 pub(crate) mod summary;
