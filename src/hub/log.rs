@@ -426,6 +426,20 @@ impl Log {
         }
     }
 
+    /// `(first, origin)` of `partition` when it is at its limit (its next
+    /// append evicts), as [`Log::for_each_full`] tells of each.
+    pub(crate) fn full_at(&self, partition: i32) -> Option<(i64, i64)> {
+        if !self.any_full.load(Ordering::Relaxed) {
+            return None;
+        }
+        let parts = self.partitions.read();
+        let r = parts.get(&partition)?.read();
+        match (r.full(&self.limits), r.entries.front()) {
+            (true, Some(e)) => Some((e.offset, r.origin.unwrap_or(e.offset))),
+            _ => None,
+        }
+    }
+
     #[cfg(test)]
     /// (slots, bytes) of one partition.
     pub(crate) fn partition_stats(&self, partition: i32) -> (usize, usize) {

@@ -16,7 +16,7 @@
 //! when one is, a scan of the readers at most once per slot that the
 //! slowest reader still needs (the answer is cached until then).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -89,7 +89,7 @@ pub(crate) struct Readers {
     ingest_waiting: AtomicBool,
     room: Notify,
     /// Per partition, offsets below this may be evicted without a rescan.
-    free_below: Mutex<HashMap<i32, i64>>,
+    free_below: Mutex<BTreeMap<i32, i64>>,
     /// The sessions the last `must_wait` found ingest waiting for.
     holding: Mutex<Vec<Arc<ReaderShared>>>,
     /// Sessions waiting at the head for more.
@@ -151,7 +151,7 @@ impl Readers {
             hold_ms: hold.as_millis() as i64,
             ingest_waiting: AtomicBool::new(false),
             room: Notify::new(),
-            free_below: Mutex::new(HashMap::new()),
+            free_below: Mutex::new(BTreeMap::new()),
             holding: Mutex::new(Vec::new()),
             idle: AtomicUsize::new(0),
         })
@@ -198,6 +198,31 @@ impl Readers {
                 rescan.push((p, first, origin));
             }
         });
+        self.rescan(&mut free, &rescan, now_ms)
+    }
+
+    /// [`Readers::must_wait`] for the next append to `partition` alone: what
+    /// ingest asks before each record (it knows the record's partition).
+    pub(crate) fn must_wait_at(&self, log: &Log, partition: i32, now_ms: i64) -> bool {
+        let Some((first, origin)) = log.full_at(partition) else {
+            return false;
+        };
+        let mut free = self.free_below.lock();
+        if free.get(&partition).is_some_and(|f| first < *f) {
+            return false;
+        }
+        self.rescan(&mut free, &[(partition, first, origin)], now_ms)
+    }
+
+    /// Finds, for each full partition `(p, first, origin)`, the lowest
+    /// cursor of a reader still reading, and caches it in `free`: true when
+    /// one of them is at `first` (the slot the next append would evict).
+    fn rescan(
+        &self,
+        free: &mut BTreeMap<i32, i64>,
+        rescan: &[(i32, i64, i64)],
+        now_ms: i64,
+    ) -> bool {
         if rescan.is_empty() {
             return false;
         }
@@ -205,7 +230,7 @@ impl Readers {
         let list = self.list.lock();
         let mut holding = self.holding.lock();
         holding.clear();
-        for (p, first, origin) in rescan {
+        for &(p, first, origin) in rescan {
             // The lowest cursor still inside the log, among readers still reading.
             let mut lowest = i64::MAX;
             for r in list.values() {
@@ -272,6 +297,50 @@ impl Readers {
 mod tests {
     use super::*;
     use crate::hub::log::{RingLimits, Slot};
+
+    #[test]
+    fn a_record_waits_only_when_its_own_partition_would_evict_unread() {
+        let log = Log::new(RingLimits {
+            max_per_partition: 2,
+            max_bytes_per_partition: usize::MAX,
+        });
+        let readers = Readers::new(Duration::from_millis(1000), Duration::from_millis(1000));
+        for p in 0..2 {
+            for o in 0..2 {
+                log.append(p, o, Slot::Tombstone, 0);
+            }
+        }
+        // Behind on partition 0, done with partition 1.
+        let r = readers.register(&[(0, 0), (1, 2)].into(), 10_000);
+        assert!(readers.must_wait(&log, 10_000), "some partition is blocked");
+        assert!(
+            readers.must_wait_at(&log, 0, 10_000),
+            "partition 0's first is unread"
+        );
+        assert!(
+            !readers.must_wait_at(&log, 1, 10_000),
+            "partition 1 was read"
+        );
+        assert!(
+            !readers.must_wait_at(&log, 2, 10_000),
+            "a partition the log lacks"
+        );
+        // The answer cached for partition 1 holds as it evicts what was read.
+        log.append(1, 2, Slot::Tombstone, 0);
+        assert!(!readers.must_wait_at(&log, 1, 10_000));
+        log.append(1, 3, Slot::Tombstone, 0);
+        assert!(
+            readers.must_wait_at(&log, 1, 10_000),
+            "partition 1's first (2) is the reader's next"
+        );
+        r.progressed(&[(0, 1), (1, 4)].into(), 10_100);
+        assert!(!readers.must_wait_at(&log, 0, 10_100), "offset 0 was read");
+        assert!(!readers.must_wait_at(&log, 1, 10_100));
+        assert!(
+            !readers.must_wait_at(&log, 0, 11_101),
+            "a reader without progress for the stall time is not waited for"
+        );
+    }
 
     #[test]
     fn ingest_waits_only_for_a_reader_that_is_reading_and_about_to_fall_out() {

@@ -282,7 +282,14 @@ pub(crate) async fn run(r: Runner) -> Instant {
         }
         // Kafka is the buffer: rather than evict a slot a session that is
         // still reading has not read, wait for it (consumer lag shows it).
-        let wait = hub.readers.must_wait(&hub.log, clock.unix_ms);
+        // With records taken, only the next one's partition matters.
+        let wait = match pending.front() {
+            Some(Ok(m)) => hub
+                .readers
+                .must_wait_at(&hub.log, m.partition(), clock.unix_ms),
+            Some(Err(_)) => false,
+            None => hub.readers.must_wait(&hub.log, clock.unix_ms),
+        };
         // At the live edge (the last record is recent), waiting delays the
         // sessions that keep up; reading a backlog, it does not.
         let live = last_record_ms
@@ -390,7 +397,15 @@ pub(crate) async fn run(r: Runner) -> Instant {
             if fc_pending >= dlq.max_in_flight() {
                 break;
             }
-            if !pending_checked && hub.readers.must_wait(&hub.log, clock.unix_ms) {
+            // Only the partition the record goes to can make it wait.
+            let next_partition = match pending.front() {
+                Some(Ok(m)) => Some(m.partition()),
+                _ => None,
+            };
+            if !pending_checked
+                && next_partition
+                    .is_some_and(|p| hub.readers.must_wait_at(&hub.log, p, clock.unix_ms))
+            {
                 break;
             }
             pending_checked = false;
