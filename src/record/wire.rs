@@ -49,6 +49,12 @@ pub(crate) const I32: u64 = 5;
 
 /// A varint as the decoder reads it: at most ten bytes, the tenth at most 1.
 pub(crate) fn varint(b: &[u8], i: &mut usize) -> Option<u64> {
+    // Most varints (every key, small numbers) are one byte.
+    let first = *b.get(*i)?;
+    if first < 0x80 {
+        *i += 1;
+        return Some(u64::from(first));
+    }
     let mut v = 0u64;
     for n in 0..10 {
         let byte = *b.get(*i)?;
@@ -64,6 +70,11 @@ pub(crate) fn varint(b: &[u8], i: &mut usize) -> Option<u64> {
 /// A UTF-8 string field.
 fn text<'a>(b: &'a [u8], i: &mut usize) -> Option<&'a str> {
     std::str::from_utf8(delimited(b, i)?).ok()
+}
+
+/// Whether `b` is UTF-8; ASCII (most ids and names) is told a word at a time.
+fn utf8(b: &[u8]) -> bool {
+    b.is_ascii() || std::str::from_utf8(b).is_ok()
 }
 
 /// A field key: (field number, wire type).
@@ -123,7 +134,7 @@ fn field(b: &[u8], i: &mut usize, wire: u64, kind: Kind, depth: u32) -> Option<(
         }
         (Kind::PackedI32, LEN) => (delimited(b, i)?.len() % 4 == 0).then_some(()),
         (Kind::PackedI64, LEN) => (delimited(b, i)?.len() % 8 == 0).then_some(()),
-        (Kind::Str, LEN) => std::str::from_utf8(delimited(b, i)?).ok().map(drop),
+        (Kind::Str, LEN) => utf8(delimited(b, i)?).then_some(()),
         (Kind::Bytes, LEN) => delimited(b, i).map(drop),
         (Kind::Msg(m), LEN) if depth > 0 => valid(delimited(b, i)?, m, depth - 1).then_some(()),
         _ => None,
