@@ -18,4 +18,14 @@ pub(crate) trait ReplayOut: Send {
     fn control(&mut self, text: String) -> impl Future<Output = Result<(), Gone>> + Send;
     /// Writes out what was buffered.
     fn flush(&mut self) -> impl Future<Output = Result<(), Gone>> + Send;
+    /// Buffers one data frame if that takes no wait: `false` when the
+    /// client's socket is full (nothing written; the caller lets go of what
+    /// it holds, then waits in [`ReplayOut::ready`]).
+    fn try_frame(&mut self, f: &Frame) -> impl Future<Output = Result<bool, Gone>> + Send {
+        async move { self.frame(f).await.map(|()| true) }
+    }
+    /// Waits (bounded like every write) until a frame can be buffered.
+    fn ready(&mut self) -> impl Future<Output = Result<(), Gone>> + Send {
+        async { Ok(()) }
+    }
 }

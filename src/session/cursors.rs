@@ -139,6 +139,7 @@ impl Cursors {
         let mut samples: Vec<i64> = Vec::new();
         let shedding = hub.shedding();
         let mut shed: Vec<(i32, i64, i64)> = Vec::new();
+        let mut blocked = false;
         for i in 0..self.parts.len() {
             if remaining == 0 {
                 pass.more = true;
@@ -207,7 +208,15 @@ impl Cursors {
                             m.shed.increment(1);
                             continue;
                         }
-                        out.frame(f).await?;
+                        if !out.try_frame(f).await? {
+                            // The client's socket is full: this frame is read
+                            // again next pass, and the page is let go before
+                            // the wait (a session that stopped reading holds
+                            // no frames the log has evicted).
+                            n = e.offset;
+                            blocked = true;
+                            break;
+                        }
                         pass.frames += 1;
                         self.sampled += 1;
                         if self.sampled >= DELAY_SAMPLE_EVERY {
@@ -220,6 +229,11 @@ impl Cursors {
                 }
             }
             self.next.insert(p, n);
+            if blocked {
+                out.ready().await?;
+                pass.more = true;
+                break;
+            }
         }
         if !shed.is_empty() {
             let dropped = shed.iter().map(|(_, a, b)| (b - a + 1) as u64).sum();

@@ -126,6 +126,9 @@ struct Client {
     frames: Vec<(i32, i64)>,
     gaps: Vec<(i32, i64, i64)>,
     resets: Vec<(i32, i64)>,
+    /// Data frames its socket takes in the live pass before it is full
+    /// (`None`: it never fills).
+    room: Option<usize>,
 }
 
 impl Client {
@@ -167,6 +170,17 @@ impl ReplayOut for Client {
     async fn flush(&mut self) -> Result<(), Gone> {
         Ok(())
     }
+
+    async fn try_frame(&mut self, f: &Frame) -> Result<bool, Gone> {
+        match &mut self.room {
+            Some(0) => Ok(false),
+            Some(n) => {
+                *n -= 1;
+                self.frame(f).await.map(|()| true)
+            }
+            None => self.frame(f).await.map(|()| true),
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -178,8 +192,13 @@ enum Op {
         deliverable: bool,
         redis: bool,
     },
-    /// A client reads one pass with this budget (small: a slow reader).
-    Read { client: usize, budget: usize },
+    /// A client reads one pass with this budget (small: a slow reader);
+    /// its socket takes `room` data frames before it is full.
+    Read {
+        client: usize,
+        budget: usize,
+        room: Option<usize>,
+    },
     /// The bridge restarts: a new log; every client resumes from its cursor.
     Restart,
 }
@@ -188,7 +207,8 @@ fn op(clients: usize) -> impl Strategy<Value = Op> {
     prop_oneof![
         6 => (0..PARTITIONS, proptest::bool::weighted(0.9), proptest::bool::weighted(0.5))
             .prop_map(|(p, deliverable, redis)| Op::Append { p, deliverable, redis }),
-        4 => (0..clients, 1usize..12).prop_map(|(client, budget)| Op::Read { client, budget }),
+        4 => (0..clients, 1usize..12, proptest::option::weighted(0.3, 0usize..6))
+            .prop_map(|(client, budget, room)| Op::Read { client, budget, room }),
         1 => Just(Op::Restart),
     ]
 }
@@ -280,11 +300,17 @@ fn run_model(m: &Model) -> Result<(), TestCaseError> {
                         rc.hub.skip(*p, o);
                     }
                 }
-                Op::Read { client, budget } => {
+                Op::Read {
+                    client,
+                    budget,
+                    room,
+                } => {
+                    clients[*client].room = *room;
                     cursors[*client]
                         .pass(&rc, &mut clients[*client], &filter, *budget, &metrics)
                         .await
                         .map_err(fail)?;
+                    clients[*client].room = None;
                 }
                 Op::Restart => {
                     drop(std::mem::take(&mut cursors));
@@ -401,6 +427,7 @@ fn a_reader_that_fell_behind_the_log_catches_up_from_kafka_without_a_hole() {
             .chain([Op::Read {
                 client: 0,
                 budget: 100,
+                room: None,
             }])
             .collect(),
         ring: 5,

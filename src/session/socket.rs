@@ -84,6 +84,35 @@ where
         .await
     }
 
+    /// Buffers one message if the socket takes it without a wait: `false`
+    /// (the message dropped, nothing written) when the client's socket is
+    /// full.
+    pub(crate) async fn try_feed(&mut self, msg: Message) -> Result<bool, Gone> {
+        use std::future::Future;
+        use std::task::Poll;
+        let mut write = std::pin::pin!(self.tx.feed(msg));
+        // A feed that is not ready has not taken its message: dropping it loses nothing.
+        std::future::poll_fn(|cx| {
+            Poll::Ready(match write.as_mut().poll(cx) {
+                Poll::Ready(Ok(())) => Ok(true),
+                Poll::Ready(Err(_)) => Err(Gone),
+                Poll::Pending => Ok(false),
+            })
+        })
+        .await
+    }
+
+    /// Waits until the socket takes a message, bounded by the write timeout.
+    pub(crate) async fn ready(&mut self) -> Result<(), Gone> {
+        let tx = &mut self.tx;
+        bounded(
+            self.write_timeout,
+            &self.slow_disconnects,
+            std::future::poll_fn(|cx| std::pin::Pin::new(&mut *tx).poll_ready(cx)),
+        )
+        .await
+    }
+
     /// Writes out what [`Socket::feed`] buffered.
     pub(crate) async fn flush(&mut self) -> Result<(), Gone> {
         bounded(self.write_timeout, &self.slow_disconnects, self.tx.flush()).await
@@ -155,5 +184,14 @@ where
 
     async fn flush(&mut self) -> Result<(), Gone> {
         Socket::flush(self).await
+    }
+
+    async fn try_frame(&mut self, f: &Frame) -> Result<bool, Gone> {
+        let msg = self.message(f);
+        self.try_feed(msg).await
+    }
+
+    async fn ready(&mut self) -> Result<(), Gone> {
+        Socket::ready(self).await
     }
 }
