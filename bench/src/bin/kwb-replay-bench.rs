@@ -6,7 +6,10 @@
 //! 2. resume storm: a live reader's latency (producer timestamp → receive) at a
 //!    fixed rate, without and then with M clients resuming at once;
 //! 3. stalled client: R readers' latency at a fixed rate, without and then
-//!    with one client that never reads.
+//!    with one client that never reads;
+//! 4. silent clients: what K clients that never read cost the bridge while a
+//!    reader gets the same rate: its RSS per client (idle, then blocked on a
+//!    full socket) and the kernel send queue of their sockets (`ss`).
 //!
 //! It starts the release `kafka-ws-bridge` itself (path: next to this binary).
 
@@ -47,12 +50,19 @@ struct Args {
     /// Rate in the stalled-client phase, records/s.
     #[arg(long, default_value_t = 10_000.0)]
     stall_rate: f64,
-    /// Which parts to run: replay, storm, stall (comma-separated).
-    #[arg(long, default_value = "replay,storm,stall", value_delimiter = ',')]
+    /// Which parts to run: replay, storm, stall, silent (comma-separated).
+    #[arg(
+        long,
+        default_value = "replay,storm,stall,silent",
+        value_delimiter = ','
+    )]
     parts: Vec<String>,
     /// Stalled-client rounds: each round runs without and then with the stalled client.
     #[arg(long, default_value_t = 2)]
     stall_rounds: usize,
+    /// Clients that never read, in the silent part.
+    #[arg(long, default_value_t = 100)]
+    silent_clients: usize,
     /// Seconds per measured phase.
     #[arg(long, default_value_t = 8)]
     secs: u64,
@@ -465,6 +475,93 @@ async fn main() -> Result<()> {
             serde_json::json!({"phases": stall_phases, "summary": summary}),
         );
     }
+    if a.parts.iter().any(|p| p == "silent") {
+        let v = silent_clients(&a).await?;
+        eprintln!("silent clients: {v}");
+        report.insert("silent_clients".into(), v);
+    }
     println!("{}", serde_json::Value::Object(report));
     Ok(())
+}
+
+/// Part 4: K clients that never read. A reader and the producer run first
+/// alone (the log fills as it will later), then with the K clients, until
+/// their sockets are full (before `WEBSOCKET_WRITE_TIMEOUT_SECS` ends their
+/// sessions). The bridge's RSS is read after each step.
+async fn silent_clients(a: &Args) -> Result<serde_json::Value> {
+    let topic = format!("silent-bench-{}", std::process::id());
+    create_topic(a, &topic, 3).await?;
+    create_topic(a, &format!("{topic}-dlq"), 1).await?;
+    let bridge = start_bridge(a, &topic, &[])?;
+    wait_ready(bridge.port).await?;
+    let pid = bridge.child.pid();
+    // Short of the 10 s write timeout, so every silent session is still blocked when measured.
+    let secs = a.secs.min(6);
+    let phase = |label: &'static str| {
+        let (brokers, topic, rate, port) =
+            (a.brokers.clone(), topic.clone(), a.stall_rate, bridge.port);
+        async move {
+            let reader = connect(port, "?format=binary&resume=latest").await?;
+            let read = tokio::spawn(read_latencies(reader, secs + 1, true));
+            let sent = produce_at(brokers, topic, rate, secs).join().unwrap_or(0);
+            let received = read.await?.len();
+            anyhow::Ok((label, sent, received))
+        }
+    };
+    let warm = phase("reader alone").await?;
+    let rss_warm = kwb_testkit::process::rss_kb(pid);
+    let mut silent = Vec::with_capacity(a.silent_clients);
+    for _ in 0..a.silent_clients {
+        silent.push(connect(bridge.port, "?format=binary&resume=latest").await?);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_idle = kwb_testkit::process::rss_kb(pid);
+    let blocked = phase("reader + silent clients").await?;
+    let rss_blocked = kwb_testkit::process::rss_kb(pid);
+    let (send_q, sndbuf) = send_queues(bridge.port);
+    let k = a.silent_clients.max(1) as f64;
+    drop(silent);
+    let phases: Vec<_> = [warm, blocked]
+        .iter()
+        .map(|(l, s, r)| serde_json::json!({"phase": l, "sent": s, "reader_received": r}))
+        .collect();
+    Ok(serde_json::json!({
+        "silent_clients": a.silent_clients, "rate": a.stall_rate, "secs": secs,
+        "phases": phases,
+        "bridge_rss_kb": {"reader_alone": rss_warm, "silent_connected": rss_idle, "silent_blocked": rss_blocked},
+        "rss_bytes_per_silent_client_idle": (rss_idle as f64 - rss_warm as f64) * 1024.0 / k,
+        "rss_bytes_per_silent_client_blocked": (rss_blocked as f64 - rss_warm as f64) * 1024.0 / k,
+        "rss_bytes_per_silent_client_growth_while_blocked": (rss_blocked as f64 - rss_idle as f64) * 1024.0 / k,
+        "kernel_send_queue_bytes": send_q, "kernel_send_buffer_bytes_max": sndbuf,
+    }))
+}
+
+/// (Send-Q of every socket, sorted; the largest kernel send buffer) of the
+/// bridge's established connections on `port`, from `ss -tmn`.
+fn send_queues(port: u16) -> (Vec<u64>, u64) {
+    let out = Command::new("ss")
+        .args([
+            "-tmnH",
+            "state",
+            "established",
+            &format!("( sport = :{port} )"),
+        ])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let (mut queues, mut sndbuf) = (Vec::new(), 0u64);
+    for line in out.lines() {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        if let Some(q) = cols.get(1).and_then(|q| q.parse::<u64>().ok()) {
+            queues.push(q);
+        }
+        if let Some(tb) = line
+            .split([',', '(', ')'])
+            .find_map(|f| f.strip_prefix("tb")?.parse::<u64>().ok())
+        {
+            sndbuf = sndbuf.max(tb);
+        }
+    }
+    queues.sort_unstable();
+    (queues, sndbuf)
 }
