@@ -28,7 +28,7 @@ WORK="${KEEP:-$(mktemp -d "${TMPDIR:-/tmp}/kwb-instructions.XXXXXX")}"
 mkdir -p "$WORK"
 [ -n "${KEEP:-}" ] || trap 'rm -rf "$WORK"' EXIT
 
-total() { callgrind_annotate "$1" 2>/dev/null | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1; exit }'; }
+total() { callgrind_annotate "$1" 2>/dev/null | awk '/PROGRAM TOTALS/ && !done { gsub(",", "", $1); print $1; done = 1 }'; }
 
 i=0
 for bin in "$@"; do
