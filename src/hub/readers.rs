@@ -12,8 +12,10 @@
 //! Those fall behind the log and catch up from Redis and Kafka, or are
 //! closed by the slow-client rule.
 //!
-//! The check costs one atomic load while no partition of the log is full;
-//! when one is, a scan of the readers at most once per slot that the
+//! Ingest asks about the partition of the record it is about to append
+//! ([`Readers::must_wait_at`]). The check costs one atomic load while no
+//! partition of the log is full; when one is, a read of that partition's
+//! first slot and a scan of the readers at most once per slot that the
 //! slowest reader still needs (the answer is cached until then).
 
 use std::collections::{BTreeMap, HashMap};

@@ -282,14 +282,7 @@ pub(crate) async fn run(r: Runner) -> Instant {
         }
         // Kafka is the buffer: rather than evict a slot a session that is
         // still reading has not read, wait for it (consumer lag shows it).
-        // With records taken, only the next one's partition matters.
-        let wait = match pending.front() {
-            Some(Ok(m)) => hub
-                .readers
-                .must_wait_at(&hub.log, m.partition(), clock.unix_ms),
-            Some(Err(_)) => false,
-            None => hub.readers.must_wait(&hub.log, clock.unix_ms),
-        };
+        let wait = must_wait(&hub, &pending, clock.unix_ms);
         // At the live edge (the last record is recent), waiting delays the
         // sessions that keep up; reading a backlog, it does not.
         let live = last_record_ms
@@ -397,15 +390,7 @@ pub(crate) async fn run(r: Runner) -> Instant {
             if fc_pending >= dlq.max_in_flight() {
                 break;
             }
-            // Only the partition the record goes to can make it wait.
-            let next_partition = match pending.front() {
-                Some(Ok(m)) => Some(m.partition()),
-                _ => None,
-            };
-            if !pending_checked
-                && next_partition
-                    .is_some_and(|p| hub.readers.must_wait_at(&hub.log, p, clock.unix_ms))
-            {
+            if !pending_checked && must_wait(&hub, &pending, clock.unix_ms) {
                 break;
             }
             pending_checked = false;
@@ -476,6 +461,18 @@ pub(crate) async fn run(r: Runner) -> Instant {
         tracing::warn!("consumer close timed out; exiting anyway");
     }
     stop_started
+}
+
+/// Kafka is the buffer: whether the next record waits for a session still
+/// reading, rather than evict a slot it has not read (consumer lag shows
+/// it). Only the record's own partition matters; with no record taken yet,
+/// any partition does.
+fn must_wait(hub: &Hub, pending: &VecDeque<KafkaResult<BorrowedMessage<'_>>>, now_ms: i64) -> bool {
+    match pending.front() {
+        Some(Ok(m)) => hub.readers.must_wait_at(&hub.log, m.partition(), now_ms),
+        Some(Err(_)) => false,
+        None => hub.readers.must_wait(&hub.log, now_ms),
+    }
 }
 
 /// A moment, read once for a batch of records.
