@@ -180,6 +180,7 @@ pub(crate) async fn run(
         max_incoming_bytes: cfg.http.max_incoming_bytes,
         max_filter_values: cfg.http.max_filter_values,
         group_id: cfg.ingest.group_id.clone(),
+        shared_limits: Arc::default(),
     };
     // Several instances in one consumer group: the partitions others own
     // come from Redis, where their owners write every record they handle.
@@ -204,6 +205,7 @@ pub(crate) async fn run(
         tokio::spawn(follower.run(shutdown.clone()));
         let limits = crate::follow::limits::LimitWatch {
             redis: r.clone(),
+            applied: state.shared_limits.clone(),
             admin_tx: admin_tx.clone(),
         };
         tokio::spawn(limits.run(shutdown.clone()));

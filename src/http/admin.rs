@@ -103,7 +103,8 @@ async fn change_rate_limit(
     }
     // Every instance applies it (and a restart keeps it) through Redis.
     let shared = match &app.health.redis {
-        Some(r) => match crate::follow::limits::publish(r, &tenant, rate).await {
+        Some(r) => match crate::follow::limits::publish(r, &app.shared_limits, &tenant, rate).await
+        {
             Ok(()) => Some(true),
             Err(e) => {
                 tracing::warn!(tenant_id = ?tenant, error = %e, "rate limit change not written to Redis: it applies to this instance only");

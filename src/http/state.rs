@@ -30,6 +30,8 @@ pub(crate) struct AppState {
     pub(crate) max_incoming_bytes: usize,
     pub(crate) max_filter_values: usize,
     pub(crate) group_id: String,
+    /// The shared rate-limit overrides applied here (with Redis).
+    pub(crate) shared_limits: Arc<crate::follow::limits::Applied>,
 }
 
 /// A refusal: the status and a JSON body `{"error": code, "message": …}`.

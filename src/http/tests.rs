@@ -116,6 +116,7 @@ async fn start(flags: &[&str]) -> Harness {
         max_incoming_bytes: cfg.http.max_incoming_bytes,
         max_filter_values: cfg.http.max_filter_values,
         group_id: cfg.ingest.group_id.clone(),
+        shared_limits: Default::default(),
     };
     let app = router(state);
     let stop = shutdown.clone();
