@@ -35,11 +35,7 @@ pub(crate) struct ResetWatch {
 impl ResetWatch {
     /// A record at `offset` of `partition` was read at `now`.
     pub(crate) fn observe(&mut self, partition: i32, offset: i64, now: Instant) {
-        // Usually empty: no lookup then.
-        if let Some(s) = (!self.suspects.is_empty())
-            .then(|| self.suspects.get_mut(&partition))
-            .flatten()
-        {
+        if let Some(s) = self.suspects.get_mut(&partition) {
             s.first = s.first.min(offset);
             s.last = s.last.max(offset);
             if offset > s.head {

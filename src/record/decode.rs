@@ -628,7 +628,9 @@ pub fn encode_record(message: &DashStreamMessage, zstd_level: Option<i32>) -> Ve
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::{EventBatch, TokenChunk};
 
+    /// A record as ingest decodes it in full (what could be read kept for the DLQ).
     fn decode_or_reject(value: Option<&[u8]>, limits: &DecodeLimits) -> Result<Decoded, Rejected> {
         unframe(value, limits)
             .map_err(|error| Rejected {
@@ -637,7 +639,6 @@ mod tests {
             })?
             .decode_or_reject(limits)
     }
-    use crate::proto::{EventBatch, TokenChunk};
 
     fn header(thread: &str, seq: u64, schema: u32) -> Option<Header> {
         Some(Header {

@@ -4,10 +4,11 @@
 //! message, so what it holds is the record's own bytes plus a few ids
 //! (bounded by `MAX_ID_BYTES` and the batch limit), whatever it decodes to.
 
-use crate::proto::dash_stream_message::Message;
 use compact_str::CompactString;
 
-use crate::record::decode::{Decoded, MessageKind};
+use crate::proto::dash_stream_message::Message;
+use crate::record::decode::{DecodeError, DecodeLimits, Decoded, MessageKind, Unframed};
+use crate::record::wire::{self, Light};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Summary {
@@ -56,11 +57,8 @@ impl Summary {
     /// The summary of an unframed record: read on the wire when the wire
     /// check vouches for it, else decoded in full (which also says why a
     /// record does not decode).
-    pub(crate) fn read(
-        u: &crate::record::decode::Unframed<'_>,
-        limits: &crate::record::decode::DecodeLimits,
-    ) -> Result<Self, crate::record::decode::DecodeError> {
-        match crate::record::wire::light(u.body()) {
+    pub(crate) fn read(u: &Unframed<'_>, limits: &DecodeLimits) -> Result<Self, DecodeError> {
+        match wire::light(u.body()) {
             Some(l) => Ok(Self::of_light(&l)),
             None => u.decode(limits).map(|d| Self::of(&d)),
         }
@@ -68,7 +66,7 @@ impl Summary {
 
     /// The summary [`Summary::of`] gives, from a record read on the wire
     /// (never a batch: `wire::light` leaves those to the full decode).
-    pub(crate) fn of_light(l: &crate::record::wire::Light<'_>) -> Self {
+    pub(crate) fn of_light(l: &Light<'_>) -> Self {
         Self {
             kind: l.kind.unwrap_or(MessageKind::Event),
             event_type: l.event_type,

@@ -88,18 +88,13 @@ where
     /// (the message dropped, nothing written) when the client's socket is
     /// full.
     pub(crate) async fn try_feed(&mut self, msg: Message) -> Result<bool, Gone> {
-        use std::future::Future;
-        use std::task::Poll;
         let mut write = std::pin::pin!(self.tx.feed(msg));
         // A feed that is not ready has not taken its message: dropping it loses nothing.
-        std::future::poll_fn(|cx| {
-            Poll::Ready(match write.as_mut().poll(cx) {
-                Poll::Ready(Ok(())) => Ok(true),
-                Poll::Ready(Err(_)) => Err(Gone),
-                Poll::Pending => Ok(false),
-            })
-        })
-        .await
+        match poll_once(write.as_mut()).await {
+            Some(Ok(())) => Ok(true),
+            Some(Err(_)) => Err(Gone),
+            None => Ok(false),
+        }
     }
 
     /// Waits until the socket takes a message, bounded by the write timeout.
@@ -141,16 +136,9 @@ async fn bounded<E>(
     slow_disconnects: &Counter,
     write: impl std::future::Future<Output = Result<(), E>>,
 ) -> Result<(), Gone> {
-    use std::task::Poll;
     // Most writes only fill the buffer and are done at once: no timer for those.
     let mut write = std::pin::pin!(write);
-    let first = std::future::poll_fn(|cx| {
-        Poll::Ready(match write.as_mut().poll(cx) {
-            Poll::Ready(r) => Some(r.is_ok()),
-            Poll::Pending => None,
-        })
-    })
-    .await;
+    let first = poll_once(write.as_mut()).await.map(|r| r.is_ok());
     let done = match first {
         Some(ok) => Some(ok),
         None => tokio::time::timeout(limit, write)
@@ -194,4 +182,17 @@ where
     async fn ready(&mut self) -> Result<(), Gone> {
         Socket::ready(self).await
     }
+}
+
+/// Polls `fut` once: its output if it is ready at once, else `None` (the
+/// future stays as it is, to be polled again or dropped).
+async fn poll_once<F: std::future::Future>(mut fut: std::pin::Pin<&mut F>) -> Option<F::Output> {
+    use std::task::Poll;
+    std::future::poll_fn(|cx| {
+        Poll::Ready(match fut.as_mut().poll(cx) {
+            Poll::Ready(r) => Some(r),
+            Poll::Pending => None,
+        })
+    })
+    .await
 }
